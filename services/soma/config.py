@@ -1,0 +1,180 @@
+"""Typed configuration for every soma process, validated in one place.
+
+Sources, strongest first: command-line overrides, environment variables (``SOMA_`` prefix,
+``__`` between nesting levels, e.g. ``SOMA_SERVER__PORT=50051``), an optional YAML file, and
+the defaults below, which run on one CPU machine (embedded mode). Each field's description
+names the value a GPU cluster would use where it differs.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+TARGETS = ("all", "dialogue", "teacher", "surrogate", "gate")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that names the offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ServerSettings(_Section):
+    host: str = Field("127.0.0.1", description="Bind address. Cluster: 0.0.0.0.")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    max_workers: int = Field(32, ge=2, le=1024, description="gRPC handler threads.")
+    grace_period_s: float = Field(
+        30.0, ge=0, le=3600, description="On SIGTERM, how long in-flight RPCs may finish."
+    )
+    max_message_mb: int = Field(16, ge=1, le=1024, description="Largest gRPC message, MiB.")
+
+
+class ModelSettings(_Section):
+    model: str = Field(..., description="Catalogue name, local folder or Hugging Face id.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights dtype. Cluster (GPU): bfloat16."
+    )
+    max_context_tokens: int | None = Field(
+        None, ge=64, description="Context window; default min(model limit, 8192)."
+    )
+    default_max_new_tokens: int = Field(256, ge=1, le=32768)
+    max_new_tokens_limit: int = Field(
+        2048, ge=1, le=32768, description="Largest max_new_tokens a request may ask for."
+    )
+
+
+class TeacherSettings(ModelSettings):
+    model: str = Field(
+        "qwen2.5-coder-0.5b-instruct", description="Teacher F. Cluster: e.g. Qwen/Qwen3-8B."
+    )
+
+
+class SurrogateSettings(ModelSettings):
+    model: str = Field(
+        "smollm2-135m-instruct", description="Surrogate G. Cluster: e.g. Qwen/Qwen3-0.6B."
+    )
+
+
+class GateSettings(_Section):
+    encoder: str = Field("all-minilm-l6-v2", description="Sentence encoder phi for Gap.")
+    max_pairs: int = Field(256, ge=1, le=100_000, description="Largest Gap batch per request.")
+    max_text_chars: int = Field(32_000, ge=1, description="Longest answer text accepted.")
+
+
+class DialogueSettings(_Section):
+    teacher_address: str = Field(
+        "", description="host:port of the teacher service; empty = this process (target all)."
+    )
+    surrogate_address: str = Field("", description="host:port of the surrogate service.")
+    gate_address: str = Field("", description="host:port of the gate service.")
+    session_db: Path = Field(
+        Path(".soma/sessions.db"), description="SQLite session store (embedded mode)."
+    )
+    max_query_chars: int = Field(16_000, ge=1, description="Longest user query accepted.")
+    max_system_prompt_chars: int = Field(16_000, ge=0)
+    max_labels: int = Field(32, ge=0)
+    default_max_new_tokens: int = Field(256, ge=1, le=32768)
+    teacher_timeout_s: float = Field(600.0, gt=0, description="Deadline of one teacher call.")
+
+
+class TelemetrySettings(_Section):
+    otlp_endpoint: str = Field(
+        "", description="OTLP/gRPC collector, e.g. http://otel-collector:4317; empty = off."
+    )
+    service_name: str = Field("soma", description="OpenTelemetry service.name prefix.")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off. Cluster: 9464."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Settings(BaseSettings):
+    """Every knob of a soma process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SOMA_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    server: ServerSettings = ServerSettings()
+    teacher: TeacherSettings = TeacherSettings()
+    surrogate: SurrogateSettings = SurrogateSettings()
+    gate: GateSettings = GateSettings()
+    dialogue: DialogueSettings = DialogueSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+    model_cache: Path = Field(
+        Path("~/.cache/soma/models"), description="Where prepared models are cached."
+    )
+    torch_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads; 0 = torch default.")
+
+    @field_validator("model_cache")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+
+_yaml_data: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("soma_yaml", default={})
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """The YAML file's mapping, weaker than the environment and the flags."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return _yaml_data.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_yaml_data.get())
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file {path} does not exist") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top, not {type(data).__name__}")
+    return data
+
+
+def _describe(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for problem in err.errors():
+        key = ".".join(str(part) for part in problem["loc"]) or "<root>"
+        env = "SOMA_" + "__".join(str(part).upper() for part in problem["loc"])
+        lines.append(f"  {key} (env {env}): {problem['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build the settings from the YAML file, the environment and overrides; raise ConfigError."""
+    from_file = _read_yaml(config_file) if config_file else {}
+    origin = f"file {config_file}, environment and flags" if config_file else "environment and flags"
+    token = _yaml_data.set(from_file)
+    try:
+        return Settings(**(overrides or {}))
+    except ValidationError as err:
+        raise ConfigError(_describe(err, origin)) from None
+    finally:
+        _yaml_data.reset(token)

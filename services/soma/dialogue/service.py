@@ -1,0 +1,233 @@
+"""DialogueService: sessions, turns streamed from the model the router picks, transcripts.
+
+A turn is stored only once its answer is complete: a failed or cancelled turn leaves the
+transcript exactly as it was, so the client can retry it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import grpc
+from opentelemetry import trace
+
+from soma.config import DialogueSettings
+from soma.dialogue.convert import session_to_proto, turn_record_to_proto
+from soma.dialogue.routing import route_turn
+from soma.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SomaError,
+    Unavailable,
+)
+from soma.server.app import HostedService
+from soma.server.generation import messages_to_proto
+from soma.session.records import SessionState, Turn, chat_messages, is_valid_session_id
+from soma.storage.session_store import (
+    SessionClosed,
+    SessionExists,
+    SessionMissing,
+    SessionStore,
+    TurnConflict,
+)
+from soma.telemetry.metrics import SESSIONS_CLOSED, SESSIONS_OPEN, TURNS
+from soma.v1 import common_pb2, dialogue_pb2, dialogue_pb2_grpc, teacher_pb2, teacher_pb2_grpc
+
+log = logging.getLogger("soma.dialogue")
+tracer = trace.get_tracer("soma.dialogue")
+
+_FINISH_NAMES = {common_pb2.FINISH_REASON_STOP: "stop", common_pb2.FINISH_REASON_LENGTH: "length"}
+_LABEL_MAX_CHARS = 256
+
+
+class _SessionLocks:
+    """At most one turn in flight per session within this replica."""
+
+    def __init__(self) -> None:
+        self._busy: set[str] = set()
+        self._guard = threading.Lock()
+
+    def try_acquire(self, session_id: str) -> bool:
+        with self._guard:
+            if session_id in self._busy:
+                return False
+            self._busy.add(session_id)
+            return True
+
+    def release(self, session_id: str) -> None:
+        with self._guard:
+            self._busy.discard(session_id)
+
+
+def _teacher_error(err: grpc.RpcError, address: str) -> SomaError:
+    code, details = err.code(), err.details()
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(f"the teacher refused the turn: {details}")
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return FailedPrecondition(f"the teacher refused the turn: {details}")
+    return Unavailable(
+        f"teacher service at {address} failed ({code.name}: {details}); "
+        "the turn was not stored, retry it"
+    )
+
+
+class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
+    def __init__(self, store: SessionStore, teacher_address: str, settings: DialogueSettings, channel_factory):
+        self.store = store
+        self.settings = settings
+        self.teacher_address = teacher_address
+        self._teacher = teacher_pb2_grpc.TeacherServiceStub(channel_factory(teacher_address))
+        self._locks = _SessionLocks()
+
+    # -- validation -------------------------------------------------------------------
+    @staticmethod
+    def _session_id(session_id: str) -> str:
+        if not session_id:
+            raise InvalidArgument("session_id is empty")
+        if not is_valid_session_id(session_id):
+            raise InvalidArgument(
+                "session_id must be 1-128 characters of [A-Za-z0-9._-] starting with a letter or digit"
+            )
+        return session_id
+
+    def _existing(self, session_id: str) -> SessionState:
+        state = self.store.get(self._session_id(session_id))
+        if state is None:
+            raise NotFound(f"session {session_id} does not exist; open it with OpenSession")
+        return state
+
+    def _open_session(self, session_id: str) -> SessionState:
+        state = self._existing(session_id)
+        if state.closed:
+            raise FailedPrecondition(f"session {session_id} is closed; open a new session")
+        return state
+
+    # -- RPCs -------------------------------------------------------------------------
+    def OpenSession(
+        self, request: dialogue_pb2.OpenSessionRequest, context: grpc.ServicerContext
+    ) -> dialogue_pb2.OpenSessionResponse:
+        session_id = self._session_id(request.session_id) if request.session_id else uuid.uuid4().hex
+        if len(request.system_prompt) > self.settings.max_system_prompt_chars:
+            raise InvalidArgument(
+                f"system_prompt has {len(request.system_prompt)} characters; "
+                f"the limit is {self.settings.max_system_prompt_chars}"
+            )
+        if len(request.labels) > self.settings.max_labels:
+            raise InvalidArgument(f"{len(request.labels)} labels; the limit is {self.settings.max_labels}")
+        for key, value in request.labels.items():
+            if not key or len(key) > _LABEL_MAX_CHARS or len(value) > _LABEL_MAX_CHARS:
+                raise InvalidArgument(f"label {key[:40]!r}: keys must be 1-{_LABEL_MAX_CHARS} characters, "
+                                      f"values at most {_LABEL_MAX_CHARS}")
+        now = time.time()
+        state = SessionState(
+            session_id=session_id, created_at=now, updated_at=now,
+            system_prompt=request.system_prompt, labels=dict(request.labels),
+        )
+        try:
+            self.store.create(state)
+        except SessionExists:
+            raise AlreadyExists(f"session {session_id} already exists; pick another id") from None
+        SESSIONS_OPEN.inc()
+        trace.get_current_span().set_attribute("gen_ai.conversation.id", session_id)
+        return dialogue_pb2.OpenSessionResponse(session=session_to_proto(state))
+
+    def Chat(self, request: dialogue_pb2.ChatRequest, context: grpc.ServicerContext) -> Iterator[dialogue_pb2.ChatResponse]:
+        started = time.perf_counter()
+        session_id = self._session_id(request.session_id)
+        query = request.query
+        if not query.strip():
+            raise InvalidArgument("query is empty")
+        if len(query) > self.settings.max_query_chars:
+            raise InvalidArgument(
+                f"query has {len(query)} characters; the limit is {self.settings.max_query_chars}"
+            )
+        if not self._locks.try_acquire(session_id):
+            raise Aborted(f"a turn is already in progress on session {session_id}; wait for it and retry")
+        try:
+            yield from self._chat(session_id, query, request.params, context, started)
+        finally:
+            self._locks.release(session_id)
+
+    def _chat(self, session_id, query, params, context, started) -> Iterator[dialogue_pb2.ChatResponse]:
+        state = self._open_session(session_id)
+        history = self.store.turns(session_id)
+        decision = route_turn(state)
+        span = trace.get_current_span()
+        span.set_attribute("gen_ai.conversation.id", session_id)
+        span.set_attribute("soma.turn_index", state.turn_count + 1)
+        span.set_attribute("soma.served_by", decision.served_by.value)
+        messages = chat_messages(state, history, query)
+        request = teacher_pb2.TeacherServiceGenerateRequest(
+            messages=messages_to_proto(messages), params=params,
+            request_id=f"{session_id}/{state.turn_count + 1}",
+        )
+        call = self._teacher.Generate(request, timeout=self.settings.teacher_timeout_s)
+        result = None
+        try:
+            for response in call:
+                if response.HasField("chunk"):
+                    yield dialogue_pb2.ChatResponse(chunk=response.chunk)
+                elif response.HasField("result"):
+                    result = response.result
+        except grpc.RpcError as err:
+            if not context.is_active():
+                return
+            raise _teacher_error(err, self.teacher_address) from None
+        finally:
+            call.cancel()  # no-op when the stream is done; stops the teacher when the client left
+        if result is None:
+            raise Unavailable(f"teacher service at {self.teacher_address} ended the stream without a result; "
+                              "the turn was not stored, retry it")
+        turn = Turn(
+            turn_index=state.turn_count + 1, query=query, answer=result.text,
+            served_by=decision.served_by, route_reason=decision.reason, phase=decision.phase_after,
+            prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+            latency_ms=0.0, model_latency_ms=result.model_latency_ms,
+            finish_reason=_FINISH_NAMES.get(result.finish_reason, "unspecified"),
+            dropped_messages=result.dropped_messages,
+        )
+        turn.latency_ms = (time.perf_counter() - started) * 1000.0
+        try:
+            self.store.append_turn(session_id, turn, decision.phase_after)
+        except SessionClosed:
+            raise FailedPrecondition(f"session {session_id} was closed while this turn was generated") from None
+        except SessionMissing:
+            raise NotFound(f"session {session_id} disappeared while this turn was generated") from None
+        except TurnConflict as err:
+            raise Aborted(f"session {session_id} changed while this turn was generated ({err}); retry") from None
+        TURNS.labels(decision.served_by.value.lower()).inc()
+        yield dialogue_pb2.ChatResponse(turn=turn_record_to_proto(turn))
+
+    def GetSession(self, request: dialogue_pb2.GetSessionRequest, context: grpc.ServicerContext) -> dialogue_pb2.GetSessionResponse:
+        state = self._existing(request.session_id)
+        response = dialogue_pb2.GetSessionResponse(session=session_to_proto(state))
+        if request.include_transcript:
+            for turn in self.store.turns(state.session_id):
+                response.transcript.add(query=turn.query, answer=turn.answer, record=turn_record_to_proto(turn))
+        return response
+
+    def CloseSession(self, request: dialogue_pb2.CloseSessionRequest, context: grpc.ServicerContext) -> dialogue_pb2.CloseSessionResponse:
+        session_id = self._session_id(request.session_id)
+        try:
+            state = self.store.close(session_id)
+        except SessionMissing:
+            raise NotFound(f"session {session_id} does not exist") from None
+        except SessionClosed:
+            raise FailedPrecondition(f"session {session_id} is already closed") from None
+        SESSIONS_CLOSED.inc()
+        return dialogue_pb2.CloseSessionResponse(session=session_to_proto(state))
+
+
+def hosted(store: SessionStore, teacher_address: str, settings: DialogueSettings, channel_factory) -> HostedService:
+    servicer = DialogueServicer(store, teacher_address, settings, channel_factory)
+    return HostedService(
+        name=dialogue_pb2.DESCRIPTOR.services_by_name["DialogueService"].full_name,
+        register=lambda server: dialogue_pb2_grpc.add_DialogueServiceServicer_to_server(servicer, server),
+    )

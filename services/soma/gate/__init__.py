@@ -1,0 +1,1 @@
+"""The gate service: encoder gap, acceptance test, per-turn drift check."""

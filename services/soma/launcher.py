@@ -1,0 +1,82 @@
+"""Start `soma serve` as a child process and find the address it bound.
+
+Used by `soma demo`, `soma bench` and the integration tests, so each of them talks to a real
+server process over gRPC.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from soma.client import wait_healthy
+
+_READY = re.compile(r"soma serving target=(\S+) .* on (\S+:\d+)")
+
+
+class ServerProcess:
+    """A running `soma serve`; stop() drains it with SIGTERM."""
+
+    def __init__(self, proc: subprocess.Popen, address: str, log_path: Path | None):
+        self.proc = proc
+        self.address = address
+        self.log_path = log_path
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_server(
+    target: str = "all",
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    log_path: Path | None = None,
+    timeout: float = 600.0,
+) -> ServerProcess:
+    """Run `python -m soma serve --target T --port 0 ARGS` and wait until it is healthy."""
+    cmd = [sys.executable, "-m", "soma", "serve", "--target", target, "--port", "0", *args]
+    stderr = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=stderr, env={**os.environ, **(env or {})}, text=True, bufsize=1
+    )
+    found: dict[str, str] = {}
+
+    def read_stdout() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            match = _READY.search(line)
+            if match and "address" not in found:
+                found["address"] = match.group(2)
+
+    threading.Thread(target=read_stdout, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while "address" not in found:
+        if proc.poll() is not None:
+            hint = f"; see {log_path}" if log_path else ""
+            raise RuntimeError(f"soma serve exited with status {proc.returncode} before it was ready{hint}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise TimeoutError(f"soma serve not ready after {timeout:.0f}s")
+        time.sleep(0.1)
+    wait_healthy(found["address"], timeout=max(5.0, deadline - time.monotonic()))
+    return ServerProcess(proc, found["address"], log_path)

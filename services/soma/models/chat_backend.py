@@ -1,0 +1,323 @@
+"""Chat generation on top of a transformers causal LM, with token streaming and cancellation.
+
+Both the teacher and the surrogate are served through this one class so that they share exact
+semantics: the model's own chat template, context fitting by dropping the oldest turns, stopping
+at end of turn, and accounting (tokens, latency, finish reason).
+
+Streaming runs ``model.generate`` in a worker thread; a tiny streamer only pushes token ids onto a
+queue and all detokenisation happens in the consuming thread, so streaming costs the generation
+loop next to nothing compared to a plain ``generate`` call.
+"""
+
+from __future__ import annotations
+
+import copy
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+Message = dict[str, str]
+_DONE = object()
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class GenerationOutcome:
+    text: str
+    finish_reason: str  # "stop" | "length" | "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+    model_latency_ms: float
+    dropped_messages: int
+
+
+class ContextTooLong(ValueError):
+    """Even the last user message alone (plus system prompt) does not fit the context window."""
+
+    def __init__(self, needed: int, max_new_tokens: int, limit: int):
+        self.needed, self.max_new_tokens, self.limit = needed, max_new_tokens, limit
+        super().__init__(
+            f"the last user message needs {needed} prompt tokens + {max_new_tokens} new tokens "
+            f"= {needed + max_new_tokens}, but the context limit is {limit} tokens"
+        )
+
+
+class _QueueStreamer(BaseStreamer):
+    """Pushes generated token ids to a queue; skips the prompt (the first ``put``)."""
+
+    def __init__(self, q: queue.SimpleQueue):
+        self._q = q
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self._q.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        pass  # the worker posts _DONE itself, also when generate raises
+
+
+class _CancelCriteria(StoppingCriteria):
+    """Stops generation once ``is_cancelled()`` or the internal event says so (checked per token)."""
+
+    def __init__(self, is_cancelled: Callable[[], bool], event: threading.Event):
+        self._is_cancelled = is_cancelled
+        self._event = event
+        self.fired = False
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        if not self.fired and (self._event.is_set() or self._is_cancelled()):
+            self.fired = True
+        return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
+
+
+class _Detokenizer:
+    """Incremental decoding over a sliding window of ids (O(1) per token).
+
+    Text ending in U+FFFD (an incomplete UTF-8 character) is held back until it completes.
+    """
+
+    def __init__(self, tokenizer: Any):
+        self._tok = tokenizer
+        self.ids: list[int] = []
+        self._prefix = 0
+        self._read = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=True)
+
+    def add(self, ids: list[int]) -> str:
+        self.ids.extend(ids)
+        prefix_text = self._decode(self.ids[self._prefix : self._read])
+        new_text = self._decode(self.ids[self._prefix :])
+        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self.ids)
+            return new_text[len(prefix_text) :]
+        return ""
+
+    def flush(self) -> str:
+        prefix_text = self._decode(self.ids[self._prefix : self._read])
+        new_text = self._decode(self.ids[self._prefix :])
+        self._prefix = self._read = len(self.ids)
+        return new_text[len(prefix_text) :]
+
+
+class TransformersChatBackend:
+    """A chat model loaded from a local folder (or hub id); one generation at a time."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        name: str,
+        dtype: str = "float32",
+        max_context_tokens: int | None = None,
+    ):
+        self.name = name
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+        self.model.eval()
+        gen = self.model.generation_config
+        eos: list[int] = []
+        for candidate in (gen.eos_token_id, self.tokenizer.eos_token_id):
+            for i in candidate if isinstance(candidate, list) else [candidate]:
+                if i is not None and i not in eos:
+                    eos.append(int(i))
+        if not eos:
+            raise ValueError(f"model {model_path} defines no eos token; cannot stop at end of turn")
+        self.eos_token_ids: tuple[int, ...] = tuple(eos)
+        pad = gen.pad_token_id if gen.pad_token_id is not None else self.tokenizer.pad_token_id
+        # A clean config: our SamplingParams fully define decoding, whatever the checkpoint suggests.
+        self._gen_config = GenerationConfig(
+            bos_token_id=gen.bos_token_id,
+            eos_token_id=list(eos),
+            pad_token_id=pad if pad is not None else eos[0],
+        )
+        self.model.generation_config = copy.deepcopy(self._gen_config)
+        limit = getattr(self.model.config, "max_position_embeddings", None) or 8192
+        self.max_context_tokens = max_context_tokens or min(limit, 8192)
+        self._lock = threading.Lock()
+
+    # -- prompt -----------------------------------------------------------------------------------
+
+    def _prompt_ids(self, messages: Sequence[Message]) -> list[int]:
+        out = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+        if not isinstance(out, list):  # BatchEncoding / dict in transformers 5
+            out = out["input_ids"]
+        if out and isinstance(out[0], list):
+            out = out[0]
+        return [int(i) for i in out]
+
+    def count_prompt_tokens(self, messages: Sequence[Message]) -> int:
+        return len(self._prompt_ids(messages))
+
+    def _fit(self, messages: Sequence[Message], max_new_tokens: int) -> tuple[list[int], int]:
+        """Prompt ids after dropping the oldest non-system turns until generation fits the window."""
+        systems = [i for i, m in enumerate(messages) if m["role"] == "system"]
+        turns = [i for i, m in enumerate(messages) if m["role"] != "system"]
+        dropped = 0
+        while True:
+            ids = self._prompt_ids([messages[i] for i in sorted(systems + turns)])
+            if len(ids) + max_new_tokens <= self.max_context_tokens:
+                return ids, dropped
+            if len(turns) <= 1:
+                raise ContextTooLong(len(ids), max_new_tokens, self.max_context_tokens)
+            # drop a user+assistant pair at a time (a lone leading turn on its own), never the last one
+            pair = (
+                len(turns) > 2
+                and messages[turns[0]]["role"] == "user"
+                and messages[turns[1]]["role"] == "assistant"
+            )
+            n = 2 if pair else 1
+            turns = turns[n:]
+            dropped += n
+
+    # -- generation -------------------------------------------------------------------------------
+
+    def _generation_config(self, params: SamplingParams) -> GenerationConfig:
+        cfg = copy.deepcopy(self._gen_config)
+        cfg.max_new_tokens = params.max_new_tokens
+        if params.temperature > 0:
+            cfg.do_sample = True
+            cfg.temperature = params.temperature
+            cfg.top_p = params.top_p
+            cfg.top_k = 0  # disable the library's default top-k 50: top_p alone shapes sampling
+        else:
+            cfg.do_sample = False  # greedy; leave temperature/top_p unset so transformers doesn't warn
+        return cfg
+
+    def _seed(self, params: SamplingParams) -> None:
+        if params.temperature > 0 and params.seed is not None:
+            torch.manual_seed(params.seed)  # global RNG: only safe because we hold the lock
+
+    def _finish_reason(self, new_ids: list[int], cancelled: bool) -> str:
+        if new_ids and new_ids[-1] in self.eos_token_ids:
+            return "stop"
+        if cancelled:
+            return "cancelled"
+        return "length"
+
+    def generate(self, messages: Sequence[Message], params: SamplingParams) -> GenerationOutcome:
+        """Plain ``model.generate`` without a streamer (also the streaming benchmark baseline)."""
+        ids, dropped = self._fit(messages, params.max_new_tokens)
+        input_ids = torch.tensor([ids])
+        with self._lock:
+            self._seed(params)
+            t0 = time.perf_counter()
+            out = self.model.generate(
+                input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                generation_config=self._generation_config(params),
+            )
+            latency = (time.perf_counter() - t0) * 1000
+        new_ids = out[0, len(ids) :].tolist()
+        return GenerationOutcome(
+            text=self.tokenizer.decode(new_ids, skip_special_tokens=True),
+            finish_reason=self._finish_reason(new_ids, False),
+            prompt_tokens=len(ids),
+            completion_tokens=len(new_ids),
+            model_latency_ms=latency,
+            dropped_messages=dropped,
+        )
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        params: SamplingParams,
+        is_cancelled: Callable[[], bool] = lambda: False,
+    ) -> Iterator[str | GenerationOutcome]:
+        """Yield text chunks as they are generated, then exactly one GenerationOutcome.
+
+        Raises ContextTooLong right away (before iteration). Closing the iterator early cancels
+        the generation and releases the backend.
+        """
+        ids, dropped = self._fit(messages, params.max_new_tokens)
+        return self._stream(ids, dropped, params, is_cancelled)
+
+    def _stream(
+        self,
+        ids: list[int],
+        dropped: int,
+        params: SamplingParams,
+        is_cancelled: Callable[[], bool],
+    ) -> Iterator[str | GenerationOutcome]:
+        q: queue.SimpleQueue = queue.SimpleQueue()
+        stop = threading.Event()
+        criteria = _CancelCriteria(is_cancelled, stop)
+        input_ids = torch.tensor([ids])
+        timing: dict[str, float] = {}
+        error: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                t0 = time.perf_counter()
+                self.model.generate(
+                    input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    streamer=_QueueStreamer(q),
+                    stopping_criteria=StoppingCriteriaList([criteria]),
+                    generation_config=self._generation_config(params),
+                )
+                timing["ms"] = (time.perf_counter() - t0) * 1000
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the consuming thread
+                error.append(exc)
+            finally:
+                q.put(_DONE)
+
+        with self._lock:
+            self._seed(params)
+            worker = threading.Thread(target=work, name=f"generate-{self.name}", daemon=True)
+            worker.start()
+            detok = _Detokenizer(self.tokenizer)
+            pieces: list[str] = []
+            try:
+                done = False
+                while not done:
+                    batch = q.get()
+                    new: list[int] = []
+                    while True:  # drain whatever else is ready: one decode per batch of tokens
+                        if batch is _DONE:
+                            done = True
+                            break
+                        new.extend(batch)
+                        try:
+                            batch = q.get_nowait()
+                        except queue.Empty:
+                            break
+                    if new and (chunk := detok.add(new)):
+                        pieces.append(chunk)
+                        yield chunk
+            finally:
+                stop.set()  # no-op if finished; cancels it if the consumer went away
+                worker.join()
+        if error:
+            raise error[0]
+        if tail := detok.flush():
+            pieces.append(tail)
+            yield tail
+        new_ids = detok.ids
+        yield GenerationOutcome(
+            text="".join(pieces),
+            finish_reason=self._finish_reason(new_ids, criteria.fired),
+            prompt_tokens=len(ids),
+            completion_tokens=len(new_ids),
+            model_latency_ms=timing.get("ms", 0.0),
+            dropped_messages=dropped,
+        )

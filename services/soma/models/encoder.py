@@ -1,0 +1,63 @@
+"""Sentence embeddings (sentence-transformers style) for measuring how far two replies are apart.
+
+all-MiniLM-L6-v2 is mean pooling over the token states, weighted by the attention mask, then L2
+normalisation; we reproduce that with plain transformers so we need no sentence-transformers.
+The "gap" between two texts is 1 - cosine similarity of their embeddings.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, AutoTokenizer
+
+
+class SentenceEncoder:
+    """Thread-safe mean-pooled, L2-normalised sentence encoder."""
+
+    def __init__(self, model_path: str, *, max_length: int = 256, batch_size: int = 64):
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.model = AutoModel.from_pretrained(model_path)
+        self.model.eval()
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """Embeddings [n, d], each row of unit length."""
+        out = []
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                batch = self.tokenizer(
+                    list(texts[start : start + self.batch_size]),
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
+                states = self.model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
+                pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                out.append(F.normalize(pooled, p=2, dim=1))
+        if not out:
+            return torch.empty(0, self.dim)
+        return torch.cat(out)
+
+    def gaps(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """1 - cosine similarity for each (a, b) pair; identical strings are encoded once."""
+        unique = list(dict.fromkeys(text for pair in pairs for text in pair))
+        if not unique:
+            return []
+        index = {text: i for i, text in enumerate(unique)}
+        emb = self.encode(unique)
+        a = emb[[index[x] for x, _ in pairs]]
+        b = emb[[index[y] for _, y in pairs]]
+        cos = (a * b).sum(-1).clamp(-1.0, 1.0)
+        return [float(g) for g in 1.0 - cos]

@@ -1,0 +1,113 @@
+"""`soma serve --target ...`: load what a target needs and run it in one gRPC server.
+
+`all` hosts every service in one process on one port; the dialogue service then reaches the
+teacher through this server's own address, over gRPC, exactly as it would across pods.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from soma.config import TARGETS, ConfigError, Settings
+from soma.server.app import SomaServer
+from soma.telemetry.metrics import start_metrics_server
+from soma.telemetry.tracing import setup_tracing, shutdown_tracing, traced_channel
+
+log = logging.getLogger("soma.serve")
+
+SERVICES_OF = {
+    "all": ("teacher", "surrogate", "gate", "dialogue"),
+    "teacher": ("teacher",),
+    "surrogate": ("surrogate",),
+    "gate": ("gate",),
+    "dialogue": ("dialogue",),
+}
+
+
+def _check_addresses(target: str, settings: Settings) -> None:
+    if target == "dialogue" and not settings.dialogue.teacher_address:
+        raise ConfigError(
+            "dialogue.teacher_address (env SOMA_DIALOGUE__TEACHER_ADDRESS) is required with "
+            "--target dialogue: the host:port of a teacher service"
+        )
+
+
+def build_server(target: str, settings: Settings) -> SomaServer:
+    """Load the target's models and services into a bound (not yet started) server."""
+    from soma.models import resolve_model  # noqa: PLC0415 - heavy imports only when serving
+
+    if target not in TARGETS:
+        raise ConfigError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    _check_addresses(target, settings)
+    wanted = SERVICES_OF[target]
+    cache = settings.model_cache
+    # Resolve every model first so a missing package fails before anything loads.
+    paths = {}
+    if "teacher" in wanted:
+        paths["teacher"] = resolve_model(settings.teacher.model, cache)
+    if "surrogate" in wanted:
+        paths["surrogate"] = resolve_model(settings.surrogate.model, cache)
+    if "gate" in wanted:
+        paths["gate"] = resolve_model(settings.gate.encoder, cache)
+
+    import torch  # noqa: PLC0415
+
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+
+    server = SomaServer(settings.server)
+    if "teacher" in wanted:
+        from soma.models.chat_backend import TransformersChatBackend  # noqa: PLC0415
+        from soma.teacher import service as teacher  # noqa: PLC0415
+
+        backend = TransformersChatBackend(
+            paths["teacher"], name=settings.teacher.model, dtype=settings.teacher.dtype,
+            max_context_tokens=settings.teacher.max_context_tokens,
+        )
+        server.add(teacher.hosted(backend, settings.teacher))
+    if "surrogate" in wanted:
+        from soma.models.chat_backend import TransformersChatBackend  # noqa: PLC0415
+        from soma.surrogate import service as surrogate  # noqa: PLC0415
+
+        backend = TransformersChatBackend(
+            paths["surrogate"], name=settings.surrogate.model, dtype=settings.surrogate.dtype,
+            max_context_tokens=settings.surrogate.max_context_tokens,
+        )
+        server.add(surrogate.hosted(backend, settings.surrogate))
+    if "gate" in wanted:
+        from soma.gate import service as gate  # noqa: PLC0415
+        from soma.models.encoder import SentenceEncoder  # noqa: PLC0415
+
+        server.add(gate.hosted(SentenceEncoder(paths["gate"]), settings.gate))
+    if "dialogue" in wanted:
+        from soma.dialogue import service as dialogue  # noqa: PLC0415
+        from soma.storage.session_store import SqliteSessionStore  # noqa: PLC0415
+
+        teacher_address = settings.dialogue.teacher_address or server.address
+        store = SqliteSessionStore(settings.dialogue.session_db)
+        server.add(
+            dialogue.hosted(
+                store, teacher_address, settings.dialogue,
+                lambda address: traced_channel(address, max_message_mb=settings.server.max_message_mb),
+            )
+        )
+    return server
+
+
+def run(target: str, settings: Settings) -> int:
+    logging.basicConfig(
+        level=settings.telemetry.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    setup_tracing(f"{settings.telemetry.service_name}-{target}", settings.telemetry.otlp_endpoint)
+    server = build_server(target, settings)
+    start_metrics_server(settings.telemetry.metrics_port, settings.server.host)
+    server.install_signal_handlers()
+    server.start()
+    names = ", ".join(SERVICES_OF[target])
+    print(f"soma serving target={target} ({names}) on {server.address}", flush=True)
+    server.wait()
+    shutdown_tracing()
+    return 0

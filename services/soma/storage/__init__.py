@@ -1,0 +1,1 @@
+"""Storage adapters: the session store (SQLite embedded, Redis on a cluster)."""

@@ -1,0 +1,214 @@
+"""The session store: session state and transcripts, SQLite in embedded mode.
+
+Writes are transactions: a turn is appended together with the session's counters, only if
+the session is still open and the turn index is the next one, so two replicas (or two
+requests) racing on one session cannot interleave or corrupt a transcript.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+
+from soma.session.records import Phase, ServedBy, SessionState, Turn
+
+
+class SessionExists(Exception):
+    pass
+
+
+class SessionMissing(Exception):
+    pass
+
+
+class SessionClosed(Exception):
+    pass
+
+
+class TurnConflict(Exception):
+    """Another turn was stored first; the caller's view of the session is stale."""
+
+
+class SessionStore(Protocol):
+    def create(self, state: SessionState) -> None: ...
+    def get(self, session_id: str) -> SessionState | None: ...
+    def turns(self, session_id: str) -> list[Turn]: ...
+    def append_turn(self, session_id: str, turn: Turn, new_phase: Phase) -> SessionState: ...
+    def close(self, session_id: str) -> SessionState: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    phase TEXT NOT NULL,
+    system_prompt TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    turn_count INTEGER NOT NULL,
+    teacher_turns INTEGER NOT NULL,
+    surrogate_turns INTEGER NOT NULL,
+    adapter_generation INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS turns (
+    session_id TEXT NOT NULL REFERENCES sessions(session_id),
+    turn_index INTEGER NOT NULL,
+    query TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (session_id, turn_index)
+);
+"""
+
+
+def _state_from_row(row: sqlite3.Row) -> SessionState:
+    return SessionState(
+        session_id=row["session_id"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        phase=Phase(row["phase"]),
+        system_prompt=row["system_prompt"],
+        labels=json.loads(row["labels"]),
+        turn_count=row["turn_count"],
+        teacher_turns=row["teacher_turns"],
+        surrogate_turns=row["surrogate_turns"],
+        adapter_generation=row["adapter_generation"],
+    )
+
+
+def _turn_record(turn: Turn) -> str:
+    return json.dumps(
+        {
+            "served_by": turn.served_by.value,
+            "route_reason": turn.route_reason,
+            "phase": turn.phase.value,
+            "prompt_tokens": turn.prompt_tokens,
+            "completion_tokens": turn.completion_tokens,
+            "latency_ms": turn.latency_ms,
+            "model_latency_ms": turn.model_latency_ms,
+            "finish_reason": turn.finish_reason,
+            "dropped_messages": turn.dropped_messages,
+        }
+    )
+
+
+class SqliteSessionStore:
+    """Session store in one SQLite file (WAL mode); safe across threads and processes."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._conn() as conn:
+            conn.executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+        return conn
+
+    def create(self, state: SessionState) -> None:
+        try:
+            self._conn().execute(
+                "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    state.session_id, state.created_at, state.updated_at, state.phase.value,
+                    state.system_prompt, json.dumps(state.labels), state.turn_count,
+                    state.teacher_turns, state.surrogate_turns, state.adapter_generation,
+                ),
+            )
+        except sqlite3.IntegrityError as err:
+            raise SessionExists(state.session_id) from err
+
+    def get(self, session_id: str) -> SessionState | None:
+        row = self._conn().execute("SELECT * FROM sessions WHERE session_id=?", (session_id,)).fetchone()
+        return _state_from_row(row) if row else None
+
+    def turns(self, session_id: str) -> list[Turn]:
+        rows = self._conn().execute(
+            "SELECT * FROM turns WHERE session_id=? ORDER BY turn_index", (session_id,)
+        ).fetchall()
+        result = []
+        for row in rows:
+            rec = json.loads(row["record"])
+            result.append(
+                Turn(
+                    turn_index=row["turn_index"], query=row["query"], answer=row["answer"],
+                    served_by=ServedBy(rec["served_by"]), route_reason=rec["route_reason"],
+                    phase=Phase(rec["phase"]), prompt_tokens=rec["prompt_tokens"],
+                    completion_tokens=rec["completion_tokens"], latency_ms=rec["latency_ms"],
+                    model_latency_ms=rec["model_latency_ms"], finish_reason=rec["finish_reason"],
+                    dropped_messages=rec.get("dropped_messages", 0),
+                )
+            )
+        return result
+
+    def append_turn(self, session_id: str, turn: Turn, new_phase: Phase) -> SessionState:
+        """Store the next turn and update counters atomically."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT * FROM sessions WHERE session_id=?", (session_id,)).fetchone()
+            if row is None:
+                raise SessionMissing(session_id)
+            state = _state_from_row(row)
+            if state.closed:
+                raise SessionClosed(session_id)
+            if turn.turn_index != state.turn_count + 1:
+                raise TurnConflict(f"expected turn {state.turn_count + 1}, got {turn.turn_index}")
+            conn.execute(
+                "INSERT INTO turns VALUES (?,?,?,?,?)",
+                (session_id, turn.turn_index, turn.query, turn.answer, _turn_record(turn)),
+            )
+            state.turn_count += 1
+            if turn.served_by is ServedBy.TEACHER:
+                state.teacher_turns += 1
+            else:
+                state.surrogate_turns += 1
+            state.phase = new_phase
+            state.updated_at = time.time()
+            conn.execute(
+                "UPDATE sessions SET turn_count=?, teacher_turns=?, surrogate_turns=?, phase=?,"
+                " updated_at=? WHERE session_id=?",
+                (state.turn_count, state.teacher_turns, state.surrogate_turns, state.phase.value,
+                 state.updated_at, session_id),
+            )
+            conn.execute("COMMIT")
+            return state
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def close(self, session_id: str) -> SessionState:
+        """Mark the session CLOSED and delete its transcript; the state row stays as a tombstone."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT * FROM sessions WHERE session_id=?", (session_id,)).fetchone()
+            if row is None:
+                raise SessionMissing(session_id)
+            state = _state_from_row(row)
+            if state.closed:
+                raise SessionClosed(session_id)
+            conn.execute("DELETE FROM turns WHERE session_id=?", (session_id,))
+            state.phase = Phase.CLOSED
+            state.updated_at = time.time()
+            conn.execute(
+                "UPDATE sessions SET phase=?, updated_at=? WHERE session_id=?",
+                (state.phase.value, state.updated_at, session_id),
+            )
+            conn.execute("COMMIT")
+            return state
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise

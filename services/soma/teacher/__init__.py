@@ -1,0 +1,1 @@
+"""The teacher service: inference for the large model F."""

@@ -1,0 +1,1 @@
+"""Protobuf and gRPC stubs generated from protos/soma/v1 by `make proto`; do not edit."""

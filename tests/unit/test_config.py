@@ -1,0 +1,56 @@
+"""Configuration: sources in order, validation errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+
+from soma.config import ConfigError, load_settings
+
+
+def test_defaults_run_embedded(monkeypatch):
+    monkeypatch.delenv("SOMA_SERVER__PORT", raising=False)
+    settings = load_settings()
+    assert settings.server.port == 50051
+    assert settings.teacher.model == "qwen2.5-coder-0.5b-instruct"
+    assert settings.surrogate.model == "smollm2-135m-instruct"
+    assert settings.dialogue.teacher_address == ""
+
+
+def test_flags_beat_env_beat_yaml(tmp_path: Path, monkeypatch):
+    cfg = tmp_path / "soma.yaml"
+    cfg.write_text("server:\n  port: 1111\n  host: 0.0.0.0\nteacher:\n  dtype: bfloat16\n")
+    assert load_settings(cfg).server.port == 1111
+    monkeypatch.setenv("SOMA_SERVER__PORT", "2222")
+    settings = load_settings(cfg)
+    assert settings.server.port == 2222
+    assert settings.server.host == "0.0.0.0"  # the rest of the section still comes from YAML
+    assert settings.teacher.dtype == "bfloat16"
+    assert load_settings(cfg, {"server": {"port": 3333}}).server.port == 3333
+
+
+def test_unknown_key_is_named(tmp_path: Path):
+    cfg = tmp_path / "soma.yaml"
+    cfg.write_text("server:\n  prot: 1\n")
+    with pytest.raises(ConfigError, match=r"server\.prot"):
+        load_settings(cfg)
+
+
+def test_bad_value_names_key_and_env(monkeypatch):
+    monkeypatch.setenv("SOMA_TEACHER__DTYPE", "int3")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "teacher.dtype" in str(info.value)
+    assert "SOMA_TEACHER__DTYPE" in str(info.value)
+
+
+def test_yaml_problems(tmp_path: Path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_settings(scalar)
