@@ -45,7 +45,9 @@ class ModelSettings(_Section):
     max_context_tokens: int | None = Field(
         None, ge=64, description="Context window; default min(model limit, 8192)."
     )
-    default_max_new_tokens: int = Field(256, ge=1, le=32768)
+    default_max_new_tokens: int = Field(
+        256, ge=1, le=32768, description="max_new_tokens when a request leaves it 0."
+    )
     max_new_tokens_limit: int = Field(
         2048, ge=1, le=32768, description="Largest max_new_tokens a request may ask for."
     )
@@ -73,15 +75,12 @@ class DialogueSettings(_Section):
     teacher_address: str = Field(
         "", description="host:port of the teacher service; empty = this process (target all)."
     )
-    surrogate_address: str = Field("", description="host:port of the surrogate service.")
-    gate_address: str = Field("", description="host:port of the gate service.")
     session_db: Path = Field(
         Path(".soma/sessions.db"), description="SQLite session store (embedded mode)."
     )
     max_query_chars: int = Field(16_000, ge=1, description="Longest user query accepted.")
-    max_system_prompt_chars: int = Field(16_000, ge=0)
-    max_labels: int = Field(32, ge=0)
-    default_max_new_tokens: int = Field(256, ge=1, le=32768)
+    max_system_prompt_chars: int = Field(16_000, ge=0, description="Longest system prompt accepted.")
+    max_labels: int = Field(32, ge=0, description="Most labels a session may carry.")
     teacher_timeout_s: float = Field(600.0, gt=0, description="Deadline of one teacher call.")
 
 
@@ -93,7 +92,7 @@ class TelemetrySettings(_Section):
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off. Cluster: 9464."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level (stderr).")
 
 
 class Settings(BaseSettings):

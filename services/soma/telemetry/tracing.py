@@ -7,7 +7,8 @@ import logging
 
 import grpc
 from opentelemetry import trace
-from opentelemetry.instrumentation.grpc import client_interceptor, server_interceptor
+from opentelemetry import propagate
+from opentelemetry.instrumentation.grpc import server_interceptor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -44,6 +45,39 @@ def tracing_server_interceptor() -> grpc.ServerInterceptor:
     return server_interceptor(tracer_provider=trace.get_tracer_provider())
 
 
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, base: grpc.ClientCallDetails, metadata: list[tuple[str, str]]):
+        self.method = base.method
+        self.timeout = base.timeout
+        self.metadata = metadata
+        self.credentials = base.credentials
+        self.wait_for_ready = getattr(base, "wait_for_ready", None)
+        self.compression = getattr(base, "compression", None)
+
+
+class TraceContextClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Puts the current trace context into the call's metadata (W3C traceparent).
+
+    The server side's OpenTelemetry interceptor continues the trace from it. Unlike the
+    instrumentation's own client interceptor, this keeps the call object grpc returns, so a
+    streaming call can still be cancelled.
+    """
+
+    @staticmethod
+    def _with_context(details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        if not carrier:
+            return details
+        return _CallDetails(details, [*(details.metadata or []), *carrier.items()])
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        return continuation(self._with_context(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):
+        return continuation(self._with_context(client_call_details), request)
+
+
 def traced_channel(address: str, *, max_message_mb: int = 16) -> grpc.Channel:
     """An insecure channel to another soma service that carries the current trace context."""
     options = [
@@ -51,4 +85,4 @@ def traced_channel(address: str, *, max_message_mb: int = 16) -> grpc.Channel:
         ("grpc.max_receive_message_length", max_message_mb << 20),
     ]
     channel = grpc.insecure_channel(address, options=options)
-    return grpc.intercept_channel(channel, client_interceptor(tracer_provider=trace.get_tracer_provider()))
+    return grpc.intercept_channel(channel, TraceContextClientInterceptor())

