@@ -46,7 +46,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 print(f"\nyou> {query}\nsoma> ", end="", flush=True)
             try:
                 result = client.chat(
-                    sid, query, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                    sid,
+                    query,
+                    max_new_tokens=args.max_new_tokens,
+                    temperature=args.temperature,
                     on_chunk=None if args.json else lambda t: print(t, end="", flush=True),
                 )
             except grpc.RpcError as err:
@@ -56,8 +59,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 print(json.dumps(result.as_json()), flush=True)
             else:
                 rec = result.as_json()
-                print(f"\n  [turn {rec['turn']} · {rec['served_by']} · {rec['latency_ms']:.0f} ms · "
-                      f"{rec['completion_tokens']} tokens]", file=sys.stderr)
+                print(
+                    f"\n  [turn {rec['turn']} · {rec['served_by']} · {rec['latency_ms']:.0f} ms · "
+                    f"{rec['completion_tokens']} tokens]",
+                    file=sys.stderr,
+                )
             return True
 
         ok = True
@@ -155,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     bserve = bench_sub.add_parser("serve", help="dialogue-path overhead and gRPC streaming throughput")
-    bserve.add_argument("--turns", type=int, default=20, help="turns for the overhead measurement")
+    bserve.add_argument("--turns", type=int, default=30, help="turns for the overhead measurement")
     bserve.add_argument("--overhead-tokens", type=int, default=8)
     bserve.add_argument("--throughput-runs", type=int, default=3)
     bserve.add_argument("--throughput-tokens", type=int, default=64)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import grpc.experimental
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from soma.v1 import common_pb2, dialogue_pb2, dialogue_pb2_grpc
@@ -34,6 +35,9 @@ def wait_healthy(address: str, service: str = "", timeout: float = 120.0) -> Non
 
 @dataclass
 class TurnResult:
+    """One answered turn as the client saw it; client_latency_ms runs from sending the
+    request to receiving the turn record."""
+
     text: str
     record: common_pb2.TurnRecord
     client_latency_ms: float
@@ -54,7 +58,10 @@ class TurnResult:
 class DialogueClient:
     def __init__(self, address: str):
         self.address = address
-        self._channel = grpc.insecure_channel(address)
+        # Streamed answers are read on the calling thread (no handoff per chunk).
+        self._channel = grpc.insecure_channel(
+            address, options=[(grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)]
+        )
         self.stub = dialogue_pb2_grpc.DialogueServiceStub(self._channel)
 
     def close(self) -> None:
@@ -66,15 +73,23 @@ class DialogueClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def open_session(self, session_id: str = "", system_prompt: str = "", labels: dict | None = None) -> dialogue_pb2.Session:
-        request = dialogue_pb2.OpenSessionRequest(session_id=session_id, system_prompt=system_prompt, labels=labels or {})
+    def open_session(
+        self, session_id: str = "", system_prompt: str = "", labels: dict | None = None
+    ) -> dialogue_pb2.Session:
+        request = dialogue_pb2.OpenSessionRequest(
+            session_id=session_id, system_prompt=system_prompt, labels=labels or {}
+        )
         return self.stub.OpenSession(request, timeout=30).session
 
-    def stream(self, session_id: str, query: str, max_new_tokens: int = 0, temperature: float = 0.0) -> Iterator[dialogue_pb2.ChatResponse]:
+    def stream(
+        self, session_id: str, query: str, max_new_tokens: int = 0, temperature: float = 0.0
+    ) -> Iterator[dialogue_pb2.ChatResponse]:
         params = common_pb2.GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature)
         yield from self.stub.Chat(dialogue_pb2.ChatRequest(session_id=session_id, query=query, params=params))
 
-    def chat(self, session_id: str, query: str, max_new_tokens: int = 0, temperature: float = 0.0, on_chunk=None) -> TurnResult:
+    def chat(
+        self, session_id: str, query: str, max_new_tokens: int = 0, temperature: float = 0.0, on_chunk=None
+    ) -> TurnResult:
         started = time.perf_counter()
         first = None
         parts: list[str] = []
@@ -88,9 +103,12 @@ class DialogueClient:
                     on_chunk(response.chunk.text)
             else:
                 record = response.turn
+                # The turn is complete for the user when its record arrives; the stream's
+                # closing status follows it.
+                finished = time.perf_counter()
         if record is None:
             raise RuntimeError("the server ended the turn without a turn record")
-        return TurnResult("".join(parts), record, (time.perf_counter() - started) * 1000.0, first)
+        return TurnResult("".join(parts), record, (finished - started) * 1000.0, first)
 
     def get_session(self, session_id: str, include_transcript: bool = False) -> dialogue_pb2.GetSessionResponse:
         return self.stub.GetSession(
@@ -113,7 +131,9 @@ def load_user_turns(path: Path) -> list[str]:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: first line looks like JSON but does not parse: {err}") from None
         turns = dialogue.get("turns")
-        if not isinstance(turns, list) or not all(isinstance(t, dict) and isinstance(t.get("user"), str) for t in turns):
-            raise ValueError(f"{path}: expected {{\"turns\": [{{\"user\": ...}}, ...]}} on the first line")
+        if not isinstance(turns, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("user"), str) for t in turns
+        ):
+            raise ValueError(f'{path}: expected {{"turns": [{{"user": ...}}, ...]}} on the first line')
         return [t["user"] for t in turns]
     return lines

@@ -31,9 +31,7 @@ class ServerSettings(_Section):
     host: str = Field("127.0.0.1", description="Bind address. Cluster: 0.0.0.0.")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     max_workers: int = Field(32, ge=2, le=1024, description="gRPC handler threads.")
-    grace_period_s: float = Field(
-        30.0, ge=0, le=3600, description="On SIGTERM, how long in-flight RPCs may finish."
-    )
+    grace_period_s: float = Field(30.0, ge=0, le=3600, description="On SIGTERM, how long in-flight RPCs may finish.")
     max_message_mb: int = Field(16, ge=1, le=1024, description="Largest gRPC message, MiB.")
 
 
@@ -42,27 +40,17 @@ class ModelSettings(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Weights dtype. Cluster (GPU): bfloat16."
     )
-    max_context_tokens: int | None = Field(
-        None, ge=64, description="Context window; default min(model limit, 8192)."
-    )
-    default_max_new_tokens: int = Field(
-        256, ge=1, le=32768, description="max_new_tokens when a request leaves it 0."
-    )
-    max_new_tokens_limit: int = Field(
-        2048, ge=1, le=32768, description="Largest max_new_tokens a request may ask for."
-    )
+    max_context_tokens: int | None = Field(None, ge=64, description="Context window; default min(model limit, 8192).")
+    default_max_new_tokens: int = Field(256, ge=1, le=32768, description="max_new_tokens when a request leaves it 0.")
+    max_new_tokens_limit: int = Field(2048, ge=1, le=32768, description="Largest max_new_tokens a request may ask for.")
 
 
 class TeacherSettings(ModelSettings):
-    model: str = Field(
-        "qwen2.5-coder-0.5b-instruct", description="Teacher F. Cluster: e.g. Qwen/Qwen3-8B."
-    )
+    model: str = Field("qwen2.5-coder-0.5b-instruct", description="Teacher F. Cluster: e.g. Qwen/Qwen3-8B.")
 
 
 class SurrogateSettings(ModelSettings):
-    model: str = Field(
-        "smollm2-135m-instruct", description="Surrogate G. Cluster: e.g. Qwen/Qwen3-0.6B."
-    )
+    model: str = Field("smollm2-135m-instruct", description="Surrogate G. Cluster: e.g. Qwen/Qwen3-0.6B.")
 
 
 class GateSettings(_Section):
@@ -72,12 +60,8 @@ class GateSettings(_Section):
 
 
 class DialogueSettings(_Section):
-    teacher_address: str = Field(
-        "", description="host:port of the teacher service; empty = this process (target all)."
-    )
-    session_db: Path = Field(
-        Path(".soma/sessions.db"), description="SQLite session store (embedded mode)."
-    )
+    teacher_address: str = Field("", description="host:port of the teacher service; empty = this process (target all).")
+    session_db: Path = Field(Path(".soma/sessions.db"), description="SQLite session store (embedded mode).")
     max_query_chars: int = Field(16_000, ge=1, description="Longest user query accepted.")
     max_system_prompt_chars: int = Field(16_000, ge=0, description="Longest system prompt accepted.")
     max_labels: int = Field(32, ge=0, description="Most labels a session may carry.")
@@ -85,13 +69,9 @@ class DialogueSettings(_Section):
 
 
 class TelemetrySettings(_Section):
-    otlp_endpoint: str = Field(
-        "", description="OTLP/gRPC collector, e.g. http://otel-collector:4317; empty = off."
-    )
+    otlp_endpoint: str = Field("", description="OTLP/gRPC collector, e.g. http://otel-collector:4317; empty = off.")
     service_name: str = Field("soma", description="OpenTelemetry service.name prefix.")
-    metrics_port: int = Field(
-        0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off. Cluster: 9464."
-    )
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off. Cluster: 9464.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level (stderr).")
 
 
@@ -108,9 +88,7 @@ class Settings(BaseSettings):
     gate: GateSettings = GateSettings()
     dialogue: DialogueSettings = DialogueSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
-    model_cache: Path = Field(
-        Path("~/.cache/soma/models"), description="Where prepared models are cached."
-    )
+    model_cache: Path = Field(Path("~/.cache/soma/models"), description="Where prepared models are cached.")
     torch_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads; 0 = torch default.")
 
     @field_validator("model_cache")
@@ -130,17 +108,17 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _YamlSource(settings_cls))
 
 
-_yaml_data: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("soma_yaml", default={})
+_yaml_data: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("soma_yaml")
 
 
 class _YamlSource(PydanticBaseSettingsSource):
     """The YAML file's mapping, weaker than the environment and the flags."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return _yaml_data.get().get(field_name), field_name, False
+        return _yaml_data.get({}).get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_yaml_data.get())
+        return dict(_yaml_data.get({}))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

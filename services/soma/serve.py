@@ -62,7 +62,9 @@ def build_server(target: str, settings: Settings) -> SomaServer:
         from soma.teacher import service as teacher  # noqa: PLC0415
 
         backend = TransformersChatBackend(
-            paths["teacher"], name=settings.teacher.model, dtype=settings.teacher.dtype,
+            paths["teacher"],
+            name=settings.teacher.model,
+            dtype=settings.teacher.dtype,
             max_context_tokens=settings.teacher.max_context_tokens,
         )
         server.add(teacher.hosted(backend, settings.teacher))
@@ -71,7 +73,9 @@ def build_server(target: str, settings: Settings) -> SomaServer:
         from soma.surrogate import service as surrogate  # noqa: PLC0415
 
         backend = TransformersChatBackend(
-            paths["surrogate"], name=settings.surrogate.model, dtype=settings.surrogate.dtype,
+            paths["surrogate"],
+            name=settings.surrogate.model,
+            dtype=settings.surrogate.dtype,
             max_context_tokens=settings.surrogate.max_context_tokens,
         )
         server.add(surrogate.hosted(backend, settings.surrogate))
@@ -88,7 +92,9 @@ def build_server(target: str, settings: Settings) -> SomaServer:
         store = SqliteSessionStore(settings.dialogue.session_db)
         server.add(
             dialogue.hosted(
-                store, teacher_address, settings.dialogue,
+                store,
+                teacher_address,
+                settings.dialogue,
                 lambda address: traced_channel(address, max_message_mb=settings.server.max_message_mb),
             )
         )

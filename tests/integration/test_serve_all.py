@@ -31,7 +31,9 @@ SERVICES = ["soma.v1.DialogueService", "soma.v1.TeacherService", "soma.v1.Surrog
 def test_health_reports_every_service(channel):
     stub = health_pb2_grpc.HealthStub(channel)
     for service in ["", *SERVICES]:
-        assert stub.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
+        assert (
+            stub.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
+        )
     with pytest.raises(grpc.RpcError) as info:
         stub.Check(health_pb2.HealthCheckRequest(service="soma.v1.MiningService"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
@@ -66,8 +68,11 @@ def test_multi_turn_dialogue_uses_the_history(all_server, server_dir):
         client.close_session(sid)
         closed = client.get_session(sid, include_transcript=True)
         assert closed.session.phase == common_pb2.SESSION_PHASE_CLOSED and not closed.transcript
-    rows = sqlite3.connect(server_dir / "sessions.db").execute(
-        "SELECT count(*) FROM turns WHERE session_id=?", (sid,)).fetchone()
+    rows = (
+        sqlite3.connect(server_dir / "sessions.db")
+        .execute("SELECT count(*) FROM turns WHERE session_id=?", (sid,))
+        .fetchone()
+    )
     assert rows == (0,), "CloseSession must delete the stored transcript"
 
 
@@ -114,7 +119,8 @@ def test_teacher_streams_and_counts(channel):
     assert result.completion_tokens == 8 and result.finish_reason == common_pb2.FINISH_REASON_LENGTH
     assert result.prompt_tokens > 10 and result.model == "qwen2.5-coder-0.5b-instruct"
     bad = teacher_pb2.TeacherServiceGenerateRequest(
-        messages=[common_pb2.Message(role=common_pb2.ROLE_ASSISTANT, content="hi")])
+        messages=[common_pb2.Message(role=common_pb2.ROLE_ASSISTANT, content="hi")]
+    )
     code, msg = _error(lambda: list(stub.Generate(bad)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "USER" in msg
 
@@ -122,23 +128,39 @@ def test_teacher_streams_and_counts(channel):
 def test_surrogate_answers_and_refuses_unknown_adapter(channel):
     stub = surrogate_pb2_grpc.SurrogateServiceStub(channel)
     messages = [common_pb2.Message(role=common_pb2.ROLE_USER, content="What is the capital of France?")]
-    responses = list(stub.Generate(surrogate_pb2.SurrogateServiceGenerateRequest(
-        messages=messages, params=common_pb2.GenerationParams(max_new_tokens=12))))
+    responses = list(
+        stub.Generate(
+            surrogate_pb2.SurrogateServiceGenerateRequest(
+                messages=messages, params=common_pb2.GenerationParams(max_new_tokens=12)
+            )
+        )
+    )
     result = responses[-1].result
     assert result.model == "smollm2-135m-instruct" and "paris" in result.text.lower()
-    code, msg = _error(lambda: list(stub.Generate(surrogate_pb2.SurrogateServiceGenerateRequest(
-        messages=messages, adapter=surrogate_pb2.AdapterRef(session_id="s", generation=1)))))
+    code, msg = _error(
+        lambda: list(
+            stub.Generate(
+                surrogate_pb2.SurrogateServiceGenerateRequest(
+                    messages=messages, adapter=surrogate_pb2.AdapterRef(session_id="s", generation=1)
+                )
+            )
+        )
+    )
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "adapter" in msg
 
 
 def test_gate_gap_is_batched_and_meaningful(channel):
     stub = gate_pb2_grpc.GateServiceStub(channel)
     same = "The capital of France is Paris."
-    gaps = stub.Gap(gate_pb2.GapRequest(pairs=[
-        gate_pb2.AnswerPair(a=same, b=same),
-        gate_pb2.AnswerPair(a=same, b="Paris is France's capital city."),
-        gate_pb2.AnswerPair(a=same, b="def add(a, b): return a + b"),
-    ])).gaps
+    gaps = stub.Gap(
+        gate_pb2.GapRequest(
+            pairs=[
+                gate_pb2.AnswerPair(a=same, b=same),
+                gate_pb2.AnswerPair(a=same, b="Paris is France's capital city."),
+                gate_pb2.AnswerPair(a=same, b="def add(a, b): return a + b"),
+            ]
+        )
+    ).gaps
     assert gaps[0] == pytest.approx(0.0, abs=1e-5)
     assert gaps[0] < gaps[1] < gaps[2]
     code, _ = _error(lambda: stub.Gap(gate_pb2.GapRequest()))
@@ -147,12 +169,29 @@ def test_gate_gap_is_batched_and_meaningful(channel):
 
 def test_chat_cli_plays_a_script_as_json(all_server, tmp_path):
     script = tmp_path / "dialogue.jsonl"
-    script.write_text(json.dumps({"id": "t", "turns": [{"user": "Say hi."}, {"user": "Say bye."}]}) + "\n"
-                      + json.dumps({"id": "ignored", "turns": [{"user": "never sent"}]}) + "\n")
+    script.write_text(
+        json.dumps({"id": "t", "turns": [{"user": "Say hi."}, {"user": "Say bye."}]})
+        + "\n"
+        + json.dumps({"id": "ignored", "turns": [{"user": "never sent"}]})
+        + "\n"
+    )
     out = subprocess.run(
-        [sys.executable, "-m", "soma", "chat", "--address", all_server.address, "--script", str(script),
-         "--json", "--max-new-tokens", "4"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "soma",
+            "chat",
+            "--address",
+            all_server.address,
+            "--script",
+            str(script),
+            "--json",
+            "--max-new-tokens",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]

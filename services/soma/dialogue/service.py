@@ -73,8 +73,7 @@ def _teacher_error(err: grpc.RpcError, address: str) -> SomaError:
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return FailedPrecondition(f"the teacher refused the turn: {details}")
     return Unavailable(
-        f"teacher service at {address} failed ({code.name}: {details}); "
-        "the turn was not stored, retry it"
+        f"teacher service at {address} failed ({code.name}: {details}); the turn was not stored, retry it"
     )
 
 
@@ -123,12 +122,17 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
             raise InvalidArgument(f"{len(request.labels)} labels; the limit is {self.settings.max_labels}")
         for key, value in request.labels.items():
             if not key or len(key) > _LABEL_MAX_CHARS or len(value) > _LABEL_MAX_CHARS:
-                raise InvalidArgument(f"label {key[:40]!r}: keys must be 1-{_LABEL_MAX_CHARS} characters, "
-                                      f"values at most {_LABEL_MAX_CHARS}")
+                raise InvalidArgument(
+                    f"label {key[:40]!r}: keys must be 1-{_LABEL_MAX_CHARS} characters, "
+                    f"values at most {_LABEL_MAX_CHARS}"
+                )
         now = time.time()
         state = SessionState(
-            session_id=session_id, created_at=now, updated_at=now,
-            system_prompt=request.system_prompt, labels=dict(request.labels),
+            session_id=session_id,
+            created_at=now,
+            updated_at=now,
+            system_prompt=request.system_prompt,
+            labels=dict(request.labels),
         )
         try:
             self.store.create(state)
@@ -138,16 +142,16 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
         trace.get_current_span().set_attribute("gen_ai.conversation.id", session_id)
         return dialogue_pb2.OpenSessionResponse(session=session_to_proto(state))
 
-    def Chat(self, request: dialogue_pb2.ChatRequest, context: grpc.ServicerContext) -> Iterator[dialogue_pb2.ChatResponse]:
+    def Chat(
+        self, request: dialogue_pb2.ChatRequest, context: grpc.ServicerContext
+    ) -> Iterator[dialogue_pb2.ChatResponse]:
         started = time.perf_counter()
         session_id = self._session_id(request.session_id)
         query = request.query
         if not query.strip():
             raise InvalidArgument("query is empty")
         if len(query) > self.settings.max_query_chars:
-            raise InvalidArgument(
-                f"query has {len(query)} characters; the limit is {self.settings.max_query_chars}"
-            )
+            raise InvalidArgument(f"query has {len(query)} characters; the limit is {self.settings.max_query_chars}")
         if not self._locks.try_acquire(session_id):
             raise Aborted(f"a turn is already in progress on session {session_id}; wait for it and retry")
         try:
@@ -165,7 +169,8 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
         span.set_attribute("soma.served_by", decision.served_by.value)
         messages = chat_messages(state, history, query)
         request = teacher_pb2.TeacherServiceGenerateRequest(
-            messages=messages_to_proto(messages), params=params,
+            messages=messages_to_proto(messages),
+            params=params,
             request_id=f"{session_id}/{state.turn_count + 1}",
         )
         call = self._teacher.Generate(request, timeout=self.settings.teacher_timeout_s)
@@ -183,13 +188,21 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
         finally:
             call.cancel()  # no-op when the stream is done; stops the teacher when the client left
         if result is None:
-            raise Unavailable(f"teacher service at {self.teacher_address} ended the stream without a result; "
-                              "the turn was not stored, retry it")
+            raise Unavailable(
+                f"teacher service at {self.teacher_address} ended the stream without a result; "
+                "the turn was not stored, retry it"
+            )
         turn = Turn(
-            turn_index=state.turn_count + 1, query=query, answer=result.text,
-            served_by=decision.served_by, route_reason=decision.reason, phase=decision.phase_after,
-            prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-            latency_ms=0.0, model_latency_ms=result.model_latency_ms,
+            turn_index=state.turn_count + 1,
+            query=query,
+            answer=result.text,
+            served_by=decision.served_by,
+            route_reason=decision.reason,
+            phase=decision.phase_after,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            latency_ms=0.0,
+            model_latency_ms=result.model_latency_ms,
             finish_reason=_FINISH_NAMES.get(result.finish_reason, "unspecified"),
             dropped_messages=result.dropped_messages,
         )
@@ -205,7 +218,9 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
         TURNS.labels(decision.served_by.value.lower()).inc()
         yield dialogue_pb2.ChatResponse(turn=turn_record_to_proto(turn))
 
-    def GetSession(self, request: dialogue_pb2.GetSessionRequest, context: grpc.ServicerContext) -> dialogue_pb2.GetSessionResponse:
+    def GetSession(
+        self, request: dialogue_pb2.GetSessionRequest, context: grpc.ServicerContext
+    ) -> dialogue_pb2.GetSessionResponse:
         state = self._existing(request.session_id)
         response = dialogue_pb2.GetSessionResponse(session=session_to_proto(state))
         if request.include_transcript:
@@ -213,7 +228,9 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
                 response.transcript.add(query=turn.query, answer=turn.answer, record=turn_record_to_proto(turn))
         return response
 
-    def CloseSession(self, request: dialogue_pb2.CloseSessionRequest, context: grpc.ServicerContext) -> dialogue_pb2.CloseSessionResponse:
+    def CloseSession(
+        self, request: dialogue_pb2.CloseSessionRequest, context: grpc.ServicerContext
+    ) -> dialogue_pb2.CloseSessionResponse:
         session_id = self._session_id(request.session_id)
         try:
             state = self.store.close(session_id)

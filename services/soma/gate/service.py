@@ -64,14 +64,22 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
         )
         gap_old, gap_new = gaps[: len(batch)], gaps[len(batch) :]
         decision = gate_stats.accept(
-            gap_old, gap_new, epsilon=request.epsilon, delta=request.delta, bound=bound,
+            gap_old,
+            gap_new,
+            epsilon=request.epsilon,
+            delta=request.delta,
+            bound=bound,
             max_mean_gap=request.max_mean_gap,
             locality_value=self._locality(request.current_query, list(request.warm_queries)),
             min_locality=request.min_locality,
         )
         return gate_pb2.AcceptResponse(
-            accepted=decision.accepted, mean_improvement=decision.mean_improvement, bound=decision.bound,
-            mean_gap_new=decision.mean_gap_new, locality=decision.locality or 0.0, reason=decision.reason,
+            accepted=decision.accepted,
+            mean_improvement=decision.mean_improvement,
+            bound=decision.bound,
+            mean_gap_new=decision.mean_gap_new,
+            locality=decision.locality or 0.0,
+            reason=decision.reason,
         )
 
     def ObserveTurn(

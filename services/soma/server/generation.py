@@ -51,9 +51,7 @@ def sampling_from_proto(params: common_pb2.GenerationParams, settings: ModelSett
     """Apply server defaults to zero fields and enforce the configured limits."""
     max_new = params.max_new_tokens or settings.default_max_new_tokens
     if max_new > settings.max_new_tokens_limit:
-        raise InvalidArgument(
-            f"params.max_new_tokens={max_new} exceeds the limit of {settings.max_new_tokens_limit}"
-        )
+        raise InvalidArgument(f"params.max_new_tokens={max_new} exceeds the limit of {settings.max_new_tokens_limit}")
     if not 0.0 <= params.temperature <= 2.0:
         raise InvalidArgument(f"params.temperature={params.temperature} must be within [0, 2]")
     if not 0.0 <= params.top_p <= 1.0:

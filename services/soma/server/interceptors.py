@@ -71,9 +71,7 @@ class StatusAndMetricsInterceptor(grpc.ServerInterceptor):
                 record(_code_of(context, grpc.StatusCode.OK), started)
                 return response
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer
-            )
+            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
 
         if handler.unary_stream:
             inner_stream = handler.unary_stream

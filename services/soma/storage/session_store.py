@@ -37,7 +37,43 @@ class SessionStore(Protocol):
     def create(self, state: SessionState) -> None: ...
     def get(self, session_id: str) -> SessionState | None: ...
     def turns(self, session_id: str) -> list[Turn]: ...
-    def append_turn(self, session_id: str, turn: Turn, new_phase: Phase) -> SessionState: ...
+    def append_turn(self, session_id: str, turn: Turn, new_phase: Phase) -> SessionState:
+        """Store the next turn and update counters atomically.
+
+        The counters move with a conditional UPDATE (open session, expected turn index), so the
+        common case is one UPDATE and one INSERT in a single transaction; only a refused write
+        reads the row back to say why.
+        """
+        conn = self._conn()
+        teacher = 1 if turn.served_by is ServedBy.TEACHER else 0
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            updated = conn.execute(
+                "UPDATE sessions SET turn_count=turn_count+1, teacher_turns=teacher_turns+?,"
+                " surrogate_turns=surrogate_turns+?, phase=?, updated_at=?"
+                " WHERE session_id=? AND phase!=? AND turn_count=?",
+                (teacher, 1 - teacher, new_phase.value, now, session_id, Phase.CLOSED.value, turn.turn_index - 1),
+            ).rowcount
+            if updated != 1:
+                row = conn.execute("SELECT * FROM sessions WHERE session_id=?", (session_id,)).fetchone()
+                if row is None:
+                    raise SessionMissing(session_id)
+                state = _state_from_row(row)
+                if state.closed:
+                    raise SessionClosed(session_id)
+                raise TurnConflict(f"expected turn {state.turn_count + 1}, got {turn.turn_index}")
+            conn.execute(
+                "INSERT INTO turns VALUES (?,?,?,?,?)",
+                (session_id, turn.turn_index, turn.query, turn.answer, _turn_record(turn)),
+            )
+            row = conn.execute("SELECT * FROM sessions WHERE session_id=?", (session_id,)).fetchone()
+            conn.execute("COMMIT")
+            return _state_from_row(row)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
     def close(self, session_id: str) -> SessionState: ...
 
 
@@ -122,9 +158,16 @@ class SqliteSessionStore:
             self._conn().execute(
                 "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
-                    state.session_id, state.created_at, state.updated_at, state.phase.value,
-                    state.system_prompt, json.dumps(state.labels), state.turn_count,
-                    state.teacher_turns, state.surrogate_turns, state.adapter_generation,
+                    state.session_id,
+                    state.created_at,
+                    state.updated_at,
+                    state.phase.value,
+                    state.system_prompt,
+                    json.dumps(state.labels),
+                    state.turn_count,
+                    state.teacher_turns,
+                    state.surrogate_turns,
+                    state.adapter_generation,
                 ),
             )
         except sqlite3.IntegrityError as err:
@@ -135,19 +178,25 @@ class SqliteSessionStore:
         return _state_from_row(row) if row else None
 
     def turns(self, session_id: str) -> list[Turn]:
-        rows = self._conn().execute(
-            "SELECT * FROM turns WHERE session_id=? ORDER BY turn_index", (session_id,)
-        ).fetchall()
+        rows = (
+            self._conn().execute("SELECT * FROM turns WHERE session_id=? ORDER BY turn_index", (session_id,)).fetchall()
+        )
         result = []
         for row in rows:
             rec = json.loads(row["record"])
             result.append(
                 Turn(
-                    turn_index=row["turn_index"], query=row["query"], answer=row["answer"],
-                    served_by=ServedBy(rec["served_by"]), route_reason=rec["route_reason"],
-                    phase=Phase(rec["phase"]), prompt_tokens=rec["prompt_tokens"],
-                    completion_tokens=rec["completion_tokens"], latency_ms=rec["latency_ms"],
-                    model_latency_ms=rec["model_latency_ms"], finish_reason=rec["finish_reason"],
+                    turn_index=row["turn_index"],
+                    query=row["query"],
+                    answer=row["answer"],
+                    served_by=ServedBy(rec["served_by"]),
+                    route_reason=rec["route_reason"],
+                    phase=Phase(rec["phase"]),
+                    prompt_tokens=rec["prompt_tokens"],
+                    completion_tokens=rec["completion_tokens"],
+                    latency_ms=rec["latency_ms"],
+                    model_latency_ms=rec["model_latency_ms"],
+                    finish_reason=rec["finish_reason"],
                     dropped_messages=rec.get("dropped_messages", 0),
                 )
             )
@@ -180,8 +229,14 @@ class SqliteSessionStore:
             conn.execute(
                 "UPDATE sessions SET turn_count=?, teacher_turns=?, surrogate_turns=?, phase=?,"
                 " updated_at=? WHERE session_id=?",
-                (state.turn_count, state.teacher_turns, state.surrogate_turns, state.phase.value,
-                 state.updated_at, session_id),
+                (
+                    state.turn_count,
+                    state.teacher_turns,
+                    state.surrogate_turns,
+                    state.phase.value,
+                    state.updated_at,
+                    session_id,
+                ),
             )
             conn.execute("COMMIT")
             return state

@@ -35,7 +35,11 @@ class SurrogateServicer(surrogate_pb2_grpc.SurrogateServiceServicer):
                 "adapter store configured; omit the adapter to use the base model"
             )
         yield from stream_generation(
-            self.backend, "surrogate", messages, sampling, context,
+            self.backend,
+            "surrogate",
+            messages,
+            sampling,
+            context,
             surrogate_pb2.SurrogateServiceGenerateResponse,
         )
 

@@ -5,22 +5,21 @@ from __future__ import annotations
 import prometheus_client
 
 GRPC_REQUESTS = prometheus_client.Counter(
-    "soma_grpc_requests", "gRPC requests handled, by service, method and status code.",
+    "soma_grpc_requests",
+    "gRPC requests handled, by service, method and status code.",
     ["service", "method", "code"],
 )
 GRPC_SECONDS = prometheus_client.Histogram(
-    "soma_grpc_request_seconds", "gRPC handler wall time.", ["service", "method"],
+    "soma_grpc_request_seconds",
+    "gRPC handler wall time.",
+    ["service", "method"],
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
-TURNS = prometheus_client.Counter(
-    "soma_turns", "Dialogue turns served, by model role.", ["served_by"]
-)
+TURNS = prometheus_client.Counter("soma_turns", "Dialogue turns served, by model role.", ["served_by"])
 GENERATED_TOKENS = prometheus_client.Counter(
     "soma_generated_tokens", "Completion tokens generated, by model role.", ["role"]
 )
-PROMPT_TOKENS = prometheus_client.Counter(
-    "soma_prompt_tokens", "Prompt tokens processed, by model role.", ["role"]
-)
+PROMPT_TOKENS = prometheus_client.Counter("soma_prompt_tokens", "Prompt tokens processed, by model role.", ["role"])
 SESSIONS_OPEN = prometheus_client.Counter("soma_sessions_opened", "Sessions opened.")
 SESSIONS_CLOSED = prometheus_client.Counter("soma_sessions_closed", "Sessions closed.")
 

@@ -1,0 +1,21 @@
+"""The README's configuration table is the one the code generates."""
+
+import re
+from pathlib import Path
+
+from soma.tools.config_table import config_table
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_config_table_matches_settings():
+    text = README.read_text()
+    match = re.search(r"<!-- config-table:start -->\n(.*?)\n<!-- config-table:end -->", text, re.S)
+    assert match, "README lost its config-table markers"
+    assert match.group(1) == config_table(), "regenerate with: python -m soma.tools.config_table"
+
+
+def test_readme_starts_with_the_two_commands():
+    block = README.read_text().split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    assert commands == ["make demo", "make test"]
