@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from soma.config import TARGETS, ConfigError, Settings
+from soma.config import TARGETS, ConfigError, ModelSettings, Settings
 from soma.server.app import SomaServer
 from soma.telemetry.metrics import start_metrics_server
 from soma.telemetry.tracing import setup_tracing, shutdown_tracing, traced_channel
@@ -31,6 +31,14 @@ def _check_addresses(target: str, settings: Settings) -> None:
             "dialogue.teacher_address (env SOMA_DIALOGUE__TEACHER_ADDRESS) is required with "
             "--target dialogue: the host:port of a teacher service"
         )
+
+
+def _chat_backend(path: str, section: ModelSettings):
+    from soma.models.chat_backend import TransformersChatBackend  # noqa: PLC0415
+
+    return TransformersChatBackend(
+        path, name=section.model, dtype=section.dtype, max_context_tokens=section.max_context_tokens
+    )
 
 
 def build_server(target: str, settings: Settings) -> SomaServer:
@@ -58,27 +66,13 @@ def build_server(target: str, settings: Settings) -> SomaServer:
 
     server = SomaServer(settings.server)
     if "teacher" in wanted:
-        from soma.models.chat_backend import TransformersChatBackend  # noqa: PLC0415
         from soma.teacher import service as teacher  # noqa: PLC0415
 
-        backend = TransformersChatBackend(
-            paths["teacher"],
-            name=settings.teacher.model,
-            dtype=settings.teacher.dtype,
-            max_context_tokens=settings.teacher.max_context_tokens,
-        )
-        server.add(teacher.hosted(backend, settings.teacher))
+        server.add(teacher.hosted(_chat_backend(paths["teacher"], settings.teacher), settings.teacher))
     if "surrogate" in wanted:
-        from soma.models.chat_backend import TransformersChatBackend  # noqa: PLC0415
         from soma.surrogate import service as surrogate  # noqa: PLC0415
 
-        backend = TransformersChatBackend(
-            paths["surrogate"],
-            name=settings.surrogate.model,
-            dtype=settings.surrogate.dtype,
-            max_context_tokens=settings.surrogate.max_context_tokens,
-        )
-        server.add(surrogate.hosted(backend, settings.surrogate))
+        server.add(surrogate.hosted(_chat_backend(paths["surrogate"], settings.surrogate), settings.surrogate))
     if "gate" in wanted:
         from soma.gate import service as gate  # noqa: PLC0415
         from soma.models.encoder import SentenceEncoder  # noqa: PLC0415

@@ -110,3 +110,22 @@ def test_sigterm_drains_in_flight_turns(tmp_path):
     with pytest.raises(grpc.RpcError):  # and nothing new is accepted
         with DialogueClient(server.address) as late:
             late.open_session()
+
+
+def test_gate_target_serves_prometheus_metrics(tmp_path):
+    import urllib.request
+
+    from soma.v1 import gate_pb2, gate_pb2_grpc
+
+    port = _free_port()
+    env = {"SOMA_TELEMETRY__METRICS_PORT": str(port)}
+    with start_server("gate", env=env, log_path=tmp_path / "gate.log") as gate:
+        with grpc.insecure_channel(gate.address) as channel:
+            gaps = (
+                gate_pb2_grpc.GateServiceStub(channel)
+                .Gap(gate_pb2.GapRequest(pairs=[gate_pb2.AnswerPair(a="same", b="same")]))
+                .gaps
+            )
+            assert gaps[0] == pytest.approx(0.0, abs=1e-5)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'soma_grpc_requests_total{code="OK",method="Gap",service="soma.v1.GateService"} 1.0' in body

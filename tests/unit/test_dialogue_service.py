@@ -14,6 +14,7 @@ from soma.config import load_settings
 from soma.dialogue import service as dialogue
 from soma.server.app import HostedService, SomaServer
 from soma.storage.session_store import SqliteSessionStore
+from soma.telemetry.tracing import traced_channel
 from soma.v1 import common_pb2, dialogue_pb2, dialogue_pb2_grpc, teacher_pb2, teacher_pb2_grpc
 
 
@@ -176,3 +177,31 @@ def test_client_cancel_stores_nothing(stack):
             threading.Event().wait(0.1)
     assert rec.turn_index == 1
     assert [t.query for t in store.turns(sid)] == ["after cancel"]
+
+
+def test_trace_context_flows_from_dialogue_to_teacher(tmp_path, spans):
+    """The teacher's span continues the dialogue's trace (context carried in gRPC metadata)."""
+    settings = load_settings(overrides={"server": {"port": 0}})
+    teacher = ScriptedTeacher()
+    server = SomaServer(settings.server)
+    server.add(
+        HostedService(
+            "soma.v1.TeacherService", lambda s: teacher_pb2_grpc.add_TeacherServiceServicer_to_server(teacher, s)
+        )
+    )
+    server.add(
+        dialogue.hosted(SqliteSessionStore(tmp_path / "s.db"), server.address, settings.dialogue, traced_channel)
+    )
+    server.start()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = dialogue_pb2_grpc.DialogueServiceStub(channel)
+            sid = _open(stub)
+            _chat(stub, sid, "hi")
+    finally:
+        server.stop(0)
+    by_name = {s.name: s for s in spans.get_finished_spans()}
+    chat, generate = by_name["/soma.v1.DialogueService/Chat"], by_name["/soma.v1.TeacherService/Generate"]
+    assert generate.context.trace_id == chat.context.trace_id
+    assert generate.parent.span_id == chat.context.span_id
+    assert chat.attributes["gen_ai.conversation.id"] == sid

@@ -7,10 +7,12 @@ requests) racing on one session cannot interleave or corrupt a transcript.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -34,6 +36,18 @@ class TurnConflict(Exception):
 
 
 class SessionStore(Protocol):
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken up front so concurrent writers queue instead of failing."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
     def create(self, state: SessionState) -> None: ...
     def get(self, session_id: str) -> SessionState | None: ...
     def turns(self, session_id: str) -> list[Turn]: ...
@@ -44,16 +58,21 @@ class SessionStore(Protocol):
         common case is one UPDATE and one INSERT in a single transaction; only a refused write
         reads the row back to say why.
         """
-        conn = self._conn()
         teacher = 1 if turn.served_by is ServedBy.TEACHER else 0
-        now = time.time()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write() as conn:
             updated = conn.execute(
                 "UPDATE sessions SET turn_count=turn_count+1, teacher_turns=teacher_turns+?,"
                 " surrogate_turns=surrogate_turns+?, phase=?, updated_at=?"
                 " WHERE session_id=? AND phase!=? AND turn_count=?",
-                (teacher, 1 - teacher, new_phase.value, now, session_id, Phase.CLOSED.value, turn.turn_index - 1),
+                (
+                    teacher,
+                    1 - teacher,
+                    new_phase.value,
+                    time.time(),
+                    session_id,
+                    Phase.CLOSED.value,
+                    turn.turn_index - 1,
+                ),
             ).rowcount
             if updated != 1:
                 row = conn.execute("SELECT * FROM sessions WHERE session_id=?", (session_id,)).fetchone()
@@ -68,11 +87,7 @@ class SessionStore(Protocol):
                 (session_id, turn.turn_index, turn.query, turn.answer, _turn_record(turn)),
             )
             row = conn.execute("SELECT * FROM sessions WHERE session_id=?", (session_id,)).fetchone()
-            conn.execute("COMMIT")
-            return _state_from_row(row)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        return _state_from_row(row)
 
     def close(self, session_id: str) -> SessionState: ...
 
@@ -152,6 +167,18 @@ class SqliteSessionStore:
             conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
         return conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken up front so concurrent writers queue instead of failing."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     def create(self, state: SessionState) -> None:
         try:
@@ -246,9 +273,7 @@ class SqliteSessionStore:
 
     def close(self, session_id: str) -> SessionState:
         """Mark the session CLOSED and delete its transcript; the state row stays as a tombstone."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write() as conn:
             row = conn.execute("SELECT * FROM sessions WHERE session_id=?", (session_id,)).fetchone()
             if row is None:
                 raise SessionMissing(session_id)
@@ -262,8 +287,4 @@ class SqliteSessionStore:
                 "UPDATE sessions SET phase=?, updated_at=? WHERE session_id=?",
                 (state.phase.value, state.updated_at, session_id),
             )
-            conn.execute("COMMIT")
-            return state
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        return state

@@ -1,0 +1,83 @@
+"""The shared server framework: status mapping, metrics, trace propagation, health."""
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from soma.config import load_settings
+from soma.gate import service as gate
+from soma.server.app import SomaServer
+from soma.telemetry.metrics import GRPC_REQUESTS
+from soma.v1 import gate_pb2, gate_pb2_grpc
+
+
+class BrokenEncoder:
+    def gaps(self, pairs):
+        raise RuntimeError("secret internal detail")
+
+
+class FixedEncoder:
+    def gaps(self, pairs):
+        return [0.25 for _ in pairs]
+
+
+def _serve(encoder):
+    settings = load_settings(overrides={"server": {"port": 0}})
+    server = SomaServer(settings.server)
+    server.add(gate.hosted(encoder, settings.gate))
+    server.start()
+    return server
+
+
+def test_unexpected_errors_become_internal_without_details():
+    server = _serve(BrokenEncoder())
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = gate_pb2_grpc.GateServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Gap(gate_pb2.GapRequest(pairs=[gate_pb2.AnswerPair(a="x", b="y")]))
+            assert info.value.code() == grpc.StatusCode.INTERNAL
+            assert "ref" in info.value.details() and "secret" not in info.value.details()
+    finally:
+        server.stop(0)
+
+
+def test_requests_are_counted_by_code():
+    def count(code):
+        return GRPC_REQUESTS.labels("soma.v1.GateService", "Gap", code)._value.get()
+
+    ok_before, bad_before = count("OK"), count("INVALID_ARGUMENT")
+    server = _serve(FixedEncoder())
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = gate_pb2_grpc.GateServiceStub(channel)
+            assert list(stub.Gap(gate_pb2.GapRequest(pairs=[gate_pb2.AnswerPair(a="x", b="y")])).gaps) == [0.25]
+            with pytest.raises(grpc.RpcError):
+                stub.Gap(gate_pb2.GapRequest())
+    finally:
+        server.stop(0)
+    assert count("OK") == ok_before + 1
+    assert count("INVALID_ARGUMENT") == bad_before + 1
+
+
+def test_rpcs_are_traced(spans):
+    server = _serve(FixedEncoder())
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            gate_pb2_grpc.GateServiceStub(channel).Gap(gate_pb2.GapRequest(pairs=[gate_pb2.AnswerPair(a="x", b="y")]))
+    finally:
+        server.stop(0)
+    names = [s.name for s in spans.get_finished_spans()]
+    assert "/soma.v1.GateService/Gap" in names
+
+
+def test_health_per_service_and_drain():
+    server = _serve(FixedEncoder())
+    with grpc.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        status = health.Check(health_pb2.HealthCheckRequest(service="soma.v1.GateService")).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        server.health.enter_graceful_shutdown()  # what stop() does first
+        status = health.Check(health_pb2.HealthCheckRequest(service="soma.v1.GateService")).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    server.stop(0)
