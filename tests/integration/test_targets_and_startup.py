@@ -129,3 +129,11 @@ def test_gate_target_serves_prometheus_metrics(tmp_path):
             assert gaps[0] == pytest.approx(0.0, abs=1e-5)
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert 'soma_grpc_requests_total{code="OK",method="Gap",service="soma.v1.GateService"} 1.0' in body
+
+
+def test_unloadable_model_exits_naming_the_key(tmp_path):
+    out = _serve(
+        ["--target", "surrogate", "--port", "0"],
+        env={"SOMA_SURROGATE__MODEL": str(tmp_path / "no-such-model"), "HF_HUB_OFFLINE": "1"},
+    )
+    assert out.returncode == 2 and "surrogate.model=" in out.stderr

@@ -16,6 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,6 +156,8 @@ class TransformersChatBackend:
         self.max_context_tokens = max_context_tokens or min(limit, 8192)
         self._lock = threading.Lock()
         self._configs: dict[tuple[int, float, float], GenerationConfig] = {}
+        # One long-lived thread runs model.generate for stream(): no thread start per request.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"generate-{name}")
 
     # -- prompt -----------------------------------------------------------------------------------
 
@@ -290,8 +293,7 @@ class TransformersChatBackend:
 
         with self._lock:
             self._seed(params)
-            worker = threading.Thread(target=work, name=f"generate-{self.name}", daemon=True)
-            worker.start()
+            worker = self._worker.submit(work)
             detok = _Detokenizer(self.tokenizer)
             pieces: list[str] = []
             try:
@@ -313,7 +315,7 @@ class TransformersChatBackend:
                         yield chunk
             finally:
                 stop.set()  # no-op if finished; cancels it if the consumer went away
-                worker.join()
+                worker.result()  # work() never raises: errors travel in `error`
         if error:
             raise error[0]
         if tail := detok.flush():
