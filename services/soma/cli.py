@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -171,7 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_openmp() -> None:
+    """Let idle OpenMP workers sleep instead of spinning, unless the user chose otherwise.
+
+    After each generation torch's OpenMP threads busy-wait for more work by default; on a
+    small CPU machine they then compete with the gRPC threads that finish the turn (measured
+    here: dialogue-path overhead p50 4.2-4.6 ms passive vs 4.6-8.2 ms spinning, same
+    tokens/s). Must run before torch is imported.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_openmp()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

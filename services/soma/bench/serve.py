@@ -61,6 +61,7 @@ def measure_overhead(address: str, queries: list[str], turns: int, max_new_token
             "mean": statistics.fmean(client_overhead),
         },
         "server_overhead_ms": {"p50": statistics.median(server_overhead), "p90": _percentile(server_overhead, 0.9)},
+        "per_turn_client_overhead_ms": client_overhead,
     }
 
 
