@@ -9,12 +9,13 @@ names the value a GPU cluster would use where it differs.
 from __future__ import annotations
 
 import contextvars
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 TARGETS = ("all", "dialogue", "teacher", "surrogate", "gate")
 
@@ -33,6 +34,9 @@ class ServerSettings(_Section):
     max_workers: int = Field(32, ge=2, le=1024, description="gRPC handler threads.")
     grace_period_s: float = Field(30.0, ge=0, le=3600, description="On SIGTERM, how long in-flight RPCs may finish.")
     max_message_mb: int = Field(16, ge=1, le=1024, description="Largest gRPC message, MiB.")
+    drain_delay_s: float = Field(
+        0.0, ge=0, le=300, description="On SIGTERM, report NOT_SERVING this long before refusing RPCs. Cluster: 5."
+    )
 
 
 class ModelSettings(_Section):
@@ -43,6 +47,20 @@ class ModelSettings(_Section):
     max_context_tokens: int | None = Field(None, ge=64, description="Context window; default min(model limit, 8192).")
     default_max_new_tokens: int = Field(256, ge=1, le=32768, description="max_new_tokens when a request leaves it 0.")
     max_new_tokens_limit: int = Field(2048, ge=1, le=32768, description="Largest max_new_tokens a request may ask for.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSettings:
+        if self.default_max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError(
+                f"default_max_new_tokens={self.default_max_new_tokens} exceeds "
+                f"max_new_tokens_limit={self.max_new_tokens_limit}"
+            )
+        if self.max_context_tokens is not None and self.max_context_tokens <= self.default_max_new_tokens:
+            raise ValueError(
+                f"max_context_tokens={self.max_context_tokens} leaves no room for the prompt with "
+                f"default_max_new_tokens={self.default_max_new_tokens}"
+            )
+        return self
 
 
 class TeacherSettings(ModelSettings):
@@ -66,6 +84,19 @@ class DialogueSettings(_Section):
     max_system_prompt_chars: int = Field(16_000, ge=0, description="Longest system prompt accepted.")
     max_labels: int = Field(32, ge=0, description="Most labels a session may carry.")
     teacher_timeout_s: float = Field(600.0, gt=0, description="Deadline of one teacher call.")
+    max_concurrent_turns: int = Field(
+        16, ge=1, description="Turns in flight per replica; more get RESOURCE_EXHAUSTED. Below server.max_workers."
+    )
+    max_history_chars: int = Field(
+        400_000, ge=1000, description="History sent to the model per turn; older turns beyond it are left out."
+    )
+
+    @field_validator("teacher_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value and not re.fullmatch(r"(unix:.+|[A-Za-z0-9.\-]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5})", value):
+            raise ValueError(f"{value!r} is not host:port")
+        return value
 
 
 class TelemetrySettings(_Section):
@@ -90,6 +121,15 @@ class Settings(BaseSettings):
     telemetry: TelemetrySettings = TelemetrySettings()
     model_cache: Path = Field(Path("~/.cache/soma/models"), description="Where prepared models are cached.")
     torch_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads; 0 = torch default.")
+
+    @model_validator(mode="after")
+    def _threads_left_for_health(self) -> Settings:
+        if self.dialogue.max_concurrent_turns >= self.server.max_workers:
+            raise ValueError(
+                f"dialogue.max_concurrent_turns={self.dialogue.max_concurrent_turns} must be below "
+                f"server.max_workers={self.server.max_workers}, so health checks and other RPCs keep threads"
+            )
+        return self
 
     @field_validator("model_cache")
     @classmethod
@@ -138,7 +178,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _describe(err: ValidationError, origin: str) -> str:
     lines = [f"invalid configuration ({origin}):"]
     for problem in err.errors():
-        key = ".".join(str(part) for part in problem["loc"]) or "<root>"
+        if not problem["loc"]:
+            lines.append(f"  {problem['msg']}")
+            continue
+        key = ".".join(str(part) for part in problem["loc"])
         env = "SOMA_" + "__".join(str(part).upper() for part in problem["loc"])
         lines.append(f"  {key} (env {env}): {problem['msg']}")
     return "\n".join(lines)
@@ -153,5 +196,7 @@ def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | N
         return Settings(**(overrides or {}))
     except ValidationError as err:
         raise ConfigError(_describe(err, origin)) from None
+    except SettingsError as err:
+        raise ConfigError(f"invalid configuration ({origin}): {err}") from None
     finally:
         _yaml_data.reset(token)

@@ -55,6 +55,12 @@ def build_server(target: str, settings: Settings) -> SomaServer:
         raise ConfigError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     _check_addresses(target, settings)
     wanted = SERVICES_OF[target]
+    # Bind first: a port in use fails in a second, not after the models have loaded.
+    try:
+        server = SomaServer(settings.server)
+    except OSError as err:
+        raise ConfigError(f"server.port (env SOMA_SERVER__PORT): {err}") from None
+    internal_address = server.enable_internal_server() if target == "all" else None
     cache = settings.model_cache
     # Resolve every model first so a missing package fails before anything loads.
     paths = {}
@@ -70,7 +76,6 @@ def build_server(target: str, settings: Settings) -> SomaServer:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
 
-    server = SomaServer(settings.server)
     if "teacher" in wanted:
         from soma.teacher import service as teacher  # noqa: PLC0415
 
@@ -90,7 +95,7 @@ def build_server(target: str, settings: Settings) -> SomaServer:
         from soma.dialogue import service as dialogue  # noqa: PLC0415
         from soma.storage.session_store import SqliteSessionStore  # noqa: PLC0415
 
-        teacher_address = settings.dialogue.teacher_address or server.address
+        teacher_address = settings.dialogue.teacher_address or internal_address
         store = SqliteSessionStore(settings.dialogue.session_db)
         server.add(
             dialogue.hosted(

@@ -87,29 +87,52 @@ def test_missing_model_package_exits_naming_the_package(tmp_path):
 
 
 def test_sigterm_drains_in_flight_turns(tmp_path):
-    env = {**SERVER_ENV, "SOMA_DIALOGUE__SESSION_DB": str(tmp_path / "s.db")}
+    """SIGTERM: NOT_SERVING during the drain delay, then new RPCs are refused while the turn in
+    flight still completes, then the process exits 0."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    env = {**SERVER_ENV, "SOMA_DIALOGUE__SESSION_DB": str(tmp_path / "s.db"), "SOMA_SERVER__DRAIN_DELAY_S": "2"}
     server = start_server("all", env=env, log_path=tmp_path / "drain.log")
     result = {}
+    first_chunk = threading.Event()
     with DialogueClient(server.address) as client:
         sid = client.open_session().session_id
 
         def long_turn():
             try:
-                result["turn"] = client.chat(sid, "Write a long story about a robot.", max_new_tokens=40)
+                result["turn"] = client.chat(
+                    sid, "Write a long story about a robot.", max_new_tokens=80, on_chunk=lambda _: first_chunk.set()
+                )
             except grpc.RpcError as err:
                 result["error"] = err
 
         worker = threading.Thread(target=long_turn)
         worker.start()
-        time.sleep(2.0)  # the turn is generating
+        assert first_chunk.wait(120), "the turn never started streaming"
         server.proc.send_signal(signal.SIGTERM)
-        worker.join(120)
+        time.sleep(0.5)
+        with grpc.insecure_channel(server.address) as probe:
+            status = health_pb2_grpc.HealthStub(probe).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        time.sleep(2.5)  # past the drain delay: new RPCs are refused
+        assert worker.is_alive(), "the turn should still be generating"
+        with pytest.raises(grpc.RpcError), DialogueClient(server.address) as late:
+            late.open_session()
+        worker.join(300)
         assert server.proc.wait(120) == 0
     assert "error" not in result, result.get("error")
-    assert result["turn"].record.completion_tokens == 40
-    with pytest.raises(grpc.RpcError):  # and nothing new is accepted
-        with DialogueClient(server.address) as late:
-            late.open_session()
+    assert result["turn"].record.completion_tokens == 80
+
+
+def test_port_in_use_exits_naming_the_key():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = _serve(["--target", "gate", "--port", str(port)], timeout=60)
+    assert out.returncode == 2 and "server.port" in out.stderr
 
 
 def test_gate_target_serves_prometheus_metrics(tmp_path):

@@ -54,3 +54,20 @@ def test_yaml_problems(tmp_path: Path):
     scalar.write_text("42\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_settings(scalar)
+
+
+@pytest.mark.parametrize(
+    "env,needle",
+    [
+        ({"SOMA_TEACHER__DEFAULT_MAX_NEW_TOKENS": "4096"}, "max_new_tokens_limit"),
+        ({"SOMA_TEACHER__MAX_CONTEXT_TOKENS": "100"}, "no room for the prompt"),
+        ({"SOMA_DIALOGUE__TEACHER_ADDRESS": "not an address"}, "dialogue.teacher_address"),
+        ({"SOMA_SERVER__MAX_WORKERS": "8"}, "max_concurrent_turns"),
+        ({"SOMA_SERVER": "notjson"}, "server"),
+    ],
+)
+def test_inconsistent_settings_are_refused(monkeypatch, env, needle):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match=needle):
+        load_settings()

@@ -111,7 +111,8 @@ def test_bad_input_codes_and_messages(stack):
     stub, _, _ = stack
     sid = _open(stub)
     _chat(stub, sid, "first")
-    assert _code(lambda: _chat(stub, sid, "   ")) == (grpc.StatusCode.INVALID_ARGUMENT, "query is empty")
+    code, msg = _code(lambda: _chat(stub, sid, "   "))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "query is empty" in msg and "50" in msg
     code, msg = _code(lambda: _chat(stub, sid, "x" * 51))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "limit is 50" in msg
     code, msg = _code(lambda: _chat(stub, "no-such-session", "hi"))
@@ -205,3 +206,54 @@ def test_trace_context_flows_from_dialogue_to_teacher(tmp_path, spans):
     assert generate.context.trace_id == chat.context.trace_id
     assert generate.parent.span_id == chat.context.span_id
     assert chat.attributes["gen_ai.conversation.id"] == sid
+
+
+def test_turn_index_makes_retries_safe(stack):
+    stub, _, store = stack
+    sid = _open(stub)
+    _, rec = _chat(stub, sid, "first", **{})
+    responses = list(stub.Chat(dialogue_pb2.ChatRequest(session_id=sid, query="second", turn_index=2)))
+    assert responses[-1].turn.turn_index == 2
+    # the client lost that response and retries with the same index: refused, nothing stored twice
+    code, msg = _code(lambda: list(stub.Chat(dialogue_pb2.ChatRequest(session_id=sid, query="second", turn_index=2))))
+    assert code == grpc.StatusCode.ABORTED and "turn 3" in msg
+    assert [t.query for t in store.turns(sid)] == ["first", "second"]
+
+
+def test_busy_replica_refuses_extra_turns_and_keeps_answering_health(tmp_path):
+    """More Chats than dialogue.max_concurrent_turns get RESOURCE_EXHAUSTED; the teacher calls of
+    the admitted ones run on the internal server's own threads, so nothing deadlocks."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    settings = load_settings(
+        overrides={"server": {"port": 0, "max_workers": 3}, "dialogue": {"max_concurrent_turns": 2}}
+    )
+    teacher = ScriptedTeacher()
+    teacher.mode = "slow"
+    server = SomaServer(settings.server)
+    internal = server.enable_internal_server()
+    server.add(
+        HostedService(
+            "soma.v1.TeacherService", lambda s: teacher_pb2_grpc.add_TeacherServiceServicer_to_server(teacher, s)
+        )
+    )
+    server.add(
+        dialogue.hosted(SqliteSessionStore(tmp_path / "s.db"), internal, settings.dialogue, grpc.insecure_channel)
+    )
+    server.start()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = dialogue_pb2_grpc.DialogueServiceStub(channel)
+            calls = []
+            for _ in range(2):
+                call = stub.Chat(dialogue_pb2.ChatRequest(session_id=_open(stub), query="slow"))
+                assert next(call).chunk.text == "seen "
+                calls.append(call)
+            code, msg = _code(lambda: _chat(stub, _open(stub), "third"))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_concurrent_turns" in msg
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            teacher.release.set()
+            assert [list(c)[-1].turn.turn_index for c in calls] == [1, 1]
+    finally:
+        server.stop(0)

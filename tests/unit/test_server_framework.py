@@ -81,3 +81,29 @@ def test_health_per_service_and_drain():
         status = health.Check(health_pb2.HealthCheckRequest(service="soma.v1.GateService")).status
         assert status == health_pb2.HealthCheckResponse.NOT_SERVING
     server.stop(0)
+
+
+class RpcErrorEncoder:
+    """Raises an exception that has a code() method, as grpc.RpcError does."""
+
+    def gaps(self, pairs):
+        class Upstream(grpc.RpcError):
+            def code(self):
+                return grpc.StatusCode.UNAVAILABLE
+
+        raise Upstream()
+
+
+def test_exceptions_with_a_code_method_are_internal_too():
+    before = GRPC_REQUESTS.labels("soma.v1.GateService", "Gap", "INTERNAL")._value.get()
+    server = _serve(RpcErrorEncoder())
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            with pytest.raises(grpc.RpcError) as info:
+                gate_pb2_grpc.GateServiceStub(channel).Gap(
+                    gate_pb2.GapRequest(pairs=[gate_pb2.AnswerPair(a="x", b="y")])
+                )
+            assert info.value.code() == grpc.StatusCode.INTERNAL and "ref" in info.value.details()
+    finally:
+        server.stop(0)
+    assert GRPC_REQUESTS.labels("soma.v1.GateService", "Gap", "INTERNAL")._value.get() == before + 1

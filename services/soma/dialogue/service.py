@@ -21,9 +21,11 @@ from soma.dialogue.routing import route_turn
 from soma.errors import (
     Aborted,
     AlreadyExists,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     SomaError,
     Unavailable,
 )
@@ -72,6 +74,10 @@ def _teacher_error(err: grpc.RpcError, address: str) -> SomaError:
         return InvalidArgument(f"the teacher refused the turn: {details}")
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return FailedPrecondition(f"the teacher refused the turn: {details}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"the teacher at {address} did not finish in time ({details}); the turn was not stored")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ResourceExhausted(f"the teacher at {address} is overloaded ({details}); retry the turn later")
     return Unavailable(
         f"teacher service at {address} failed ({code.name}: {details}); the turn was not stored, retry it"
     )
@@ -84,6 +90,7 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
         self.teacher_address = teacher_address
         self._teacher = teacher_pb2_grpc.TeacherServiceStub(channel_factory(teacher_address))
         self._locks = _SessionLocks()
+        self._turn_slots = threading.BoundedSemaphore(settings.max_concurrent_turns)
 
     # -- validation -------------------------------------------------------------------
     @staticmethod
@@ -149,19 +156,46 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
         session_id = self._session_id(request.session_id)
         query = request.query
         if not query.strip():
-            raise InvalidArgument("query is empty")
+            raise InvalidArgument(
+                f"query is empty; send 1 to {self.settings.max_query_chars} characters (dialogue.max_query_chars)"
+            )
         if len(query) > self.settings.max_query_chars:
             raise InvalidArgument(f"query has {len(query)} characters; the limit is {self.settings.max_query_chars}")
-        if not self._locks.try_acquire(session_id):
-            raise Aborted(f"a turn is already in progress on session {session_id}; wait for it and retry")
+        if not self._turn_slots.acquire(blocking=False):
+            raise ResourceExhausted(
+                f"{self.settings.max_concurrent_turns} turns are in flight on this replica "
+                "(dialogue.max_concurrent_turns); retry shortly"
+            )
         try:
-            yield from self._chat(session_id, query, request.params, context, started)
+            if not self._locks.try_acquire(session_id):
+                raise Aborted(f"a turn is already in progress on session {session_id}; wait for it and retry")
+            try:
+                yield from self._chat(session_id, query, request, context, started)
+            finally:
+                self._locks.release(session_id)
         finally:
-            self._locks.release(session_id)
+            self._turn_slots.release()
 
-    def _chat(self, session_id, query, params, context, started) -> Iterator[dialogue_pb2.ChatResponse]:
-        state = self._open_session(session_id)
+    def _history(self, session_id: str) -> list[Turn]:
+        """Stored turns, newest kept, within dialogue.max_history_chars (the model trims further)."""
         history = self.store.turns(session_id)
+        budget, kept = self.settings.max_history_chars, 0
+        for turn in reversed(history):
+            budget -= len(turn.query) + len(turn.answer)
+            if budget < 0:
+                break
+            kept += 1
+        return history[len(history) - kept :]
+
+    def _chat(self, session_id, query, chat_request, context, started) -> Iterator[dialogue_pb2.ChatResponse]:
+        params = chat_request.params
+        state = self._open_session(session_id)
+        if chat_request.turn_index and chat_request.turn_index != state.turn_count + 1:
+            raise Aborted(
+                f"turn_index={chat_request.turn_index} but session {session_id} is at turn {state.turn_count + 1}"
+                f" ({state.turn_count} stored); read it with GetSession before retrying"
+            )
+        history = self._history(session_id)
         decision = route_turn(state)
         span = trace.get_current_span()
         span.set_attribute("gen_ai.conversation.id", session_id)
@@ -173,7 +207,12 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
             params=params,
             request_id=f"{session_id}/{state.turn_count + 1}",
         )
-        call = self._teacher.Generate(request, timeout=self.settings.teacher_timeout_s)
+        remaining = context.time_remaining()
+        timeout = (
+            self.settings.teacher_timeout_s if remaining is None else min(remaining, self.settings.teacher_timeout_s)
+        )
+        call = self._teacher.Generate(request, timeout=timeout)
+        context.add_callback(call.cancel)  # the client left: stop the teacher at once, not at the next chunk
         result = None
         try:
             for response in call:
@@ -207,6 +246,8 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
             dropped_messages=result.dropped_messages,
         )
         turn.latency_ms = (time.perf_counter() - started) * 1000.0
+        if not context.is_active():
+            return  # the client cancelled: a turn it never received is not stored
         try:
             self.store.append_turn(session_id, turn, decision.phase_after)
         except SessionClosed:

@@ -47,6 +47,10 @@ class GenerationOutcome:
     dropped_messages: int
 
 
+class ReservedTokenInText(ValueError):
+    """A message contains a control token of the model's tokenizer (e.g. <|im_start|>)."""
+
+
 class ContextTooLong(ValueError):
     """Even the last user message alone (plus system prompt) does not fit the context window."""
 
@@ -156,6 +160,8 @@ class TransformersChatBackend:
         self.max_context_tokens = max_context_tokens or min(limit, 8192)
         self._lock = threading.Lock()
         self._configs: dict[tuple[int, float, float], GenerationConfig] = {}
+        added = [t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special]
+        self._special_tokens = tuple(sorted({t for t in [*self.tokenizer.all_special_tokens, *added] if len(t) > 1}))
         # One long-lived thread runs model.generate for stream(): no thread start per request.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"generate-{name}")
 
@@ -173,21 +179,55 @@ class TransformersChatBackend:
         return len(self._prompt_ids(messages))
 
     def _fit(self, messages: Sequence[Message], max_new_tokens: int) -> tuple[list[int], int]:
-        """Prompt ids after dropping the oldest non-system turns until generation fits the window."""
+        """Prompt ids after dropping the oldest non-system turns until generation fits the window.
+
+        Whole user+assistant pairs go first (a lone leading turn on its own), never the last
+        message. The number of dropped turns is found by binary search, so a long session costs
+        O(log turns) template renders, not one per dropped pair.
+        """
+        self._reject_special_tokens(messages)
         systems = [i for i, m in enumerate(messages) if m["role"] == "system"]
         turns = [i for i, m in enumerate(messages) if m["role"] != "system"]
-        dropped = 0
-        while True:
-            ids = self._prompt_ids([messages[i] for i in sorted(systems + turns)])
-            if len(ids) + max_new_tokens <= self.max_context_tokens:
-                return ids, dropped
-            if len(turns) <= 1:
-                raise ContextTooLong(len(ids), max_new_tokens, self.max_context_tokens)
-            # drop a user+assistant pair at a time (a lone leading turn on its own), never the last one
-            pair = len(turns) > 2 and messages[turns[0]]["role"] == "user" and messages[turns[1]]["role"] == "assistant"
-            n = 2 if pair else 1
-            turns = turns[n:]
-            dropped += n
+        # cut points: how many leading turns to drop, at pair boundaries, keeping the last message
+        cuts, n = [0], 0
+        while len(turns) - n > 1:
+            pair = (
+                len(turns) - n > 2
+                and messages[turns[n]]["role"] == "user"
+                and messages[turns[n + 1]]["role"] == "assistant"
+            )
+            n += 2 if pair else 1
+            cuts.append(n)
+
+        def render(cut: int) -> list[int]:
+            return self._prompt_ids([messages[i] for i in sorted(systems + turns[cut:])])
+
+        ids = render(0)
+        if len(ids) + max_new_tokens <= self.max_context_tokens:
+            return ids, 0
+        lo, hi = 1, len(cuts) - 1  # find the smallest cut that fits
+        best: tuple[list[int], int] | None = None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            candidate = render(cuts[mid])
+            if len(candidate) + max_new_tokens <= self.max_context_tokens:
+                best, hi = (candidate, cuts[mid]), mid - 1
+            else:
+                lo = mid + 1
+        if best is None:
+            raise ContextTooLong(len(render(cuts[-1])), max_new_tokens, self.max_context_tokens)
+        return best
+
+    def _reject_special_tokens(self, messages: Sequence[Message]) -> None:
+        """Text may not contain the tokenizer's control tokens: they would forge chat roles."""
+        for i, message in enumerate(messages):
+            content = message["content"]
+            for token in self._special_tokens:
+                if token in content:
+                    raise ReservedTokenInText(
+                        f"messages[{i}] ({message['role']}) contains the reserved token {token!r} of model "
+                        f"{self.name}; remove it"
+                    )
 
     # -- generation -------------------------------------------------------------------------------
 

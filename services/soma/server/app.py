@@ -13,6 +13,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -47,31 +48,44 @@ class SomaServer:
             ("grpc.max_receive_message_length", settings.max_message_mb << 20),
             ("grpc.so_reuseport", 0),
         ]
-        self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="soma-rpc"),
-            interceptors=[tracing_server_interceptor(), StatusAndMetricsInterceptor()],
-            options=options,
-        )
+        self._options = options
+        self._grpc = self._new_grpc_server(settings.max_workers, "soma-rpc")
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        self.port = self._grpc.add_insecure_port(f"{settings.host}:{settings.port}")
+        try:
+            self.port = self._grpc.add_insecure_port(f"{settings.host}:{settings.port}")
+        except RuntimeError as err:
+            raise OSError(f"cannot bind {settings.host}:{settings.port} ({err}); is the port in use?") from None
         if self.port == 0:
-            raise OSError(f"cannot bind {settings.host}:{settings.port} (in use?)")
+            raise OSError(f"cannot bind {settings.host}:{settings.port}; is the port in use?")
         self._services: list[HostedService] = []
         self._stopped = threading.Event()
+        self._draining = threading.Event()
         self._local_dir: str | None = None
+        self._internal: grpc.Server | None = None
         self.local_address: str | None = None
 
-    def bind_local_socket(self) -> str:
-        """Also listen on a private unix socket, for services of this process calling each other.
+    def _new_grpc_server(self, workers: int, prefix: str) -> grpc.Server:
+        return grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=prefix),
+            interceptors=[tracing_server_interceptor(), StatusAndMetricsInterceptor()],
+            options=self._options,
+        )
 
-        `--target all` routes its own service-to-service calls through it: the same gRPC stubs
-        and interceptors as across pods, without the TCP loopback stack.
+    def enable_internal_server(self) -> str:
+        """Host the same services on a second server, on a private unix socket, with its own threads.
+
+        `--target all` routes calls between its own services there: the same gRPC stubs and
+        interceptors as across pods, but a burst of Chats holding the public threads can never
+        starve the teacher calls they are waiting for. Call before adding services.
         """
+        if self._services:
+            raise RuntimeError("enable the internal server before adding services")
         if self.local_address is None:
             self._local_dir = tempfile.mkdtemp(prefix="soma-")
             address = f"unix:{self._local_dir}/grpc.sock"
-            if self._grpc.add_insecure_port(address) == 0:
+            self._internal = self._new_grpc_server(self.settings.max_workers, "soma-internal")
+            if self._internal.add_insecure_port(address) == 0:
                 raise OSError(f"cannot bind {address}")
             self.local_address = address
         return self.local_address
@@ -83,6 +97,8 @@ class SomaServer:
 
     def add(self, service: HostedService) -> None:
         service.register(self._grpc)
+        if self._internal is not None:
+            service.register(self._internal)
         self._services.append(service)
         self.health.set(service.name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
@@ -92,6 +108,8 @@ class SomaServer:
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             self._grpc,
         )
+        if self._internal is not None:
+            self._internal.start()
         self._grpc.start()
         for name in names:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -104,7 +122,11 @@ class SomaServer:
         grace = self.settings.grace_period_s if grace is None else grace
         log.info("draining (grace %.0fs)", grace)
         self.health.enter_graceful_shutdown()
+        if self.settings.drain_delay_s:
+            time.sleep(self.settings.drain_delay_s)  # let load balancers see NOT_SERVING first
         self._grpc.stop(grace).wait()
+        if self._internal is not None:  # public RPCs are done; nothing calls inward any more
+            self._internal.stop(grace).wait()
         for service in reversed(self._services):
             try:
                 service.close()
@@ -117,7 +139,14 @@ class SomaServer:
 
     def install_signal_handlers(self) -> None:
         def on_signal(signum: int, _frame: object) -> None:
-            log.info("received %s", signal.Signals(signum).name)
+            if self._draining.is_set():
+                log.warning("received %s again: stopping without waiting", signal.Signals(signum).name)
+                self._grpc.stop(0)
+                if self._internal is not None:
+                    self._internal.stop(0)
+                return
+            self._draining.set()
+            log.info("received %s: draining", signal.Signals(signum).name)
             threading.Thread(target=self.stop, name="soma-drain", daemon=True).start()
 
         signal.signal(signal.SIGTERM, on_signal)

@@ -10,7 +10,7 @@ import grpc
 
 from soma.config import ModelSettings
 from soma.errors import InvalidArgument
-from soma.models.chat_backend import ContextTooLong, GenerationOutcome, SamplingParams
+from soma.models.chat_backend import ContextTooLong, GenerationOutcome, ReservedTokenInText, SamplingParams
 from soma.telemetry.metrics import GENERATED_TOKENS, PROMPT_TOKENS
 from soma.v1 import common_pb2
 
@@ -96,5 +96,5 @@ def stream_generation(
                 if item.finish_reason == "cancelled":
                     return
                 yield response_cls(result=result_to_proto(item, backend.name))
-    except ContextTooLong as err:
+    except (ContextTooLong, ReservedTokenInText) as err:
         raise InvalidArgument(str(err)) from None

@@ -38,6 +38,10 @@ def _abort_for(exc: BaseException, context: grpc.ServicerContext, method: str) -
     raise AssertionError("unreachable")  # context.abort always raises
 
 
+def _status_of(exc: BaseException) -> grpc.StatusCode:
+    return exc.code if isinstance(exc, SomaError) else grpc.StatusCode.INTERNAL
+
+
 def _code_of(context: grpc.ServicerContext, default: grpc.StatusCode) -> grpc.StatusCode:
     code = context.code() if hasattr(context, "code") else None
     return code if isinstance(code, grpc.StatusCode) else default
@@ -66,7 +70,7 @@ class StatusAndMetricsInterceptor(grpc.ServerInterceptor):
                 try:
                     response = inner(request, context)
                 except Exception as exc:  # noqa: BLE001 - mapped to a status below
-                    record(_code_of(context, getattr(exc, "code", grpc.StatusCode.INTERNAL)), started)
+                    record(_code_of(context, _status_of(exc)), started)
                     _abort_for(exc, context, details.method)
                 record(_code_of(context, grpc.StatusCode.OK), started)
                 return response
@@ -84,7 +88,7 @@ class StatusAndMetricsInterceptor(grpc.ServerInterceptor):
                     record(grpc.StatusCode.CANCELLED, started)
                     raise
                 except Exception as exc:  # noqa: BLE001 - mapped to a status below
-                    record(_code_of(context, getattr(exc, "code", grpc.StatusCode.INTERNAL)), started)
+                    record(_code_of(context, _status_of(exc)), started)
                     _abort_for(exc, context, details.method)
                 record(_code_of(context, grpc.StatusCode.OK), started)
 

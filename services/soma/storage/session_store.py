@@ -36,59 +36,10 @@ class TurnConflict(Exception):
 
 
 class SessionStore(Protocol):
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken up front so concurrent writers queue instead of failing."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
     def create(self, state: SessionState) -> None: ...
     def get(self, session_id: str) -> SessionState | None: ...
     def turns(self, session_id: str) -> list[Turn]: ...
-    def append_turn(self, session_id: str, turn: Turn, new_phase: Phase) -> SessionState:
-        """Store the next turn and update counters atomically.
-
-        The counters move with a conditional UPDATE (open session, expected turn index), so the
-        common case is one UPDATE and one INSERT in a single transaction; only a refused write
-        reads the row back to say why.
-        """
-        teacher = 1 if turn.served_by is ServedBy.TEACHER else 0
-        with self._write() as conn:
-            updated = conn.execute(
-                "UPDATE sessions SET turn_count=turn_count+1, teacher_turns=teacher_turns+?,"
-                " surrogate_turns=surrogate_turns+?, phase=?, updated_at=?"
-                " WHERE session_id=? AND phase!=? AND turn_count=?",
-                (
-                    teacher,
-                    1 - teacher,
-                    new_phase.value,
-                    time.time(),
-                    session_id,
-                    Phase.CLOSED.value,
-                    turn.turn_index - 1,
-                ),
-            ).rowcount
-            if updated != 1:
-                row = conn.execute("SELECT * FROM sessions WHERE session_id=?", (session_id,)).fetchone()
-                if row is None:
-                    raise SessionMissing(session_id)
-                state = _state_from_row(row)
-                if state.closed:
-                    raise SessionClosed(session_id)
-                raise TurnConflict(f"expected turn {state.turn_count + 1}, got {turn.turn_index}")
-            conn.execute(
-                "INSERT INTO turns VALUES (?,?,?,?,?)",
-                (session_id, turn.turn_index, turn.query, turn.answer, _turn_record(turn)),
-            )
-            row = conn.execute("SELECT * FROM sessions WHERE session_id=?", (session_id,)).fetchone()
-        return _state_from_row(row)
-
+    def append_turn(self, session_id: str, turn: Turn, new_phase: Phase) -> SessionState: ...
     def close(self, session_id: str) -> SessionState: ...
 
 
@@ -230,46 +181,42 @@ class SqliteSessionStore:
         return result
 
     def append_turn(self, session_id: str, turn: Turn, new_phase: Phase) -> SessionState:
-        """Store the next turn and update counters atomically."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute("SELECT * FROM sessions WHERE session_id=?", (session_id,)).fetchone()
-            if row is None:
-                raise SessionMissing(session_id)
-            state = _state_from_row(row)
-            if state.closed:
-                raise SessionClosed(session_id)
-            if turn.turn_index != state.turn_count + 1:
+        """Store the next turn and update counters atomically.
+
+        The counters move with a conditional UPDATE (open session, expected turn index), so the
+        common case is one UPDATE and one INSERT in a single transaction; only a refused write
+        reads the row back to say why.
+        """
+        teacher = 1 if turn.served_by is ServedBy.TEACHER else 0
+        with self._write() as conn:
+            updated = conn.execute(
+                "UPDATE sessions SET turn_count=turn_count+1, teacher_turns=teacher_turns+?,"
+                " surrogate_turns=surrogate_turns+?, phase=?, updated_at=?"
+                " WHERE session_id=? AND phase!=? AND turn_count=?",
+                (
+                    teacher,
+                    1 - teacher,
+                    new_phase.value,
+                    time.time(),
+                    session_id,
+                    Phase.CLOSED.value,
+                    turn.turn_index - 1,
+                ),
+            ).rowcount
+            if updated != 1:
+                row = conn.execute("SELECT * FROM sessions WHERE session_id=?", (session_id,)).fetchone()
+                if row is None:
+                    raise SessionMissing(session_id)
+                state = _state_from_row(row)
+                if state.closed:
+                    raise SessionClosed(session_id)
                 raise TurnConflict(f"expected turn {state.turn_count + 1}, got {turn.turn_index}")
             conn.execute(
                 "INSERT INTO turns VALUES (?,?,?,?,?)",
                 (session_id, turn.turn_index, turn.query, turn.answer, _turn_record(turn)),
             )
-            state.turn_count += 1
-            if turn.served_by is ServedBy.TEACHER:
-                state.teacher_turns += 1
-            else:
-                state.surrogate_turns += 1
-            state.phase = new_phase
-            state.updated_at = time.time()
-            conn.execute(
-                "UPDATE sessions SET turn_count=?, teacher_turns=?, surrogate_turns=?, phase=?,"
-                " updated_at=? WHERE session_id=?",
-                (
-                    state.turn_count,
-                    state.teacher_turns,
-                    state.surrogate_turns,
-                    state.phase.value,
-                    state.updated_at,
-                    session_id,
-                ),
-            )
-            conn.execute("COMMIT")
-            return state
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+            row = conn.execute("SELECT * FROM sessions WHERE session_id=?", (session_id,)).fetchone()
+        return _state_from_row(row)
 
     def close(self, session_id: str) -> SessionState:
         """Mark the session CLOSED and delete its transcript; the state row stays as a tombstone."""

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from soma.v1 import common_pb2 as soma_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16soma/v1/dialogue.proto\x12\x07soma.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14soma/v1/common.proto\"\xa7\x01\n\x12OpenSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rsystem_prompt\x18\x02 \x01(\t\x12\x37\n\x06labels\x18\x03 \x03(\x0b\x32\'.soma.v1.OpenSessionRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\x13OpenSessionResponse\x12!\n\x07session\x18\x01 \x01(\x0b\x32\x10.soma.v1.Session\"[\n\x0b\x43hatRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12)\n\x06params\x18\x03 \x01(\x0b\x32\x19.soma.v1.GenerationParams\"a\n\x0c\x43hatResponse\x12#\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x12.soma.v1.TextChunkH\x00\x12#\n\x04turn\x18\x02 \x01(\x0b\x32\x13.soma.v1.TurnRecordH\x00\x42\x07\n\x05\x65vent\"C\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1a\n\x12include_transcript\x18\x02 \x01(\x08\"d\n\x12GetSessionResponse\x12!\n\x07session\x18\x01 \x01(\x0b\x32\x10.soma.v1.Session\x12+\n\ntranscript\x18\x02 \x03(\x0b\x32\x17.soma.v1.TranscriptTurn\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"9\n\x14\x43loseSessionResponse\x12!\n\x07session\x18\x01 \x01(\x0b\x32\x10.soma.v1.Session\"\xf7\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12$\n\x05phase\x18\x02 \x01(\x0e\x32\x15.soma.v1.SessionPhase\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nturn_count\x18\x05 \x01(\r\x12\x15\n\rteacher_turns\x18\x06 \x01(\r\x12\x17\n\x0fsurrogate_turns\x18\x07 \x01(\r\x12\x1a\n\x12\x61\x64\x61pter_generation\x18\x08 \x01(\r\x12\x15\n\rsystem_prompt\x18\t \x01(\t\x12,\n\x06labels\x18\n \x03(\x0b\x32\x1c.soma.v1.Session.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\x0eTranscriptTurn\x12\r\n\x05query\x18\x01 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\x12#\n\x06record\x18\x03 \x01(\x0b\x32\x13.soma.v1.TurnRecord2\xa6\x02\n\x0f\x44ialogueService\x12H\n\x0bOpenSession\x12\x1b.soma.v1.OpenSessionRequest\x1a\x1c.soma.v1.OpenSessionResponse\x12\x35\n\x04\x43hat\x12\x14.soma.v1.ChatRequest\x1a\x15.soma.v1.ChatResponse0\x01\x12\x45\n\nGetSession\x12\x1a.soma.v1.GetSessionRequest\x1a\x1b.soma.v1.GetSessionResponse\x12K\n\x0c\x43loseSession\x12\x1c.soma.v1.CloseSessionRequest\x1a\x1d.soma.v1.CloseSessionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16soma/v1/dialogue.proto\x12\x07soma.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14soma/v1/common.proto\"\xa7\x01\n\x12OpenSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rsystem_prompt\x18\x02 \x01(\t\x12\x37\n\x06labels\x18\x03 \x03(\x0b\x32\'.soma.v1.OpenSessionRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\x13OpenSessionResponse\x12!\n\x07session\x18\x01 \x01(\x0b\x32\x10.soma.v1.Session\"o\n\x0b\x43hatRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12)\n\x06params\x18\x03 \x01(\x0b\x32\x19.soma.v1.GenerationParams\x12\x12\n\nturn_index\x18\x04 \x01(\r\"a\n\x0c\x43hatResponse\x12#\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x12.soma.v1.TextChunkH\x00\x12#\n\x04turn\x18\x02 \x01(\x0b\x32\x13.soma.v1.TurnRecordH\x00\x42\x07\n\x05\x65vent\"C\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1a\n\x12include_transcript\x18\x02 \x01(\x08\"d\n\x12GetSessionResponse\x12!\n\x07session\x18\x01 \x01(\x0b\x32\x10.soma.v1.Session\x12+\n\ntranscript\x18\x02 \x03(\x0b\x32\x17.soma.v1.TranscriptTurn\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"9\n\x14\x43loseSessionResponse\x12!\n\x07session\x18\x01 \x01(\x0b\x32\x10.soma.v1.Session\"\xf7\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12$\n\x05phase\x18\x02 \x01(\x0e\x32\x15.soma.v1.SessionPhase\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nturn_count\x18\x05 \x01(\r\x12\x15\n\rteacher_turns\x18\x06 \x01(\r\x12\x17\n\x0fsurrogate_turns\x18\x07 \x01(\r\x12\x1a\n\x12\x61\x64\x61pter_generation\x18\x08 \x01(\r\x12\x15\n\rsystem_prompt\x18\t \x01(\t\x12,\n\x06labels\x18\n \x03(\x0b\x32\x1c.soma.v1.Session.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\x0eTranscriptTurn\x12\r\n\x05query\x18\x01 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\x12#\n\x06record\x18\x03 \x01(\x0b\x32\x13.soma.v1.TurnRecord2\xa6\x02\n\x0f\x44ialogueService\x12H\n\x0bOpenSession\x12\x1b.soma.v1.OpenSessionRequest\x1a\x1c.soma.v1.OpenSessionResponse\x12\x35\n\x04\x43hat\x12\x14.soma.v1.ChatRequest\x1a\x15.soma.v1.ChatResponse0\x01\x12\x45\n\nGetSession\x12\x1a.soma.v1.GetSessionRequest\x1a\x1b.soma.v1.GetSessionResponse\x12K\n\x0c\x43loseSession\x12\x1c.soma.v1.CloseSessionRequest\x1a\x1d.soma.v1.CloseSessionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,23 +44,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OPENSESSIONRESPONSE']._serialized_start=260
   _globals['_OPENSESSIONRESPONSE']._serialized_end=316
   _globals['_CHATREQUEST']._serialized_start=318
-  _globals['_CHATREQUEST']._serialized_end=409
-  _globals['_CHATRESPONSE']._serialized_start=411
-  _globals['_CHATRESPONSE']._serialized_end=508
-  _globals['_GETSESSIONREQUEST']._serialized_start=510
-  _globals['_GETSESSIONREQUEST']._serialized_end=577
-  _globals['_GETSESSIONRESPONSE']._serialized_start=579
-  _globals['_GETSESSIONRESPONSE']._serialized_end=679
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=681
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=722
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=724
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=781
-  _globals['_SESSION']._serialized_start=784
-  _globals['_SESSION']._serialized_end=1159
+  _globals['_CHATREQUEST']._serialized_end=429
+  _globals['_CHATRESPONSE']._serialized_start=431
+  _globals['_CHATRESPONSE']._serialized_end=528
+  _globals['_GETSESSIONREQUEST']._serialized_start=530
+  _globals['_GETSESSIONREQUEST']._serialized_end=597
+  _globals['_GETSESSIONRESPONSE']._serialized_start=599
+  _globals['_GETSESSIONRESPONSE']._serialized_end=699
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=701
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=742
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=744
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=801
+  _globals['_SESSION']._serialized_start=804
+  _globals['_SESSION']._serialized_end=1179
   _globals['_SESSION_LABELSENTRY']._serialized_start=213
   _globals['_SESSION_LABELSENTRY']._serialized_end=258
-  _globals['_TRANSCRIPTTURN']._serialized_start=1161
-  _globals['_TRANSCRIPTTURN']._serialized_end=1245
-  _globals['_DIALOGUESERVICE']._serialized_start=1248
-  _globals['_DIALOGUESERVICE']._serialized_end=1542
+  _globals['_TRANSCRIPTTURN']._serialized_start=1181
+  _globals['_TRANSCRIPTTURN']._serialized_end=1265
+  _globals['_DIALOGUESERVICE']._serialized_start=1268
+  _globals['_DIALOGUESERVICE']._serialized_end=1562
 # @@protoc_insertion_point(module_scope)

@@ -34,14 +34,16 @@ class OpenSessionResponse(_message.Message):
     def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ...) -> None: ...
 
 class ChatRequest(_message.Message):
-    __slots__ = ("session_id", "query", "params")
+    __slots__ = ("session_id", "query", "params", "turn_index")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    TURN_INDEX_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     query: str
     params: _common_pb2.GenerationParams
-    def __init__(self, session_id: _Optional[str] = ..., query: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ...) -> None: ...
+    turn_index: int
+    def __init__(self, session_id: _Optional[str] = ..., query: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., turn_index: _Optional[int] = ...) -> None: ...
 
 class ChatResponse(_message.Message):
     __slots__ = ("chunk", "turn")
