@@ -31,7 +31,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     from soma.client import DialogueClient, load_user_turns
 
-    turns = load_user_turns(args.script) if args.script else None
+    try:
+        turns = load_user_turns(args.script) if args.script else None
+    except (OSError, ValueError) as err:
+        print(f"soma chat: cannot read the script: {err}", file=sys.stderr)
+        return 2
     with DialogueClient(args.address) as client:
         try:
             session = client.open_session(system_prompt=args.system or "")
@@ -114,8 +118,15 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from soma.client import load_user_turns
     from soma.demo.runner import run_demo
 
+    if args.script:
+        try:
+            load_user_turns(args.script)
+        except (OSError, ValueError) as err:
+            print(f"soma demo: cannot read the script: {err}", file=sys.stderr)
+            return 2
     return run_demo(args)
 
 

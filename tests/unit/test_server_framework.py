@@ -20,6 +20,11 @@ class FixedEncoder:
     def gaps(self, pairs):
         return [0.25 for _ in pairs]
 
+    def encode(self, texts):
+        import torch
+
+        return torch.tensor([[1.0, 0.0] if "near" in t else [0.0, 1.0] for t in texts])
+
 
 def _serve(encoder):
     settings = load_settings(overrides={"server": {"port": 0}})
@@ -107,3 +112,26 @@ def test_exceptions_with_a_code_method_are_internal_too():
     finally:
         server.stop(0)
     assert GRPC_REQUESTS.labels("soma.v1.GateService", "Gap", "INTERNAL")._value.get() == before + 1
+
+
+def test_observe_turn_reports_gap_only_with_a_shadow_pair():
+    server = _serve(FixedEncoder())
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = gate_pb2_grpc.GateServiceStub(channel)
+            plain = stub.ObserveTurn(
+                gate_pb2.ObserveTurnRequest(query="near query", warm_queries=["near a", "near b"], min_locality=0.5)
+            )
+            assert plain.locality == pytest.approx(1.0) and plain.locality_ok and not plain.HasField("gap")
+            far = stub.ObserveTurn(
+                gate_pb2.ObserveTurnRequest(
+                    query="far away",
+                    warm_queries=["near a"],
+                    min_locality=0.5,
+                    shadow=gate_pb2.AnswerPair(a="x", b="y"),
+                    max_gap=0.2,
+                )
+            )
+            assert not far.locality_ok and far.HasField("gap") and far.gap == 0.25 and not far.gap_ok
+    finally:
+        server.stop(0)

@@ -12,6 +12,7 @@ from pathlib import Path
 from soma.client import DialogueClient, TurnResult, load_user_turns
 from soma.config import load_settings
 from soma.launcher import start_server
+from soma.v1 import common_pb2
 
 EMBEDDED_MODELS = ("qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct", "all-minilm-l6-v2")
 
@@ -21,7 +22,7 @@ def bundled_dialogue() -> Path:
 
 
 def format_table(results: list[TurnResult]) -> str:
-    header = ("turn", "served by", "phase", "latency ms", "model ms", "prompt tok", "compl tok", "tok/s")
+    header = ("turn", "served by", "phase", "latency ms", "model ms", "prompt tok", "compl tok", "tok/s", "finish")
     rows = []
     for r in results:
         j = r.as_json()
@@ -36,6 +37,7 @@ def format_table(results: list[TurnResult]) -> str:
                 str(j["prompt_tokens"]),
                 str(j["completion_tokens"]),
                 f"{tps:.1f}",
+                "length" if r.record.finish_reason == common_pb2.FINISH_REASON_LENGTH else "stop",
             )
         )
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]

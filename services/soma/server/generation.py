@@ -60,7 +60,7 @@ def sampling_from_proto(params: common_pb2.GenerationParams, settings: ModelSett
         max_new_tokens=max_new,
         temperature=params.temperature,
         top_p=params.top_p or 1.0,
-        seed=params.seed or None,
+        seed=params.seed if params.HasField("seed") else None,
     )
 
 
