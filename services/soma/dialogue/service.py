@@ -88,7 +88,9 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
         self.store = store
         self.settings = settings
         self.teacher_address = teacher_address
-        self._teacher = teacher_pb2_grpc.TeacherServiceStub(channel_factory(teacher_address))
+        # Keep the channel itself: a grpc.Channel closes when garbage-collected, and stubs do not hold it.
+        self._channel = channel_factory(teacher_address)
+        self._teacher = teacher_pb2_grpc.TeacherServiceStub(self._channel)
         self._locks = _SessionLocks()
         self._turn_slots = threading.BoundedSemaphore(settings.max_concurrent_turns)
 

@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from soma.config import ServerSettings
 from soma.server.interceptors import StatusAndMetricsInterceptor
-from soma.telemetry.tracing import tracing_server_interceptor
+from soma.telemetry.tracing import tracing_enabled, tracing_server_interceptor
 
 log = logging.getLogger("soma.server")
 
@@ -68,7 +68,10 @@ class SomaServer:
     def _new_grpc_server(self, workers: int, prefix: str) -> grpc.Server:
         return grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=prefix),
-            interceptors=[tracing_server_interceptor(), StatusAndMetricsInterceptor()],
+            interceptors=[
+                *([tracing_server_interceptor()] if tracing_enabled() else []),
+                StatusAndMetricsInterceptor(),
+            ],
             options=self._options,
         )
 

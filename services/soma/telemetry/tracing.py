@@ -19,18 +19,21 @@ log = logging.getLogger("soma.telemetry")
 _provider: TracerProvider | None = None
 
 
-def setup_tracing(service_name: str, otlp_endpoint: str = "") -> TracerProvider:
-    """Install the process's tracer provider once; export over OTLP/gRPC when configured."""
+def setup_tracing(service_name: str, otlp_endpoint: str = "") -> TracerProvider | None:
+    """Install the process's tracer provider once, exporting over OTLP/gRPC.
+
+    Without an endpoint nothing would ever read the spans, so none is installed and the servers
+    skip the tracing interceptors altogether (see tracing_enabled): tracing costs nothing when off.
+    """
     global _provider
-    if _provider is not None:
+    if _provider is not None or not otlp_endpoint:
         return _provider
     resource = Resource.create({"service.name": service_name, "service.version": __version__})
     provider = TracerProvider(resource=resource)
-    if otlp_endpoint:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
-        log.info("exporting traces to %s", otlp_endpoint)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
+    log.info("exporting traces to %s", otlp_endpoint)
     trace.set_tracer_provider(provider)
     _provider = provider
     return provider
@@ -39,6 +42,11 @@ def setup_tracing(service_name: str, otlp_endpoint: str = "") -> TracerProvider:
 def shutdown_tracing() -> None:
     if _provider is not None:
         _provider.shutdown()
+
+
+def tracing_enabled() -> bool:
+    """True once an SDK tracer provider is installed (by setup_tracing, or by a test)."""
+    return isinstance(trace.get_tracer_provider(), TracerProvider)
 
 
 def tracing_server_interceptor() -> grpc.ServerInterceptor:
@@ -87,4 +95,6 @@ def traced_channel(address: str, *, max_message_mb: int = 16) -> grpc.Channel:
         (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
     ]
     channel = grpc.insecure_channel(address, options=options)
+    if not tracing_enabled():
+        return channel
     return grpc.intercept_channel(channel, TraceContextClientInterceptor())
