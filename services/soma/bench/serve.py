@@ -66,7 +66,8 @@ def measure_overhead(address: str, queries: list[str], turns: int, max_new_token
 
 
 def measure_throughput(address: str, backend: TransformersChatBackend, runs: int, max_new_tokens: int) -> dict:
-    stub = teacher_pb2_grpc.TeacherServiceStub(traced_channel(address))
+    channel = traced_channel(address)  # keep a reference: a collected channel closes
+    stub = teacher_pb2_grpc.TeacherServiceStub(channel)
     request = teacher_pb2.TeacherServiceGenerateRequest(
         messages=messages_to_proto(PROMPT), params=common_pb2.GenerationParams(max_new_tokens=max_new_tokens)
     )
