@@ -82,6 +82,17 @@ def _state_from_row(row: sqlite3.Row) -> SessionState:
     )
 
 
+def _open_state(conn: sqlite3.Connection, session_id: str) -> SessionState:
+    """The session's state; SessionMissing or SessionClosed when it cannot take a write."""
+    row = conn.execute("SELECT * FROM sessions WHERE session_id=?", (session_id,)).fetchone()
+    if row is None:
+        raise SessionMissing(session_id)
+    state = _state_from_row(row)
+    if state.closed:
+        raise SessionClosed(session_id)
+    return state
+
+
 def _turn_record(turn: Turn) -> str:
     return json.dumps(
         {
@@ -204,12 +215,7 @@ class SqliteSessionStore:
                 ),
             ).rowcount
             if updated != 1:
-                row = conn.execute("SELECT * FROM sessions WHERE session_id=?", (session_id,)).fetchone()
-                if row is None:
-                    raise SessionMissing(session_id)
-                state = _state_from_row(row)
-                if state.closed:
-                    raise SessionClosed(session_id)
+                state = _open_state(conn, session_id)
                 raise TurnConflict(f"expected turn {state.turn_count + 1}, got {turn.turn_index}")
             conn.execute(
                 "INSERT INTO turns VALUES (?,?,?,?,?)",
@@ -221,12 +227,7 @@ class SqliteSessionStore:
     def close(self, session_id: str) -> SessionState:
         """Mark the session CLOSED and delete its transcript; the state row stays as a tombstone."""
         with self._write() as conn:
-            row = conn.execute("SELECT * FROM sessions WHERE session_id=?", (session_id,)).fetchone()
-            if row is None:
-                raise SessionMissing(session_id)
-            state = _state_from_row(row)
-            if state.closed:
-                raise SessionClosed(session_id)
+            state = _open_state(conn, session_id)
             conn.execute("DELETE FROM turns WHERE session_id=?", (session_id,))
             state.phase = Phase.CLOSED
             state.updated_at = time.time()
