@@ -56,9 +56,13 @@ def start_server(
     """Run `python -m soma serve --target T --port 0 ARGS` and wait until it is healthy."""
     cmd = [sys.executable, "-m", "soma", "serve", "--target", target, "--port", "0", *args]
     stderr = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=stderr, env={**os.environ, **(env or {})}, text=True, bufsize=1
-    )
+    try:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=stderr, env={**os.environ, **(env or {})}, text=True, bufsize=1
+        )
+    finally:
+        if log_path:
+            stderr.close()  # the child has its own copy of the descriptor
     found: dict[str, str] = {}
 
     def read_stdout() -> None:

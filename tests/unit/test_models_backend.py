@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -99,9 +100,18 @@ def test_cancellation_stops_within_a_token(backend: TransformersChatBackend) -> 
 
 
 def test_closing_the_stream_early_cancels_and_releases(backend: TransformersChatBackend) -> None:
-    gen = backend.stream(MSGS, SamplingParams(max_new_tokens=400))
+    checks = []
+
+    def slow_not_cancelled() -> bool:  # ~10 ms per token, and counts how many tokens were generated
+        checks.append(1)
+        time.sleep(0.01)
+        return False
+
+    gen = backend.stream(MSGS, SamplingParams(max_new_tokens=400), slow_not_cancelled)
     assert isinstance(next(gen), str)
     gen.close()
+    # closing stopped the generation long before max_new_tokens, not after running to the end
+    assert len(checks) < 100
     assert not backend._lock.locked()
     # close() returned only after the generation stopped: the worker thread is idle at once
     assert backend._worker.submit(lambda: "idle").result(timeout=1) == "idle"

@@ -227,7 +227,7 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
                 return
             raise _teacher_error(err, self.teacher_address) from None
         finally:
-            call.cancel()  # no-op when the stream is done; stops the teacher when the client left
+            call.cancel()  # no-op when the stream is done; stops the teacher if this handler is closed early
         if result is None:
             raise Unavailable(
                 f"teacher service at {self.teacher_address} ended the stream without a result; "
@@ -242,12 +242,11 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
             phase=decision.phase_after,
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
-            latency_ms=0.0,
+            latency_ms=(time.perf_counter() - started) * 1000.0,
             model_latency_ms=result.model_latency_ms,
             finish_reason=_FINISH_NAMES.get(result.finish_reason, "unspecified"),
             dropped_messages=result.dropped_messages,
         )
-        turn.latency_ms = (time.perf_counter() - started) * 1000.0
         if not context.is_active():
             return  # the client cancelled: a turn it never received is not stored
         try:

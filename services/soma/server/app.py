@@ -43,12 +43,11 @@ class SomaServer:
 
     def __init__(self, settings: ServerSettings):
         self.settings = settings
-        options = [
+        self._options = [
             ("grpc.max_send_message_length", settings.max_message_mb << 20),
             ("grpc.max_receive_message_length", settings.max_message_mb << 20),
             ("grpc.so_reuseport", 0),
         ]
-        self._options = options
         self._grpc = self._new_grpc_server(settings.max_workers, "soma-rpc")
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)

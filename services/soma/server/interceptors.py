@@ -10,7 +10,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -26,7 +26,7 @@ def _split(method: str) -> tuple[str, str]:
     return service, name
 
 
-def _abort_for(exc: BaseException, context: grpc.ServicerContext, method: str) -> grpc.StatusCode:
+def _abort_for(exc: BaseException, context: grpc.ServicerContext, method: str) -> NoReturn:
     already = context.code() if hasattr(context, "code") else None
     if isinstance(already, grpc.StatusCode) and already is not grpc.StatusCode.OK:
         raise exc  # the handler aborted the call itself; keep its status
