@@ -17,11 +17,18 @@ def init_prompts(count: int, length: int, dim: int, sigma: float, generator: tor
     return torch.randn(count, length, dim, generator=generator) * sigma
 
 
-def verbalize_ids(prompt: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-    """V(P) as token ids: per row, the token whose embedding has the largest cosine to it."""
+def verbalize_ids(prompt: torch.Tensor, embeddings: torch.Tensor, exclude: list[int] | None = None) -> torch.Tensor:
+    """V(P) as token ids: per row, the token whose embedding has the largest cosine to it.
+
+    `exclude` (control tokens such as <|im_end|>) can never be chosen: as text they would forge
+    chat roles, and the teacher refuses them.
+    """
     rows = F.normalize(prompt.detach().float(), dim=-1)
     table = F.normalize(embeddings.detach().float(), dim=-1)
-    return (rows @ table.T).argmax(-1)
+    sims = rows @ table.T
+    if exclude:
+        sims[..., exclude] = -float("inf")
+    return sims.argmax(-1)
 
 
 def with_prompt(prompt: torch.Tensor, input_embeds: torch.Tensor) -> torch.Tensor:

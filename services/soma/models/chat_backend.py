@@ -45,6 +45,7 @@ class GenerationOutcome:
     completion_tokens: int
     model_latency_ms: float
     dropped_messages: int
+    mean_logprob: float | None = None  # only from generate_batch(with_logprobs=True)
 
 
 class ReservedTokenInText(ValueError):
@@ -286,6 +287,60 @@ class TransformersChatBackend:
             model_latency_ms=latency,
             dropped_messages=dropped,
         )
+
+    def generate_batch(
+        self, conversations: Sequence[Sequence[Message]], params: SamplingParams, *, with_logprobs: bool = False
+    ) -> list[GenerationOutcome]:
+        """Several conversations in one left-padded ``generate`` call (adaptation and benchmarks).
+
+        With ``with_logprobs`` each outcome carries the mean log-probability of its own tokens,
+        a confidence score (used by the benchmark's router baseline).
+        """
+        if not conversations:
+            return []
+        fitted = [self._fit(m, params.max_new_tokens) for m in conversations]
+        width = max(len(ids) for ids, _ in fitted)
+        pad = int(self._gen_config.pad_token_id)
+        input_ids = torch.full((len(fitted), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(fitted), width), dtype=torch.long)
+        for row, (ids, _) in enumerate(fitted):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            mask[row, width - len(ids) :] = 1
+        with self._lock:
+            self._seed(params)
+            t0 = time.perf_counter()
+            config = copy.copy(self._generation_config(params))
+            config.return_dict_in_generate = True
+            config.output_scores = with_logprobs
+            out = self.model.generate(input_ids, attention_mask=mask, generation_config=config)
+            latency = (time.perf_counter() - t0) * 1000
+        sequences = out.sequences[:, width:]
+        logprobs = None
+        if with_logprobs:
+            steps = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], dim=1)  # [B, T, V]
+            logprobs = steps.gather(-1, sequences[:, : steps.shape[1], None]).squeeze(-1)
+        outcomes = []
+        for row, (ids, dropped) in enumerate(fitted):
+            new_ids = sequences[row].tolist()
+            end = len(new_ids)
+            for i, tok in enumerate(new_ids):  # cut at the first end-of-turn token (keep it), drop padding
+                if tok in self.eos_token_ids:
+                    end = i + 1
+                    break
+            new_ids = new_ids[:end]
+            mean_lp = float(logprobs[row, :end].mean()) if logprobs is not None and end else None
+            outcomes.append(
+                GenerationOutcome(
+                    text=self.tokenizer.decode(new_ids, skip_special_tokens=True),
+                    finish_reason=self._finish_reason(new_ids, False),
+                    prompt_tokens=len(ids),
+                    completion_tokens=len(new_ids),
+                    model_latency_ms=latency,
+                    dropped_messages=dropped,
+                    mean_logprob=mean_lp,
+                )
+            )
+        return outcomes
 
     def stream(
         self,

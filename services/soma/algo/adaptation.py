@@ -1,0 +1,244 @@
+"""One session's adaptation chain: mining → teacher under V(P) → localized LoRA → acceptance test.
+
+The chain is the same for the product (issue 4 runs its stages as jobs) and the benchmark,
+which also runs the ablations and the reference code's shortcuts through `Variant` flags. The
+acceptance batch B is drawn from the session's cases (warm turns and mined pairs) *before*
+training and removed from the training set, so the gate never scores data the adapter saw.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from soma.algo import gate_stats, lora_train
+from soma.algo.config import MethodConfig
+from soma.algo.lora_train import SessionAdapters, TrainingPair, TrainingReport
+from soma.algo.mining import MiningResult, WarmTurn, mine
+from soma.algo.teacher_client import VerbalizedTeacher, prompted_messages
+from soma.models.chat_backend import SamplingParams
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What distinguishes SOMA, its ablations and the reference code's shortcuts."""
+
+    name: str
+    teacher_sees_prompt: bool = True  # soma-ref: F never sees V(P); mined pairs reuse the warm answer
+    gate: Literal["held_out", "in_sample_threshold"] = "held_out"
+    anti_degeneration: bool = True  # β > 0
+    expectation_weight: bool = True  # Eq. 2 weight
+
+
+VARIANTS = {
+    "soma": Variant("soma"),
+    "soma-no-antidegen": Variant("soma-no-antidegen", anti_degeneration=False),
+    "soma-no-expweight": Variant("soma-no-expweight", expectation_weight=False),
+    "soma-ref": Variant("soma-ref", teacher_sees_prompt=False, gate="in_sample_threshold"),
+}
+REFERENCE_THRESHOLD = 0.5  # the reference code's fixed in-sample cosine threshold (Gap ≤ 0.5)
+
+
+@dataclass(frozen=True)
+class Case:
+    """A supervised case: context, F's answer, hardness, and where it came from."""
+
+    messages: tuple[dict[str, str], ...]
+    answer: str
+    hardness: float
+    source: str  # warm | mined
+    key: str  # unique within the session: warm:t or mined:m:t
+
+    def pair(self) -> TrainingPair:
+        return TrainingPair(self.messages, self.answer, self.hardness, self.source)
+
+
+@dataclass
+class AdaptationOutcome:
+    variant: str
+    adapter: str
+    decision: gate_stats.AcceptDecision
+    training_keys: list[str]
+    acceptance_keys: list[str]
+    seconds: dict[str, float] = field(default_factory=dict)  # mining, teacher, training, gate
+    teacher_calls: int = 0
+    teacher_tokens: int = 0
+    verbalizations: list[str] = field(default_factory=list)
+    training: TrainingReport | None = None
+    gaps_old: list[float] = field(default_factory=list)
+    gaps_new: list[float] = field(default_factory=list)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+
+class Surrogate:
+    """G as the chain needs it: the chat backend (batched generation), its adapters and N_k."""
+
+    def __init__(self, backend: Any, adapters: SessionAdapters, neighbours: torch.Tensor):
+        self.backend = backend
+        self.adapters = adapters
+        self.neighbours = neighbours
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.backend.tokenizer
+
+    def answers(self, adapter: str | None, conversations: Sequence[Sequence[dict]], max_new_tokens: int, **kw):
+        with self.adapters.using(adapter):
+            return self.backend.generate_batch(conversations, SamplingParams(max_new_tokens=max_new_tokens), **kw)
+
+
+def split_acceptance(cases: Sequence[Case], size: int, rng: random.Random, min_training: int = 2):
+    """(training, acceptance): B is a random subset of the cases, never in the training set."""
+    size = max(0, min(size, len(cases) - min_training))
+    order = list(range(len(cases)))
+    rng.shuffle(order)
+    chosen = set(order[:size])
+    acceptance = [c for i, c in enumerate(cases) if i in chosen]
+    training = [c for i, c in enumerate(cases) if i not in chosen]
+    assert not {c.key for c in acceptance} & {c.key for c in training}
+    return training, acceptance
+
+
+def warm_cases(turns: Sequence[WarmTurn], hardness: Sequence[float]) -> list[Case]:
+    return [Case(t.messages, t.answer, r, "warm", f"warm:{i}") for i, (t, r) in enumerate(zip(turns, hardness))]
+
+
+def mined_cases(
+    result: MiningResult,
+    turns: Sequence[WarmTurn],
+    teacher: VerbalizedTeacher,
+    cfg: MethodConfig,
+    variant: Variant,
+) -> list[Case]:
+    """The top-hardness (candidate, turn) cases, answered by F under V(P) ⊕ S_t (or not, for soma-ref)."""
+    kind = cfg.lora.hardness
+    ranked = sorted(result.cases, key=lambda c: c.disagreement if kind == "disagreement" else c.sem_exp, reverse=True)
+    chosen, seen = [], set()
+    for case in ranked:
+        text = prompted_messages(case.verbalization, turns[case.turn].messages)
+        signature = (case.verbalization, case.turn)
+        if signature in seen or not case.verbalization:
+            continue
+        seen.add(signature)
+        chosen.append((case, tuple(text)))
+        if len(chosen) >= cfg.mining.mined_pairs:
+            break
+    if variant.teacher_sees_prompt:
+        completions = teacher.answers(
+            [(c.verbalization, turns[c.turn].messages) for c, _ in chosen], cfg.mining.max_answer_tokens
+        )
+        answers = [comp.text for comp in completions]
+    else:
+        answers = [turns[c.turn].answer for c, _ in chosen]
+    out = []
+    for (case, messages), answer in zip(chosen, answers, strict=True):
+        score = case.disagreement if kind == "disagreement" else case.sem_exp
+        out.append(Case(messages, answer, score, "mined", f"mined:{case.candidate}:{case.turn}"))
+    return out
+
+
+def adapt(
+    variant: Variant,
+    turns: Sequence[WarmTurn],
+    *,
+    surrogate: Surrogate,
+    teacher: VerbalizedTeacher,
+    gaps: Callable[[list[tuple[str, str]]], list[float]],
+    cfg: MethodConfig,
+    adapter: str,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> AdaptationOutcome:
+    """Run the whole chain for one session and leave the trained adapter `adapter` on G."""
+    note = progress or (lambda _stage: None)
+    seconds: dict[str, float] = {}
+    mining_cfg = cfg.mining.model_copy(
+        update={
+            "beta": cfg.mining.beta if variant.anti_degeneration else 0.0,
+            "use_expectation_weight": cfg.mining.use_expectation_weight and variant.expectation_weight,
+        }
+    )
+    note("mining")
+    with surrogate.adapters.using(None) as base:
+        result = mine(base, surrogate.tokenizer, turns, surrogate.neighbours, mining_cfg, seed=seed)
+    seconds["mining"] = result.seconds
+
+    note("teacher")
+    t0 = time.perf_counter()
+    calls_before, tokens_before = teacher.calls, teacher.completion_tokens
+    hardness = result.turn_hardness(cfg.lora.hardness, len(turns))
+    warm = warm_cases(turns, hardness)
+    mined = mined_cases(result, turns, teacher, cfg, variant)
+    seconds["teacher"] = time.perf_counter() - t0
+
+    rng = random.Random(seed)
+    if variant.gate == "in_sample_threshold":
+        training, acceptance = warm + mined, warm + mined
+    else:
+        training, acceptance = split_acceptance(warm + mined, cfg.gate.acceptance_size, rng)
+    kept_warm = sorted((c for c in training if c.source == "warm"), key=lambda c: c.hardness, reverse=True)
+    kept_warm = kept_warm[: cfg.lora.top_warm]
+    training = kept_warm + [c for c in training if c.source != "warm"]
+
+    note("training")
+    report = lora_train.train(
+        surrogate.adapters, adapter, surrogate.tokenizer, [c.pair() for c in training], cfg.lora, seed=seed
+    )
+    seconds["training"] = report.seconds
+
+    note("gate")
+    t0 = time.perf_counter()
+    conversations = [list(c.messages) for c in acceptance]
+    old = surrogate.answers(None, conversations, cfg.gate.answer_tokens)
+    new = surrogate.answers(adapter, conversations, cfg.gate.answer_tokens)
+    gap_old = gaps([(c.answer, o.text) for c, o in zip(acceptance, old, strict=True)])
+    gap_new = gaps([(c.answer, n.text) for c, n in zip(acceptance, new, strict=True)])
+    if variant.gate == "in_sample_threshold":
+        decision = fixed_threshold_gate(gap_old, gap_new, REFERENCE_THRESHOLD)
+    else:
+        decision = gate_stats.accept(
+            gap_old,
+            gap_new,
+            epsilon=cfg.gate.epsilon,
+            delta=cfg.gate.delta,
+            bound=cfg.gate.bound,
+            max_mean_gap=cfg.gate.max_mean_gap,
+        )
+    seconds["gate"] = time.perf_counter() - t0
+    return AdaptationOutcome(
+        variant=variant.name,
+        adapter=adapter,
+        decision=decision,
+        training_keys=[c.key for c in training],
+        acceptance_keys=[c.key for c in acceptance],
+        seconds=seconds,
+        teacher_calls=teacher.calls - calls_before,
+        teacher_tokens=teacher.completion_tokens - tokens_before,
+        verbalizations=result.verbalizations,
+        training=report,
+        gaps_old=gap_old,
+        gaps_new=gap_new,
+    )
+
+
+def fixed_threshold_gate(gap_old: list[float], gap_new: list[float], max_gap: float) -> gate_stats.AcceptDecision:
+    """The reference code's gate: in-sample mean Gap under a fixed threshold, no bound, no improvement test."""
+    mean_new = sum(gap_new) / len(gap_new)
+    mean_old = sum(gap_old) / len(gap_old)
+    ok = mean_new <= max_gap
+    return gate_stats.AcceptDecision(
+        accepted=ok,
+        mean_improvement=mean_old - mean_new,
+        bound=0.0,
+        mean_gap_new=mean_new,
+        locality=None,
+        reason=f"in-sample mean gap {mean_new:.4f} {'<=' if ok else '>'} fixed threshold {max_gap:.2f}",
+    )

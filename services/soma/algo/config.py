@@ -1,0 +1,194 @@
+"""Typed configuration of the method, with the paper's ranges (Appendix C.2) attached to each knob.
+
+Values are validated for sanity (a negative temperature is an error); values outside the
+paper's range are allowed, because a 2-core machine needs smaller budgets than an A100 node,
+but `outside_paper_ranges()` lists them so every report can say what it traded.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from soma.algo.gate_stats import BoundKind
+
+Hardness = Literal["disagreement", "paper_literal"]
+
+
+def _paper(low: float | None = None, high: float | None = None, choices: tuple | None = None) -> dict[str, Any]:
+    return {"paper": {"low": low, "high": high, "choices": choices}}
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MiningConfig(_Frozen):
+    """Stage 1: soft-prompt mining (Eq. 1-3)."""
+
+    prompt_length: int = Field(8, ge=1, le=256, json_schema_extra=_paper(choices=(4, 8, 16, 32, 64)))
+    candidates: int = Field(3, ge=1, le=16, json_schema_extra=_paper(choices=(3, 4, 5)))
+    init_sigma: float = Field(0.02, gt=0, description="rows of P start from N(0, σ²I)")
+    steps: int = Field(8, ge=1, le=10_000)
+    lr: float = Field(5e-3, gt=0, json_schema_extra=_paper(1e-4, 5e-3))
+    weight_decay: float = Field(1e-2, ge=0, json_schema_extra=_paper(0.0, 1e-2))
+    clip: float = Field(1.0, gt=0, json_schema_extra=_paper(0.5, 1.0))
+    neighbours: int = Field(20, ge=1, json_schema_extra=_paper(choices=(20, 50, 100)))
+    tau: float = Field(0.7, gt=0, json_schema_extra=_paper(0.4, 1.2))
+    top_m: int = Field(50, ge=1, json_schema_extra=_paper(choices=(50, 100, 200)))
+    lam: float = Field(1.0, ge=0, json_schema_extra=_paper(0.5, 2.0))
+    beta: float = Field(0.05, ge=0, json_schema_extra=_paper(0.02, 0.15))
+    lambda_p: float = Field(1e-4, ge=0, description="‖P‖² weight")
+    tail: int = Field(8, ge=1, description="answer positions whose entropy H_tail covers")
+    use_expectation_weight: bool = Field(True, description="Eq. 2 weight; off for the soma-no-expweight ablation")
+    max_context_tokens: int = Field(256, ge=8, description="S_t is cut to its last N tokens for mining")
+    max_answer_tokens: int = Field(48, ge=1, description="teacher answer tokens y scored per turn")
+    mined_pairs: int = Field(4, ge=0, le=256, description="(candidate, turn) cases sent to the teacher under V(P)")
+
+
+class LoraConfig(_Frozen):
+    """Stage 2: localized LoRA (Eq. 4)."""
+
+    rank: int = Field(8, ge=1, le=256, json_schema_extra=_paper(choices=(4, 8, 16, 32)))
+    alpha: int = Field(16, ge=1, json_schema_extra=_paper(choices=(4, 8, 16, 32)))
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    lr: float = Field(1e-3, gt=0, json_schema_extra=_paper(5e-5, 2e-3))
+    steps: int = Field(8, ge=1, le=100_000)
+    batch_size: int = Field(4, ge=1)
+    max_tokens: int = Field(320, ge=16, description="context + answer tokens per example (oldest context cut)")
+    holdout_fraction: float = Field(0.2, ge=0, lt=1, description="share of H held out for early stopping")
+    eval_every: int = Field(2, ge=1)
+    patience: int = Field(2, ge=1, description="evaluations without improvement before stopping")
+    top_warm: int = Field(8, ge=1, description="|H| warm turns kept, highest hardness first")
+    hardness: Hardness = "disagreement"
+
+
+class GateConfig(_Frozen):
+    """Stage 3: the acceptance test (Thm 4.2) with fidelity and locality gates."""
+
+    acceptance_size: int = Field(3, ge=1, json_schema_extra=_paper(6, 24))
+    epsilon: float = Field(0.05, ge=0, json_schema_extra=_paper(0.05, 0.12))
+    delta: float = Field(0.1, gt=0, lt=1)
+    bound: BoundKind = "none"
+    max_mean_gap: float = Field(0.6, ge=0, le=2, description="fidelity gate on mean Gap_new; 0 turns it off")
+    min_locality: float = Field(0.2, ge=-1, le=1, description="locality gate: cos(query, warm centroid)")
+    answer_tokens: int = Field(48, ge=1, description="surrogate answer length when measuring Gap on B")
+
+
+class DriftConfig(_Frozen):
+    consecutive: int = Field(2, ge=1, json_schema_extra=_paper(choices=(2, 3)))
+    window: int = Field(8, ge=1)
+    min_locality: float = Field(0.2, ge=-1, le=1)
+    shadow_fraction: float = Field(0.0, ge=0, le=1, description="share of surrogate turns given a shadow F answer")
+    max_shadow_gap: float = Field(0.6, ge=0, le=2)
+
+    @model_validator(mode="after")
+    def _window(self) -> DriftConfig:
+        if self.window < self.consecutive:
+            raise ValueError(f"drift.window ({self.window}) must be ≥ drift.consecutive ({self.consecutive})")
+        return self
+
+
+class CompressionConfig(_Frozen):
+    recent_turns: int = Field(2, ge=0, description="K: last turns kept verbatim in S̃_t")
+    summary_chars: int = Field(600, ge=0, description="budget of the extractive summary of older turns")
+
+
+class MethodConfig(_Frozen):
+    warm_turns: int = Field(3, ge=1, json_schema_extra=_paper(3, 12))
+    mining: MiningConfig = MiningConfig()
+    lora: LoraConfig = LoraConfig()
+    gate: GateConfig = GateConfig()
+    drift: DriftConfig = DriftConfig()
+    compression: CompressionConfig = CompressionConfig()
+
+    def with_changes(self, changes: dict[str, Any]) -> MethodConfig:
+        """A copy with dotted-key changes ({'mining.steps': 4}), validated again."""
+        data = self.model_dump()
+        for key, value in changes.items():
+            node = data
+            *parents, leaf = key.split(".")
+            for part in parents:
+                if part not in node or not isinstance(node[part], dict):
+                    raise ValueError(f"unknown method setting {key!r}")
+                node = node[part]
+            if leaf not in node:
+                raise ValueError(f"unknown method setting {key!r}")
+            node[leaf] = value
+        return MethodConfig.model_validate(data)
+
+    def outside_paper_ranges(self) -> list[str]:
+        """'section.knob = value (paper: …)' for every knob set outside Appendix C.2's ranges."""
+        found = []
+        for section_name in ("mining", "lora", "gate", "drift", "compression"):
+            section = getattr(self, section_name)
+            found += _outside(section_name, section)
+        found += _outside("", self)
+        return found
+
+
+def _outside(prefix: str, section: BaseModel) -> list[str]:
+    out = []
+    for name, info in type(section).model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        rule = extra.get("paper")
+        if not rule:
+            continue
+        value = getattr(section, name)
+        low, high, choices = rule["low"], rule["high"], rule["choices"]
+        if choices is not None and value not in choices:
+            out.append(f"{prefix + '.' if prefix else ''}{name} = {value} (paper: one of {list(choices)})")
+        elif choices is None and ((low is not None and value < low) or (high is not None and value > high)):
+            out.append(f"{prefix + '.' if prefix else ''}{name} = {value} (paper: {low}..{high})")
+    return out
+
+
+# Budgets: what runs where. `cpu` is tuned so W=4 adaptation fits about a minute on 2 cores;
+# `paper` uses mid-range values of Appendix C.2 for a GPU node; `tiny` exists for tests.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "warm_turns": 2,
+        "mining.steps": 1,
+        "mining.candidates": 2,
+        "mining.prompt_length": 2,
+        "mining.mined_pairs": 2,
+        "mining.max_context_tokens": 64,
+        "mining.max_answer_tokens": 8,
+        "lora.steps": 1,
+        "lora.batch_size": 2,
+        "lora.max_tokens": 96,
+        "gate.acceptance_size": 2,
+        "gate.answer_tokens": 8,
+    },
+    "cpu": {},
+    "paper": {
+        "warm_turns": 4,
+        "mining.prompt_length": 16,
+        "mining.candidates": 4,
+        "mining.steps": 50,
+        "mining.lr": 1e-3,
+        "mining.neighbours": 50,
+        "mining.top_m": 100,
+        "mining.max_context_tokens": 2048,
+        "mining.max_answer_tokens": 256,
+        "mining.mined_pairs": 16,
+        "lora.rank": 16,
+        "lora.alpha": 32,
+        "lora.lr": 2e-4,
+        "lora.steps": 200,
+        "lora.batch_size": 8,
+        "lora.max_tokens": 2560,
+        "lora.top_warm": 12,
+        "gate.acceptance_size": 12,
+        "gate.bound": "bernstein",
+        "gate.answer_tokens": 256,
+    },
+}
+
+
+def preset(name: str) -> MethodConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown budget {name!r}; choose one of {', '.join(PRESETS)}")
+    return MethodConfig().with_changes(PRESETS[name])

@@ -1,0 +1,231 @@
+"""Stage 2: a fresh LoRA adapter per session, trained on hardness-weighted teacher answers (Eq. 4).
+
+`SessionAdapters` wraps the surrogate once in a PEFT model and then adds, trains, selects and
+deletes named adapters on it. Every adapter starts from PEFT's default initialisation (B = 0,
+so a new adapter is exactly the base model): nothing is ever carried from one session into the
+next, unlike the reference code. With no adapter selected the base model answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+from soma.algo import lm
+from soma.algo.config import LoraConfig
+from soma.algo.lora_objective import IGNORE, TrainingExample, build_example, collate, normalised_weights
+from soma.algo.teacher_client import Message
+
+_IDLE = "soma-idle"  # a never-trained zero adapter: PEFT needs one to exist; it is never selected
+
+
+@dataclass(frozen=True)
+class TrainingPair:
+    """(context as chat messages, F's answer, hardness r)."""
+
+    messages: tuple[Message, ...]
+    answer: str
+    hardness: float = 1.0
+    source: str = "warm"  # warm | mined | random
+
+
+def _peft_config(cfg: LoraConfig) -> PeftLoraConfig:
+    return PeftLoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+class SessionAdapters:
+    """Named per-session LoRA adapters over one frozen base model."""
+
+    def __init__(self, model: Any, cfg: LoraConfig):
+        self.peft = get_peft_model(model, _peft_config(cfg), adapter_name=_IDLE)
+        self.base = self.peft.get_base_model()
+        self.names: set[str] = set()
+        self._select(None)
+
+    def _select(self, name: str | None) -> None:
+        self.peft.base_model.set_adapter(_IDLE if name is None else name)
+        for module in self.peft.modules():  # PEFT's set_adapter makes the selected adapter trainable
+            if hasattr(module, "lora_A"):
+                for adapter in list(module.lora_A):
+                    grad = adapter == name and adapter != _IDLE
+                    module.lora_A[adapter].requires_grad_(grad)
+                    module.lora_B[adapter].requires_grad_(grad)
+
+    def new(self, name: str, cfg: LoraConfig) -> None:
+        """A fresh, zero-effect adapter (B = 0); an existing one of that name is replaced."""
+        if name == _IDLE:
+            raise ValueError(f"{_IDLE!r} is reserved")
+        if name in self.names:
+            self.delete(name)
+        self.peft.add_adapter(name, _peft_config(cfg))
+        self.names.add(name)
+        self._select(None)
+
+    def delete(self, name: str) -> None:
+        if name in self.names:
+            self._select(None)
+            self.peft.delete_adapter(name)
+            self.names.discard(name)
+
+    @contextlib.contextmanager
+    def using(self, name: str | None) -> Iterator[Any]:
+        """The model with adapter `name` active (None: the base model)."""
+        if name is not None and name not in self.names:
+            raise KeyError(f"no adapter {name!r}")
+        self._select(name)
+        try:
+            if name is None:
+                with self.peft.disable_adapter():
+                    yield self.peft
+            else:
+                yield self.peft
+        finally:
+            self._select(None)
+
+    def trainable(self, name: str) -> list[torch.nn.Parameter]:
+        return [p for n, p in self.peft.named_parameters() if f".{name}." in n and "lora_" in n]
+
+    def state_dict(self, name: str) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.peft, adapter_name=name).items()}
+
+    def load_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
+        result = set_peft_model_state_dict(self.peft, state, adapter_name=name)
+        missing = [k for k in result.missing_keys if "lora_" in k and f".{name}." in k]
+        if missing:
+            raise RuntimeError(f"adapter {name!r}: state is missing {len(missing)} LoRA tensors, e.g. {missing[0]}")
+
+
+@dataclass
+class TrainingReport:
+    examples: int
+    holdout: int
+    steps: int
+    best_step: int
+    train_loss: list[float] = field(default_factory=list)
+    holdout_loss: list[tuple[int, float]] = field(default_factory=list)
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+
+def build_examples(tokenizer: Any, pairs: Sequence[TrainingPair], cfg: LoraConfig, *, weighted: bool) -> list:
+    weights = normalised_weights([p.hardness for p in pairs]) if weighted else [1.0] * len(pairs)
+    eos = int(tokenizer.eos_token_id)
+    out = []
+    for pair, w in zip(pairs, weights, strict=True):
+        context = lm.chat_ids(tokenizer, pair.messages)
+        answer = lm.text_ids(tokenizer, pair.answer)
+        out.append(build_example(context, answer, eos, w, cfg.max_tokens))
+    return out
+
+
+def _loss(model: Any, examples: Sequence[TrainingExample], pad_id: int) -> torch.Tensor:
+    batch = collate(examples, pad_id)
+    labels = batch["labels"]
+    # logits only where a target follows: position p predicts labels[p + 1]
+    target = labels[:, 1:] != IGNORE
+    rows, cols = target.nonzero(as_tuple=True)
+    embeds = lm.input_embeddings(model)[batch["input_ids"]]
+    logits = lm.logits_at(model, embeds, batch["attention_mask"], rows, cols)
+    nll = torch.nn.functional.cross_entropy(logits.float(), labels[rows, cols + 1], reduction="none")
+    per_example = torch.zeros(len(examples)).index_add(0, rows, nll)
+    counts = torch.zeros(len(examples)).index_add(0, rows, torch.ones_like(nll)).clamp(min=1)
+    return (batch["weights"] * per_example / counts).mean()
+
+
+def split_holdout(count: int, fraction: float, rng: random.Random) -> tuple[list[int], list[int]]:
+    """(train, holdout) indices; holdout only when it leaves at least two training examples."""
+    holdout_n = int(round(count * fraction))
+    if count - holdout_n < 2:
+        holdout_n = 0
+    order = list(range(count))
+    rng.shuffle(order)
+    return sorted(order[holdout_n:]), sorted(order[:holdout_n])
+
+
+def train(
+    adapters: SessionAdapters,
+    name: str,
+    tokenizer: Any,
+    pairs: Sequence[TrainingPair],
+    cfg: LoraConfig,
+    *,
+    weighted: bool = True,
+    seed: int = 0,
+    progress: Callable[[int, float], None] | None = None,
+) -> TrainingReport:
+    """Train a fresh adapter `name` on pairs; early stopping keeps the best held-out weights."""
+    if not pairs:
+        raise ValueError("LoRA training needs at least one pair")
+    t0 = time.perf_counter()
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    adapters.new(name, cfg)
+    examples = build_examples(tokenizer, pairs, cfg, weighted=weighted)
+    train_idx, hold_idx = split_holdout(len(examples), cfg.holdout_fraction, rng)
+    train_set = [examples[i] for i in train_idx]
+    hold_set = [examples[i] for i in hold_idx]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(tokenizer.eos_token_id)
+    report = TrainingReport(len(train_set), len(hold_set), 0, 0)
+    with adapters.using(name) as model:
+        params = adapters.trainable(name)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.steps)
+        best = (math.inf, 0, adapters.state_dict(name))
+        bad_evals = 0
+        order: list[int] = []
+        model.train()
+        try:
+            for step in range(1, cfg.steps + 1):
+                if len(order) < cfg.batch_size:
+                    fresh = list(range(len(train_set)))
+                    rng.shuffle(fresh)
+                    order += fresh * math.ceil(cfg.batch_size / max(1, len(fresh)))
+                batch, order = [train_set[i] for i in order[: cfg.batch_size]], order[cfg.batch_size :]
+                optimizer.zero_grad(set_to_none=True)
+                loss = _loss(model, batch, pad)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                schedule.step()
+                report.steps = step
+                report.train_loss.append(float(loss.detach()))
+                if progress:
+                    progress(step, report.train_loss[-1])
+                if hold_set and (step % cfg.eval_every == 0 or step == cfg.steps):
+                    model.eval()
+                    with torch.no_grad():
+                        held = float(_loss(model, hold_set, pad))
+                    model.train()
+                    report.holdout_loss.append((step, held))
+                    if held < best[0]:
+                        best, bad_evals = (held, step, adapters.state_dict(name)), 0
+                    else:
+                        bad_evals += 1
+                        if bad_evals >= cfg.patience:
+                            report.stopped_early = True
+                            break
+        finally:
+            model.eval()
+        if hold_set:
+            adapters.load_state(name, best[2])
+            report.best_step = best[1]
+        else:
+            report.best_step = report.steps
+    report.seconds = time.perf_counter() - t0
+    return report
