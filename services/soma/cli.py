@@ -136,6 +136,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench_serve(args)
 
 
+def cmd_bench_fidelity(args: argparse.Namespace) -> int:
+    from soma.bench.fidelity import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="soma", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     bserve.add_argument("--out", type=Path, default=Path("bench-out/serve"))
     bserve.add_argument("--config", type=Path)
     bserve.set_defaults(func=cmd_bench)
+    bfid = bench_sub.add_parser("fidelity", help="SOMA against its baselines on real dialogues (paper C.3)")
+    from soma.bench.fidelity_cli import add_arguments
+
+    add_arguments(bfid)
+    bfid.set_defaults(func=cmd_bench_fidelity)
     return parser
 
 

@@ -68,8 +68,9 @@ def test_mining_trains_only_the_prompt_and_batches_candidates(backend, cfg):
         assert p.grad is None, name
         assert torch.equal(p, before[name]), f"G's weight {name} changed during mining"
         assert p.requires_grad == flags[name]
-    init = soft_prompt.init_prompts(3, mining.prompt_length, result.prompts.shape[-1], mining.init_sigma,
-                                    torch.Generator().manual_seed(3))
+    init = soft_prompt.init_prompts(
+        3, mining.prompt_length, result.prompts.shape[-1], mining.init_sigma, torch.Generator().manual_seed(3)
+    )
     assert result.prompts.shape == init.shape
     assert not torch.allclose(result.prompts, init), "P received no update"
     assert len(result.cases) == 3 * len(TURNS)  # every (candidate, turn) scored
@@ -112,7 +113,7 @@ def test_teacher_sees_verbalization_and_is_cached_per_verbalization():
 def test_lora_trains_only_its_adapter_and_keeps_the_best_holdout(backend, cfg):
     adapters = SessionAdapters(backend.model, cfg.lora)
     base = {n: p.detach().clone() for n, p in adapters.base.named_parameters() if "lora_" not in n}
-    pairs = [TrainingPair(t.messages, t.answer, hardness=h) for t, h in zip(TURNS * 2, [1, 2, 3, 1, 2, 3])]
+    pairs = [TrainingPair(t.messages, t.answer, hardness=h) for t, h in zip(TURNS * 2, [1, 2, 3, 1, 2, 3], strict=True)]
     lora = cfg.lora.model_copy(update={"steps": 4, "lr": 1e-2, "holdout_fraction": 0.34, "eval_every": 1})
     report = train(adapters, "s1", backend.tokenizer, pairs, lora, seed=0)
     assert report.holdout == 2 and report.examples == 4
@@ -173,8 +174,10 @@ def test_adaptation_chain_acceptance_batch_disjoint_from_training(backend, cfg):
     assert not set(outcome.acceptance_keys) & set(outcome.training_keys)
     assert teacher.calls == outcome.teacher_calls > 0
     verbalized = {v for v in outcome.verbalizations if v}
-    assert any(any(m["content"].split(" ")[0] in " ".join(verbalized) for m in conv if m["role"] == "user")
-               for conv in client.seen)
+    assert any(
+        any(m["content"].split(" ")[0] in " ".join(verbalized) for m in conv if m["role"] == "user")
+        for conv in client.seen
+    )
     assert set(outcome.seconds) == {"mining", "teacher", "training", "gate"}
     assert "x" in adapters.names
 

@@ -108,7 +108,9 @@ def split_acceptance(cases: Sequence[Case], size: int, rng: random.Random, min_t
 
 
 def warm_cases(turns: Sequence[WarmTurn], hardness: Sequence[float]) -> list[Case]:
-    return [Case(t.messages, t.answer, r, "warm", f"warm:{i}") for i, (t, r) in enumerate(zip(turns, hardness))]
+    return [
+        Case(t.messages, t.answer, r, "warm", f"warm:{i}") for i, (t, r) in enumerate(zip(turns, hardness, strict=True))
+    ]
 
 
 def mined_cases(

@@ -30,7 +30,7 @@ class MiningConfig(_Frozen):
     prompt_length: int = Field(8, ge=1, le=256, json_schema_extra=_paper(choices=(4, 8, 16, 32, 64)))
     candidates: int = Field(3, ge=1, le=16, json_schema_extra=_paper(choices=(3, 4, 5)))
     init_sigma: float = Field(0.02, gt=0, description="rows of P start from N(0, σ²I)")
-    steps: int = Field(8, ge=1, le=10_000)
+    steps: int = Field(4, ge=1, le=10_000)
     lr: float = Field(5e-3, gt=0, json_schema_extra=_paper(1e-4, 5e-3))
     weight_decay: float = Field(1e-2, ge=0, json_schema_extra=_paper(0.0, 1e-2))
     clip: float = Field(1.0, gt=0, json_schema_extra=_paper(0.5, 1.0))
@@ -42,8 +42,8 @@ class MiningConfig(_Frozen):
     lambda_p: float = Field(1e-4, ge=0, description="‖P‖² weight")
     tail: int = Field(8, ge=1, description="answer positions whose entropy H_tail covers")
     use_expectation_weight: bool = Field(True, description="Eq. 2 weight; off for the soma-no-expweight ablation")
-    max_context_tokens: int = Field(256, ge=8, description="S_t is cut to its last N tokens for mining")
-    max_answer_tokens: int = Field(48, ge=1, description="teacher answer tokens y scored per turn")
+    max_context_tokens: int = Field(128, ge=8, description="S_t is cut to its last N tokens for mining")
+    max_answer_tokens: int = Field(32, ge=1, description="teacher answer tokens y scored per turn")
     mined_pairs: int = Field(4, ge=0, le=256, description="(candidate, turn) cases sent to the teacher under V(P)")
 
 
@@ -55,9 +55,9 @@ class LoraConfig(_Frozen):
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     lr: float = Field(1e-3, gt=0, json_schema_extra=_paper(5e-5, 2e-3))
-    steps: int = Field(8, ge=1, le=100_000)
+    steps: int = Field(6, ge=1, le=100_000)
     batch_size: int = Field(4, ge=1)
-    max_tokens: int = Field(320, ge=16, description="context + answer tokens per example (oldest context cut)")
+    max_tokens: int = Field(256, ge=16, description="context + answer tokens per example (oldest context cut)")
     holdout_fraction: float = Field(0.2, ge=0, lt=1, description="share of H held out for early stopping")
     eval_every: int = Field(2, ge=1)
     patience: int = Field(2, ge=1, description="evaluations without improvement before stopping")
@@ -73,14 +73,14 @@ class GateConfig(_Frozen):
     delta: float = Field(0.1, gt=0, lt=1)
     bound: BoundKind = "none"
     max_mean_gap: float = Field(0.6, ge=0, le=2, description="fidelity gate on mean Gap_new; 0 turns it off")
-    min_locality: float = Field(0.2, ge=-1, le=1, description="locality gate: cos(query, warm centroid)")
-    answer_tokens: int = Field(48, ge=1, description="surrogate answer length when measuring Gap on B")
+    min_locality: float = Field(0.15, ge=-1, le=1, description="locality gate: cos(query, warm centroid)")
+    answer_tokens: int = Field(32, ge=1, description="surrogate answer length when measuring Gap on B")
 
 
 class DriftConfig(_Frozen):
     consecutive: int = Field(2, ge=1, json_schema_extra=_paper(choices=(2, 3)))
     window: int = Field(8, ge=1)
-    min_locality: float = Field(0.2, ge=-1, le=1)
+    min_locality: float = Field(0.25, ge=-1, le=1, description="drift check: cos(query, warm centroid)")
     shadow_fraction: float = Field(0.0, ge=0, le=1, description="share of surrogate turns given a shadow F answer")
     max_shadow_gap: float = Field(0.6, ge=0, le=2)
 
@@ -97,7 +97,7 @@ class CompressionConfig(_Frozen):
 
 
 class MethodConfig(_Frozen):
-    warm_turns: int = Field(3, ge=1, json_schema_extra=_paper(3, 12))
+    warm_turns: int = Field(4, ge=1, json_schema_extra=_paper(3, 12))
     mining: MiningConfig = MiningConfig()
     lora: LoraConfig = LoraConfig()
     gate: GateConfig = GateConfig()

@@ -205,7 +205,5 @@ def mine(
         a, b = spans[r]
         nll = -log_probs[a:b].gather(-1, targets[t][:, None]).mean()
         turn_index = [i for i, (mm, _) in enumerate(rows) if mm == m].index(r)
-        cases.append(
-            MinedCase(m, t, verbalizations[m], float(nll), float(per_candidate[m][turn_index].sem_exp))
-        )
+        cases.append(MinedCase(m, t, verbalizations[m], float(nll), float(per_candidate[m][turn_index].sem_exp)))
     return MiningResult(prompts.detach().clone(), verbalizations, cases, history, time.perf_counter() - t0)

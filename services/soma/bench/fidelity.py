@@ -1,0 +1,196 @@
+"""`soma bench fidelity`: every method on the same dialogues in one run, with paired statistics.
+
+Each finished dialogue is written to DIR/dialogues/ at once, under a fingerprint of everything
+that shapes its result (pair, methods, method config, answer budget, seed); a rerun with the
+same settings reuses it, so a long benchmark can be stopped and continued (`--fresh` redoes
+everything). The report is rebuilt from all finished dialogues at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from soma.algo.config import MethodConfig, preset
+from soma.bench import fidelity_report as rep
+from soma.bench.dialogues import DatasetError, select
+from soma.bench.fidelity_cli import METHODS
+from soma.bench.fidelity_run import DialogueRun, RunOptions
+from soma.bench.pair import load_pair
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def method_config(args: argparse.Namespace) -> MethodConfig:
+    cfg = preset(args.budget)
+    if args.config:
+        data = yaml.safe_load(args.config.read_text()) or {}
+        flat: dict[str, Any] = {}
+
+        def walk(prefix: str, node: Any) -> None:
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                flat[prefix] = node
+
+        walk("", data)
+        cfg = cfg.with_changes(flat)
+    changes = {}
+    for item in args.changes:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: use KEY=VALUE, e.g. mining.steps=12")
+        key, value = item.split("=", 1)
+        changes[key.strip()] = _parse_value(value)
+    return cfg.with_changes(changes) if changes else cfg
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if "original" not in methods:
+        methods = ("original", *methods)  # every similarity is measured against it
+    if "router" in methods and "history-prefix" not in methods:
+        methods = (*methods, "history-prefix")  # the router routes between F and history-prefix
+    return methods
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80]
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = method_config(args)
+        methods = parse_methods(args.methods)
+        dialogues = select(args.dataset, args.dialogues, args.min_turns, args.seed)
+    except (ValueError, DatasetError) as exc:
+        print(f"soma bench fidelity: {exc}", file=sys.stderr)
+        return 2
+    if args.min_turns <= cfg.warm_turns:
+        print(
+            f"note: dialogues with {args.min_turns} turns get W = turns − 1 (W = {cfg.warm_turns} leaves no "
+            "post-switch turn)",
+            file=sys.stderr,
+        )
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    options = RunOptions(cfg, methods, args.answer_tokens, args.seed, args.topic_shift)
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            [args.pair, methods, cfg.model_dump(mode="json"), args.answer_tokens, args.seed, args.topic_shift],
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:16]
+    out_dir: Path = args.out
+    cache_dir = out_dir / "dialogues"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    from tqdm import tqdm
+
+    pair = load_pair(args.pair, cfg, log=lambda msg: print(msg, file=sys.stderr))
+    runner = DialogueRun(pair, options)
+    shift_rng = random.Random(args.seed + 1)
+    results, reused = [], 0
+    bar = tqdm(dialogues, desc="dialogues", unit="dlg", disable=args.no_progress, file=sys.stderr)
+    stopped_early = False
+    for index, dialogue in enumerate(bar):
+        path = cache_dir / f"{index:04d}-{_safe(dialogue.id)}.json"
+        if path.exists() and not args.fresh:
+            saved = json.loads(path.read_text())
+            if saved.get("fingerprint") == fingerprint:
+                results.append(saved["result"])
+                reused += 1
+                continue
+        over_time = args.max_minutes is not None and time.perf_counter() - started > args.max_minutes * 60
+        if args.report_only or over_time:
+            stopped_early = True
+            continue
+        shift = ()
+        if args.topic_shift:
+            others = [d for d in dialogues if d.id != dialogue.id] or dialogues
+            other = others[shift_rng.randrange(len(others))]
+            shift = other.queries[-max(options.shift_turns, cfg.drift.consecutive) :]
+        runner.note = lambda stage, i=index: bar.set_postfix_str(f"#{i} {stage}")
+        t0 = time.perf_counter()
+        result = runner.run(dialogue, index, shift)
+        result["wall_seconds"] = time.perf_counter() - t0
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"fingerprint": fingerprint, "result": result}, ensure_ascii=False))
+        os.replace(tmp, path)
+        results.append(result)
+    bar.close()
+
+    if not results:
+        print(f"soma bench fidelity: no finished dialogue in {cache_dir} to report on", file=sys.stderr)
+        return 1
+    report = build_report(results, args, cfg, methods, pair, fingerprint, time.perf_counter() - started, reused)
+    report["requested_dialogues"] = len(dialogues)
+    report["stopped_early"] = stopped_early
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    (out_dir / "report.md").write_text(rep.markdown(report))
+    report["plots"] = rep.plots(report, out_dir)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    print(rep.markdown(report))
+    print(f"report: {out_dir / 'report.json'}, {out_dir / 'report.md'}; plots: {', '.join(report['plots'])}")
+    return 0
+
+
+def build_report(results, args, cfg: MethodConfig, methods, pair, fingerprint, wall, reused) -> dict[str, Any]:
+    summary_methods = [m for m in methods if m != "router"]
+    rep.score_answers(results, summary_methods, pair.encoder.encode)
+    router = None
+    if "router" in methods:
+        served = [s for d in results for s in d.get("adaptation", {}).get("soma", {}).get("served_by", [])]
+        share = served.count("teacher") / len(served) if served else 0.0
+        router = rep.calibrate_router(results, share)
+        rep.score_answers(results, methods, pair.encoder.encode)
+    summary = rep.summarise(results, methods, args.seed)
+    shift = rep.topic_shift_summary(results)
+    return {
+        "schema": "soma.bench.fidelity/1",
+        "pair": args.pair,
+        "teacher": pair.teacher_model,
+        "surrogate": pair.surrogate_model,
+        "datasets": [str(p) for p in args.dataset],
+        "dialogues": len(results),
+        "reused_dialogues": reused,
+        "min_turns": args.min_turns,
+        "methods": list(methods),
+        "budget": args.budget,
+        "config": cfg.model_dump(mode="json"),
+        "outside_paper_ranges": cfg.outside_paper_ranges(),
+        "answer_tokens": args.answer_tokens,
+        "seed": args.seed,
+        "fingerprint": fingerprint,
+        "wall_seconds": wall,
+        "summary": summary,
+        "targets": rep.targets(summary, shift),
+        "gate_bounds": rep.gate_counterfactuals(results, cfg),
+        "topic_shift": shift,
+        "router": router,
+        "per_turn": rep.per_turn_rows(results),
+        "per_dialogue": [
+            {k: d[k] for k in ("id", "task", "turns", "warm_turns", "post_turns", "adaptation", "tokens", "seconds")}
+            | {"wall_seconds": d.get("wall_seconds")}
+            for d in results
+        ],
+    }
