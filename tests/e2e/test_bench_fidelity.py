@@ -40,9 +40,30 @@ DIALOGUES = [
 
 
 def _run(dataset: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "soma", "bench", "fidelity", "--dataset", str(dataset), "--dialogues", "2",
-           "--min-turns", "3", "--budget", "tiny", "--answer-tokens", "6", "--topic-shift", "--seed", "1",
-           "--no-progress", "--out", str(out), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "soma",
+        "bench",
+        "fidelity",
+        "--dataset",
+        str(dataset),
+        "--dialogues",
+        "2",
+        "--min-turns",
+        "3",
+        "--budget",
+        "tiny",
+        "--answer-tokens",
+        "6",
+        "--topic-shift",
+        "--seed",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
 
 

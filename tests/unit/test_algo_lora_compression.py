@@ -59,3 +59,22 @@ def test_compressed_prefix_has_summary_recent_turns_and_query():
     messages = compression.compressed_messages(history, "q4", recent_turns=1, summary_chars=200, encode=_bag_of_words)
     assert messages[0]["role"] == "system" and "Summary" in messages[0]["content"]
     assert [m["content"] for m in messages[1:]] == ["q3", "a3.", "q4"]
+
+
+def test_teacher_written_summary_is_an_option_within_budget():
+    asked = []
+
+    def complete(messages):
+        asked.append(messages)
+        return "The user  uses pandas to read a csv file named sales.csv and wants totals per month"
+
+    history = [("q1 about pandas csv", "a1 pandas csv."), ("q2", "a2."), ("q3", "a3.")]
+    summarize = lambda older, budget: compression.teacher_summary(older, complete, budget)  # noqa: E731
+    messages = compression.compressed_messages(
+        history, "q4", recent_turns=1, summary_chars=40, encode=_bag_of_words, summarize=summarize
+    )
+    assert len(asked) == 1 and "q1 about pandas csv" in asked[0][0]["content"] and "q3" not in asked[0][0]["content"]
+    summary = messages[0]["content"].split("Summary of the earlier conversation: ")[1]
+    assert summary == "The user uses pandas to read a csv file"  # cut at a word, ≤ 40 chars
+    assert [m["content"] for m in messages[1:]] == ["q3", "a3.", "q4"]
+    assert compression.teacher_summary([], complete, 40) == "" and len(asked) == 1

@@ -36,6 +36,30 @@ def extractive_summary(texts: Sequence[str], encode: Callable[[list[str]], torch
     return " ".join(sentences[i] for i in sorted(chosen))
 
 
+SUMMARY_INSTRUCTION = (
+    "Summarize the conversation below in at most {chars} characters. Keep names, numbers, constraints and "
+    "decisions the user may refer to later. Answer with the summary only.\n\n{transcript}"
+)
+
+
+def teacher_summary(
+    history: Sequence[tuple[str, str]], complete: Callable[[list[dict[str, str]]], str], budget_chars: int
+) -> str:
+    """A summary written by the teacher (one extra F call per refresh), cut to the budget at a word."""
+    if not history or budget_chars <= 0:
+        return ""
+    transcript = "\n".join(f"User: {q}\nAssistant: {a}" for q, a in history)
+    text = " ".join(
+        complete(
+            [{"role": "user", "content": SUMMARY_INSTRUCTION.format(chars=budget_chars, transcript=transcript)}]
+        ).split()
+    )
+    if len(text) <= budget_chars:
+        return text
+    cut = text[:budget_chars]
+    return cut[: cut.rfind(" ")] if " " in cut else cut
+
+
 def compressed_messages(
     history: Sequence[tuple[str, str]],
     query: str,
@@ -44,13 +68,22 @@ def compressed_messages(
     summary_chars: int,
     encode: Callable[[list[str]], torch.Tensor],
     system_prompt: str = "",
+    summarize: Callable[[Sequence[tuple[str, str]], int], str] | None = None,
 ) -> list[dict[str, str]]:
-    """S̃_t as chat messages: system (with the summary of older turns), last K turns, the query."""
+    """S̃_t as chat messages: system (with the summary of older turns), last K turns, the query.
+
+    The summary is extractive unless `summarize(older_turns, budget)` is given (e.g. teacher_summary).
+    """
     older, recent = (
         history[: max(0, len(history) - recent_turns)],
         history[len(history) - recent_turns :] if recent_turns else [],
     )
-    summary = extractive_summary([f"{q} {a}" for q, a in older], encode, summary_chars) if older else ""
+    if not older:
+        summary = ""
+    elif summarize is not None:
+        summary = summarize(older, summary_chars)
+    else:
+        summary = extractive_summary([f"{q} {a}" for q, a in older], encode, summary_chars)
     system = system_prompt
     if summary:
         system = (system + "\n\n" if system else "") + f"Summary of the earlier conversation: {summary}"

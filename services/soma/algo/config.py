@@ -93,7 +93,10 @@ class DriftConfig(_Frozen):
 
 class CompressionConfig(_Frozen):
     recent_turns: int = Field(2, ge=0, description="K: last turns kept verbatim in S̃_t")
-    summary_chars: int = Field(600, ge=0, description="budget of the extractive summary of older turns")
+    summary_chars: int = Field(600, ge=0, description="budget of the summary of older turns")
+    summary: Literal["extractive", "teacher"] = Field(
+        "extractive", description="extractive (central sentences, no model call) or written by the teacher"
+    )
 
 
 class MethodConfig(_Frozen):

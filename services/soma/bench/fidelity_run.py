@@ -26,7 +26,7 @@ import torch
 
 from soma.algo import gate_stats
 from soma.algo.adaptation import VARIANTS, adapt
-from soma.algo.compression import compressed_messages
+from soma.algo.compression import compressed_messages, teacher_summary
 from soma.algo.config import MethodConfig
 from soma.algo.drift import DriftMonitor, TurnCheck
 from soma.algo.lora_train import TrainingPair, train
@@ -69,8 +69,21 @@ class DialogueRun:
 
     def _compressed(self, history: list[tuple[str, str]], query: str) -> list[dict]:
         c = self.options.cfg.compression
+        summarize = None
+        if c.summary == "teacher":
+            params = SamplingParams(max_new_tokens=max(16, c.summary_chars // 3))
+
+            def summarize(older, budget):
+                complete = lambda msgs: self.pair.teacher.generate(msgs, params).text  # noqa: E731
+                return teacher_summary(older, complete, budget)
+
         return compressed_messages(
-            history, query, recent_turns=c.recent_turns, summary_chars=c.summary_chars, encode=self.pair.encoder.encode
+            history,
+            query,
+            recent_turns=c.recent_turns,
+            summary_chars=c.summary_chars,
+            encode=self.pair.encoder.encode,
+            summarize=summarize,
         )
 
     # -- the run -----------------------------------------------------------------------------------
