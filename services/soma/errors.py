@@ -48,5 +48,11 @@ class Unavailable(SomaError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class DataLoss(SomaError):
+    """Stored data failed an integrity check (e.g. a checksum); it is not used."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
 class DeadlineExceeded(SomaError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED

@@ -9,6 +9,7 @@ next, unlike the reference code. With no adapter selected the base model answers
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import time
@@ -19,6 +20,9 @@ from typing import Any
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.config import PeftConfigMixin
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
 
 from soma.algo import lm
 from soma.algo.config import LoraConfig
@@ -103,6 +107,22 @@ class SessionAdapters:
 
     def state_dict(self, name: str) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.peft, adapter_name=name).items()}
+
+    def export(self, name: str) -> tuple[bytes, bytes]:
+        """(adapter_model.safetensors, adapter_config.json) bytes of adapter `name`, as PEFT saves them."""
+        weights = safetensors_save({k: v.contiguous() for k, v in self.state_dict(name).items()})
+        config = json.dumps(self.peft.peft_config[name].to_dict(), default=list, sort_keys=True).encode()
+        return weights, config
+
+    def load(self, name: str, weights: bytes, config: bytes) -> None:
+        """Add adapter `name` from exported bytes (safetensors only: no pickle is ever read)."""
+        peft_config = PeftConfigMixin.from_peft_type(**json.loads(config))
+        if name in self.names:
+            self.delete(name)
+        self.peft.add_adapter(name, peft_config)
+        self.names.add(name)
+        self.load_state(name, safetensors_load(weights))
+        self._select(None)
 
     def load_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
         result = set_peft_model_state_dict(self.peft, state, adapter_name=name)

@@ -1,0 +1,137 @@
+"""The adapter store, local folder and S3 (a real moto S3 server process), with real PEFT adapters."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from soma.algo import config
+from soma.algo.lora_train import SessionAdapters, TrainingPair, train
+from soma.errors import DataLoss, InvalidArgument, NotFound, Unavailable
+from soma.models.chat_backend import TransformersChatBackend
+from soma.models.testing import build_tiny_chat_model
+from soma.storage import adapter_store as store_mod
+from soma.storage.adapter_store import LocalAdapterStore, S3AdapterStore, build_manifest
+from tests.servers import s3_server
+
+ACCESS, SECRET = "testing-key", "testing-secret"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny surrogate with one trained adapter, exported as bytes."""
+    path = build_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "chat")
+    backend = TransformersChatBackend(str(path), name="tiny")
+    cfg = config.preset("tiny").lora.model_copy(update={"steps": 3, "lr": 5e-2})
+    adapters = SessionAdapters(backend.model, cfg)
+    msgs = ({"role": "user", "content": "hello world"},)
+    train(adapters, "s", backend.tokenizer, [TrainingPair(msgs, "python code"), TrainingPair(msgs, "the code")], cfg)
+    weights, cfg_bytes = adapters.export("s")
+    return backend, adapters, weights, cfg_bytes
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    with s3_server(tmp_path_factory.mktemp("s3")) as (endpoint, proc):
+        yield (
+            S3AdapterStore.connect(
+                endpoint, "adapters", ACCESS, SECRET, secure=False, region="us-east-1", create_bucket=True
+            ),
+            proc,
+        )
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return LocalAdapterStore(tmp_path / "adapters")
+    return request.getfixturevalue("s3")[0]
+
+
+def _manifest(session, gen, weights, cfg_bytes):
+    return build_manifest(session, gen, weights, cfg_bytes, base_model="tiny", rank=4, metrics={"loss": 0.5})
+
+
+def test_roundtrip_restores_the_same_adapter(store, trained):
+    backend, adapters, weights, cfg_bytes = trained
+    uri = store.put(_manifest("sess-1", 1, weights, cfg_bytes), weights, cfg_bytes)
+    assert "sess-1/1" in uri
+    got = store.get("sess-1", 1)
+    assert got.weights == weights and got.manifest.metrics == {"loss": 0.5} and got.manifest.rank == 4
+    assert got.manifest.files["adapter_model.safetensors"]["sha256"] == store_mod._sha256(weights)
+    adapters.load("copy", got.weights, got.config)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        with adapters.using("s") as m:
+            original = m(input_ids=ids).logits
+        with adapters.using("copy") as m:
+            loaded = m(input_ids=ids).logits
+        with adapters.using(None) as m:
+            base = m(input_ids=ids).logits
+    assert torch.allclose(original, loaded) and not torch.allclose(original, base)
+    adapters.delete("copy")
+
+
+def test_delete_session_removes_every_generation(store, trained):
+    _, _, weights, cfg_bytes = trained
+    for gen in (1, 2, 3):
+        store.put(_manifest("sess-del", gen, weights, cfg_bytes), weights, cfg_bytes)
+    store.put(_manifest("sess-other", 1, weights, cfg_bytes), weights, cfg_bytes)
+    assert store.generations("sess-del") == [1, 2, 3]
+    assert store.delete_session("sess-del") == 3
+    assert store.generations("sess-del") == []
+    with pytest.raises(NotFound):
+        store.get("sess-del", 2)
+    assert store.generations("sess-other") == [1]  # neighbours untouched
+
+
+def test_session_ids_with_path_characters_never_reach_a_key(store, trained):
+    _, _, weights, cfg_bytes = trained
+    for bad in ("../escape", "a/b", "..", "", "x" * 200, "a\\b"):
+        with pytest.raises(InvalidArgument, match="session id"):
+            store.get(bad, 1)
+        with pytest.raises(InvalidArgument):
+            store.delete_session(bad)
+        with pytest.raises(InvalidArgument):
+            build_manifest(bad, 1, weights, cfg_bytes, base_model="tiny", rank=4)
+    with pytest.raises(InvalidArgument, match="generation"):
+        store.get("ok", 0)
+
+
+def test_only_safetensors_and_matching_checksums_load(tmp_path, trained):
+    _, _, weights, cfg_bytes = trained
+    import pickle
+
+    with pytest.raises(DataLoss, match="not a safetensors"):
+        build_manifest("s", 1, pickle.dumps({"w": [1, 2]}), cfg_bytes, base_model="tiny", rank=4)
+    local = LocalAdapterStore(tmp_path)
+    local.put(_manifest("s", 1, weights, cfg_bytes), weights, cfg_bytes)
+    target = tmp_path / "s" / "1" / "adapter_model.safetensors"
+    tampered = bytearray(target.read_bytes())
+    tampered[-1] ^= 0xFF
+    target.write_bytes(bytes(tampered))
+    with pytest.raises(DataLoss, match="sha256"):
+        local.get("s", 1)
+
+
+def test_s3_checksum_mismatch_is_detected(s3, trained):
+    store, _ = s3
+    _, _, weights, cfg_bytes = trained
+    store.put(_manifest("sess-bad", 1, weights, cfg_bytes), weights, cfg_bytes)
+    manifest = json.loads(store._read("sess-bad/1/manifest.json"))
+    manifest["files"]["adapter_model.safetensors"]["sha256"] = "0" * 64
+    store._put("sess-bad/1/manifest.json", json.dumps(manifest).encode(), "application/json")
+    with pytest.raises(DataLoss, match="sha256"):
+        store.get("sess-bad", 1)
+
+
+def test_unreachable_s3_is_unavailable_with_a_clear_message(tmp_path):
+    from tests.servers import free_port
+
+    store = S3AdapterStore.connect(
+        f"127.0.0.1:{free_port()}", "adapters", ACCESS, SECRET, secure=False, region="us-east-1"
+    )
+    with pytest.raises(Unavailable, match="unreachable"):
+        store.get("sess", 1)
