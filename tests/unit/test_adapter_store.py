@@ -135,3 +135,29 @@ def test_unreachable_s3_is_unavailable_with_a_clear_message(tmp_path):
     )
     with pytest.raises(Unavailable, match="unreachable"):
         store.get("sess", 1)
+
+
+def test_adapter_cache_is_lru_bounded_by_count_and_bytes(tmp_path, trained):
+    from soma.surrogate.adapter_cache import AdapterCache
+
+    _, adapters, weights, cfg_bytes = trained
+    local = LocalAdapterStore(tmp_path)
+    for session in ("a", "b", "c"):
+        local.put(_manifest(session, 1, weights, cfg_bytes), weights, cfg_bytes)
+    size = len(weights) + len(cfg_bytes)
+    cache = AdapterCache(adapters, local, max_count=2, max_bytes=10 * size)
+    first = cache.acquire("a", 1)
+    assert cache.acquire("a", 1) == first and (cache.stats.hits, cache.stats.misses) == (1, 1)
+    cache.acquire("b", 1)
+    cache.acquire("a", 1)  # a is now the most recent
+    cache.acquire("c", 1)  # over the count bound: b (least recent) goes
+    assert ("a", 1) in cache and ("c", 1) in cache and ("b", 1) not in cache
+    assert cache.name("b", 1) not in adapters.names  # removed from the model, not only the index
+    by_bytes = AdapterCache(adapters, local, max_count=10, max_bytes=size + 1)
+    by_bytes.acquire("a", 1)
+    by_bytes.acquire("b", 1)
+    assert ("a", 1) not in by_bytes and ("b", 1) in by_bytes and by_bytes.stats.evictions == 1
+    with pytest.raises(NotFound):
+        cache.acquire("missing", 1)
+    cache.drop_session("a")
+    assert ("a", 1) not in cache and cache.name("a", 1) not in adapters.names
