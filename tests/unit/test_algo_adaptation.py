@@ -150,14 +150,16 @@ def test_second_session_starts_from_a_zero_adapter(backend, cfg):
             pass
 
 
-def test_acceptance_split_is_disjoint_and_keeps_training_data():
-    cases = [Case((), f"a{i}", 1.0, "warm", f"warm:{i}") for i in range(7)]
+def test_acceptance_split_takes_whole_turns_and_keeps_training_data():
+    cases = [Case((), f"w{t}", 1.0, "warm", f"warm:{t}", t) for t in range(4)]
+    cases += [Case((), f"m{t}", 1.0, "mined", f"mined:0:{t}", t) for t in range(4)]
     for seed in range(20):
         training, acceptance = split_acceptance(cases, 3, random.Random(seed))
-        assert len(acceptance) == 3 and len(training) == 4
+        assert len(acceptance) == 4 and len(training) == 4  # two whole turns: 3 cases need 2 turns
+        assert not {c.turn for c in training} & {c.turn for c in acceptance}
         assert not {c.key for c in training} & {c.key for c in acceptance}
-    training, acceptance = split_acceptance(cases[:3], 5, random.Random(0))
-    assert len(training) == 2 and len(acceptance) == 1  # never fewer than 2 training cases
+    training, acceptance = split_acceptance(cases[:2] + cases[4:6], 10, random.Random(0))
+    assert {c.turn for c in training} and {c.turn for c in acceptance}  # always a turn left to train on
 
 
 def test_adaptation_chain_acceptance_batch_disjoint_from_training(backend, cfg):
@@ -169,15 +171,31 @@ def test_adaptation_chain_acceptance_batch_disjoint_from_training(backend, cfg):
     def gaps(pairs):
         return [0.0 if a == b else 0.5 for a, b in pairs]
 
-    outcome = adapt(VARIANTS["soma"], TURNS, surrogate=surrogate, teacher=teacher, gaps=gaps, cfg=cfg, adapter="x")
+    captured = {}
+    import soma.algo.adaptation as adaptation_module
+
+    real_train = adaptation_module.lora_train.train
+
+    def spy(adapters_, name, tokenizer, pairs, lora_cfg, **kw):
+        captured["pairs"] = list(pairs)
+        return real_train(adapters_, name, tokenizer, pairs, lora_cfg, **kw)
+
+    adaptation_module.lora_train.train = spy
+    try:
+        outcome = adapt(VARIANTS["soma"], TURNS, surrogate=surrogate, teacher=teacher, gaps=gaps, cfg=cfg, adapter="x")
+    finally:
+        adaptation_module.lora_train.train = real_train
     assert outcome.acceptance_keys and outcome.training_keys
-    assert not set(outcome.acceptance_keys) & set(outcome.training_keys)
+    turn_of = lambda key: int(key.rsplit(":", 1)[1])  # noqa: E731
+    assert not {turn_of(k) for k in outcome.acceptance_keys} & {turn_of(k) for k in outcome.training_keys}
     assert teacher.calls == outcome.teacher_calls > 0
-    verbalized = {v for v in outcome.verbalizations if v}
-    assert any(
-        any(m["content"].split(" ")[0] in " ".join(verbalized) for m in conv if m["role"] == "user")
-        for conv in client.seen
-    )
+    mined = [p for p in captured["pairs"] if p.source == "mined"]
+    assert mined, "no mined pair reached training"
+    for pair in mined:
+        # the context is V(P) ⊕ S_t and the target is what F answered under it
+        verbalization = next(v for v in outcome.verbalizations if v and pair.messages[0]["content"].startswith(v))
+        assert pair.answer.startswith("reply to ")
+        assert any(seen[0]["content"].startswith(verbalization) for seen in client.seen)
     assert set(outcome.seconds) == {"mining", "teacher", "training", "gate"}
     assert "x" in adapters.names
 
@@ -185,6 +203,55 @@ def test_adaptation_chain_acceptance_batch_disjoint_from_training(backend, cfg):
     assert ref.teacher_calls == 0  # F never sees V(P) in the reference code
     assert set(ref.acceptance_keys) == set(ref.training_keys)  # its gate scores the training data
     assert "fixed threshold" in ref.decision.reason
+
+
+def test_mining_logits_match_a_full_forward(backend, cfg):
+    """The answer-position gather in mining equals slicing a full forward pass (no off-by-one)."""
+    from soma.algo.mining import _batch, encode_turns
+
+    emb = lm.input_embeddings(backend.model).detach()
+    encoded = encode_turns(backend.tokenizer, TURNS[:2], cfg.mining)
+    length = 3
+    rows, tokens, mask, pos_r, pos_c, spans = _batch(encoded, 1, length, emb)
+    prompt = torch.randn(len(rows), length, emb.shape[1]) * 0.1
+    inputs = torch.cat([prompt, tokens], dim=1)
+    with torch.no_grad():
+        got = lm.logits_at(backend.model, inputs, mask, pos_r, pos_c)
+        for r, e in enumerate(encoded):
+            n = length + len(e.context) + len(e.answer)
+            full = backend.model(inputs_embeds=inputs[r : r + 1, :n]).logits[0]
+            a, b = spans[r]
+            expected = full[length + len(e.context) - 1 : n - 1]  # position p predicts token p + 1
+            assert torch.allclose(got[a:b], expected, atol=1e-4)
+            assert torch.equal(full[length + len(e.context) - 1 : n - 1].argmax(-1), got[a:b].argmax(-1))
+
+
+def test_training_loss_equals_weighted_nll_on_full_logits(backend, cfg):
+    from soma.algo.lora_objective import collate, weighted_nll
+    from soma.algo.lora_train import _loss, build_examples
+
+    pairs = [TrainingPair(t.messages, t.answer, hardness=h) for t, h in zip(TURNS, [1.0, 2.0, 3.0], strict=True)]
+    examples = build_examples(backend.tokenizer, pairs, cfg.lora, weighted=True)
+    batch = collate(examples, 0)
+    with torch.no_grad():
+        logits = backend.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        expected = weighted_nll(logits, batch["labels"], batch["weights"])
+        got = _loss(backend.model, examples, 0)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_eos_target_only_when_the_teacher_finished(backend, cfg):
+    from soma.algo.lora_train import build_examples
+
+    eos = backend.tokenizer.eos_token_id
+    finished, cut = build_examples(
+        backend.tokenizer,
+        [TrainingPair(TURNS[0].messages, "the answer"), TrainingPair(TURNS[0].messages, "the answer", ended=False)],
+        cfg.lora,
+        weighted=False,
+    )
+    assert finished.labels[-1] == eos and cut.labels[-1] != eos
+    assert finished.labels[:-1] == cut.labels
 
 
 def test_batched_generation_matches_single(backend):

@@ -38,7 +38,8 @@ def _dialogue(i, soma_answer, prefix_answer, confidence):
         "adaptation": {
             "soma": {"served_by": ["surrogate"], "accepted": True, "switch_turn": 3, "seconds": {"mining": 2.0}}
         },
-        "tokens": {},
+        "original": [{}, {}, {"prompt_tokens": 100, "completion_tokens": 10}],
+        "tokens": {"history-prefix": {"surrogate_prompt": 90, "surrogate_completion": 9}},
     }
 
 
@@ -71,6 +72,9 @@ def test_router_sends_the_least_confident_share_to_the_teacher():
     assert info["teacher_share"] == pytest.approx(0.3)
     to_teacher = [d["id"] for d in dialogues if d["answers"]["router"]["3"] == "the green apple"]
     assert to_teacher == ["d7", "d8", "d9"]  # the three lowest confidences
+    assert dialogues[9]["tokens"]["router"]["teacher_completion"] == 10  # F re-answered this turn
+    assert dialogues[0]["tokens"]["router"]["teacher_completion"] == 0
+    assert dialogues[0]["tokens"]["router"]["surrogate_completion"] == 9  # G answered first (a cascade)
     none = rep.calibrate_router(dialogues, teacher_share=0.0)
     assert none["teacher_share"] == 0.0
 

@@ -18,7 +18,7 @@ def test_bernstein_by_hand():
     mean = 0.25
     var = sum((v - mean) ** 2 for v in x) / 3
     lt = math.log(2 / 0.1)
-    expected = math.sqrt(2 * var * lt / 4) + 7 * lt / (3 * 3)
+    expected = math.sqrt(2 * var * lt / 4) + 7 * 2.0 * lt / (3 * 3)  # R = 2: X = Gap_old − Gap_new ∈ [−1, 1]
     assert gate_stats.confidence_bound(x, 0.1, "bernstein") == pytest.approx(expected)
     assert gate_stats.confidence_bound([0.2], 0.1, "bernstein") == math.inf
 

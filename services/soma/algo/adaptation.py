@@ -53,9 +53,11 @@ class Case:
     hardness: float
     source: str  # warm | mined
     key: str  # unique within the session: warm:t or mined:m:t
+    turn: int = 0  # the warm-start turn whose context S_t this case is built on
+    ended: bool = True  # F finished the answer (it gets an EOS target)
 
     def pair(self) -> TrainingPair:
-        return TrainingPair(self.messages, self.answer, self.hardness, self.source)
+        return TrainingPair(self.messages, self.answer, self.hardness, self.source, self.ended)
 
 
 @dataclass
@@ -96,20 +98,37 @@ class Surrogate:
 
 
 def split_acceptance(cases: Sequence[Case], size: int, rng: random.Random, min_training: int = 2):
-    """(training, acceptance): B is a random subset of the cases, never in the training set."""
-    size = max(0, min(size, len(cases) - min_training))
-    order = list(range(len(cases)))
-    rng.shuffle(order)
-    chosen = set(order[:size])
-    acceptance = [c for i, c in enumerate(cases) if i in chosen]
-    training = [c for i, c in enumerate(cases) if i not in chosen]
-    assert not {c.key for c in acceptance} & {c.key for c in training}
+    """(training, acceptance), split by warm-start turn: B takes whole turns, never a context it trains on.
+
+    A mined case shares S_t with its warm turn (only V(P) differs), so splitting cases one by one
+    would score the adapter on near-copies of its training data. Turns are drawn at random until
+    B holds at least `size` cases, leaving at least one turn and `min_training` cases to train on.
+    """
+    by_turn: dict[int, list[Case]] = {}
+    for case in cases:
+        by_turn.setdefault(case.turn, []).append(case)
+    turns = sorted(by_turn)
+    rng.shuffle(turns)
+    chosen: set[int] = set()
+    taken = 0
+    for turn in turns:
+        if taken >= size:
+            break
+        left = len(cases) - taken - len(by_turn[turn])
+        if len(turns) - len(chosen) <= 1 or left < min_training:
+            continue
+        chosen.add(turn)
+        taken += len(by_turn[turn])
+    acceptance = [c for c in cases if c.turn in chosen]
+    training = [c for c in cases if c.turn not in chosen]
+    assert not {c.turn for c in acceptance} & {c.turn for c in training}
     return training, acceptance
 
 
 def warm_cases(turns: Sequence[WarmTurn], hardness: Sequence[float]) -> list[Case]:
     return [
-        Case(t.messages, t.answer, r, "warm", f"warm:{i}") for i, (t, r) in enumerate(zip(turns, hardness, strict=True))
+        Case(t.messages, t.answer, r, "warm", f"warm:{i}", i, t.ended)
+        for i, (t, r) in enumerate(zip(turns, hardness, strict=True))
     ]
 
 
@@ -122,28 +141,40 @@ def mined_cases(
 ) -> list[Case]:
     """The top-hardness (candidate, turn) cases, answered by F under V(P) ⊕ S_t (or not, for soma-ref)."""
     kind = cfg.lora.hardness
-    ranked = sorted(result.cases, key=lambda c: c.disagreement if kind == "disagreement" else c.sem_exp, reverse=True)
+
+    def score(c) -> float:
+        return c.disagreement if kind == "disagreement" else c.sem_exp
+
+    # hardest first within each turn, then round-robin over turns, so the teacher budget covers
+    # the session's turns instead of piling onto one
+    per_turn: dict[int, list] = {}
+    for case in sorted(result.cases, key=score, reverse=True):
+        if case.verbalization:
+            per_turn.setdefault(case.turn, []).append(case)
+    ranked = [
+        c for rank in range(cfg.mining.candidates) for t in sorted(per_turn) for c in per_turn[t][rank : rank + 1]
+    ]
     chosen, seen = [], set()
     for case in ranked:
-        text = prompted_messages(case.verbalization, turns[case.turn].messages)
         signature = (case.verbalization, case.turn)
-        if signature in seen or not case.verbalization:
+        if signature in seen:
             continue
         seen.add(signature)
-        chosen.append((case, tuple(text)))
+        chosen.append((case, tuple(prompted_messages(case.verbalization, turns[case.turn].messages))))
         if len(chosen) >= cfg.mining.mined_pairs:
             break
     if variant.teacher_sees_prompt:
         completions = teacher.answers(
             [(c.verbalization, turns[c.turn].messages) for c, _ in chosen], cfg.mining.max_answer_tokens
         )
-        answers = [comp.text for comp in completions]
+        answers = [(comp.text, comp.finish_reason == "stop") for comp in completions]
     else:
-        answers = [turns[c.turn].answer for c, _ in chosen]
+        answers = [(turns[c.turn].answer, turns[c.turn].ended) for c, _ in chosen]
     out = []
-    for (case, messages), answer in zip(chosen, answers, strict=True):
-        score = case.disagreement if kind == "disagreement" else case.sem_exp
-        out.append(Case(messages, answer, score, "mined", f"mined:{case.candidate}:{case.turn}"))
+    for (case, messages), (answer, ended) in zip(chosen, answers, strict=True):
+        out.append(
+            Case(messages, answer, score(case), "mined", f"mined:{case.candidate}:{case.turn}", case.turn, ended)
+        )
     return out
 
 

@@ -68,10 +68,14 @@ class LoraConfig(_Frozen):
 class GateConfig(_Frozen):
     """Stage 3: the acceptance test (Thm 4.2) with fidelity and locality gates."""
 
-    acceptance_size: int = Field(3, ge=1, json_schema_extra=_paper(6, 24))
+    acceptance_size: int = Field(4, ge=1, json_schema_extra=_paper(6, 24))
     epsilon: float = Field(0.05, ge=0, json_schema_extra=_paper(0.05, 0.12))
     delta: float = Field(0.1, gt=0, lt=1)
-    bound: BoundKind = "none"
+    bound: BoundKind = Field(
+        "none",
+        json_schema_extra=_paper(choices=("hoeffding",)),
+        description="γ_B(δ): hoeffding (Thm 4.2), bernstein, or none; any bound needs |B| ≫ 6 to ever pass",
+    )
     max_mean_gap: float = Field(0.6, ge=0, le=2, description="fidelity gate on mean Gap_new; 0 turns it off")
     min_locality: float = Field(0.15, ge=-1, le=1, description="locality gate: cos(query, warm centroid)")
     answer_tokens: int = Field(32, ge=1, description="surrogate answer length when measuring Gap on B")
@@ -185,7 +189,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lora.max_tokens": 2560,
         "lora.top_warm": 12,
         "gate.acceptance_size": 12,
-        "gate.bound": "bernstein",
+        "gate.bound": "hoeffding",
         "gate.answer_tokens": 256,
     },
 }

@@ -24,7 +24,10 @@ def improvements(gap_old: Sequence[float], gap_new: Sequence[float]) -> list[flo
     return [o - n for o, n in zip(gap_old, gap_new, strict=True)]
 
 
-def confidence_bound(x: Sequence[float], delta: float, kind: BoundKind, value_range: float = 1.0) -> float:
+X_RANGE = 2.0  # X_j = Gap_old − Gap_new lies in [−1, 1]; Thm 4.2's sqrt(2 log(1/δ)/|B|) is Hoeffding for range 2
+
+
+def confidence_bound(x: Sequence[float], delta: float, kind: BoundKind, value_range: float = X_RANGE) -> float:
     """γ_B(δ) for the mean of x.
 
     hoeffding: sqrt(2 log(1/δ) / |B|), Theorem 4.2 as written.

@@ -26,10 +26,20 @@ class TrainingExample:
 
 
 def build_example(
-    context_ids: Sequence[int], answer_ids: Sequence[int], eos_id: int, weight: float, max_tokens: int | None = None
+    context_ids: Sequence[int],
+    answer_ids: Sequence[int],
+    eos_id: int,
+    weight: float,
+    max_tokens: int | None = None,
+    *,
+    ended: bool = True,
 ) -> TrainingExample:
-    """Context then answer + EOS; when too long, the oldest context tokens go first."""
-    answer = [*answer_ids, eos_id]
+    """Context then answer (+ EOS when F ended its answer); when too long, the oldest context goes first.
+
+    An answer F did not finish (cut by its token budget) gets no EOS target: teaching G to stop
+    there would teach it to stop mid-sentence.
+    """
+    answer = [*answer_ids, eos_id] if ended else list(answer_ids)
     context = list(context_ids)
     if max_tokens is not None and len(context) + len(answer) > max_tokens:
         keep = max(0, max_tokens - len(answer))

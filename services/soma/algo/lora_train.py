@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class TrainingPair:
     answer: str
     hardness: float = 1.0
     source: str = "warm"  # warm | mined | random
+    ended: bool = True  # F finished this answer (an EOS target is added); False when cut by a budget
 
 
 def _peft_config(cfg: LoraConfig) -> PeftLoraConfig:
@@ -59,6 +61,8 @@ class SessionAdapters:
     def __init__(self, model: Any, cfg: LoraConfig):
         self.peft = get_peft_model(model, _peft_config(cfg), adapter_name=_IDLE)
         self.base = self.peft.get_base_model()
+        # The active adapter is model-wide state: whoever selects one holds this until done with it.
+        self.lock = threading.RLock()
         self.names: set[str] = set()
         self._select(None)
 
@@ -73,6 +77,10 @@ class SessionAdapters:
 
     def new(self, name: str, cfg: LoraConfig) -> None:
         """A fresh, zero-effect adapter (B = 0); an existing one of that name is replaced."""
+        with self.lock:
+            self._new(name, cfg)
+
+    def _new(self, name: str, cfg: LoraConfig) -> None:
         if name == _IDLE:
             raise ValueError(f"{_IDLE!r} is reserved")
         if name in self.names:
@@ -82,25 +90,27 @@ class SessionAdapters:
         self._select(None)
 
     def delete(self, name: str) -> None:
-        if name in self.names:
-            self._select(None)
-            self.peft.delete_adapter(name)
-            self.names.discard(name)
+        with self.lock:
+            if name in self.names:
+                self._select(None)
+                self.peft.delete_adapter(name)
+                self.names.discard(name)
 
     @contextlib.contextmanager
     def using(self, name: str | None) -> Iterator[Any]:
         """The model with adapter `name` active (None: the base model)."""
-        if name is not None and name not in self.names:
-            raise KeyError(f"no adapter {name!r}")
-        self._select(name)
-        try:
-            if name is None:
-                with self.peft.disable_adapter():
+        with self.lock:
+            if name is not None and name not in self.names:
+                raise KeyError(f"no adapter {name!r}")
+            self._select(name)
+            try:
+                if name is None:
+                    with self.peft.disable_adapter():
+                        yield self.peft
+                else:
                     yield self.peft
-            else:
-                yield self.peft
-        finally:
-            self._select(None)
+            finally:
+                self._select(None)
 
     def trainable(self, name: str) -> list[torch.nn.Parameter]:
         return [p for n, p in self.peft.named_parameters() if f".{name}." in n and "lora_" in n]
@@ -117,12 +127,14 @@ class SessionAdapters:
     def load(self, name: str, weights: bytes, config: bytes) -> None:
         """Add adapter `name` from exported bytes (safetensors only: no pickle is ever read)."""
         peft_config = PeftConfigMixin.from_peft_type(**json.loads(config))
-        if name in self.names:
-            self.delete(name)
-        self.peft.add_adapter(name, peft_config)
-        self.names.add(name)
-        self.load_state(name, safetensors_load(weights))
-        self._select(None)
+        state = safetensors_load(weights)
+        with self.lock:
+            if name in self.names:
+                self.delete(name)
+            self.peft.add_adapter(name, peft_config)
+            self.names.add(name)
+            self.load_state(name, state)
+            self._select(None)
 
     def load_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
         result = set_peft_model_state_dict(self.peft, state, adapter_name=name)
@@ -150,7 +162,7 @@ def build_examples(tokenizer: Any, pairs: Sequence[TrainingPair], cfg: LoraConfi
     for pair, w in zip(pairs, weights, strict=True):
         context = lm.chat_ids(tokenizer, pair.messages)
         answer = lm.text_ids(tokenizer, pair.answer)
-        out.append(build_example(context, answer, eos, w, cfg.max_tokens))
+        out.append(build_example(context, answer, eos, w, cfg.max_tokens, ended=pair.ended))
     return out
 
 

@@ -29,6 +29,7 @@ class WarmTurn:
 
     messages: tuple[Message, ...]
     answer: str
+    ended: bool = True  # F stopped on its own (False: cut by the token budget)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    finish_reason: str = "stop"  # "stop" | "length"
 
 
 class TeacherClient(Protocol):

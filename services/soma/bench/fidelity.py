@@ -107,7 +107,6 @@ def run(args: argparse.Namespace) -> int:
 
     pair = load_pair(args.pair, cfg, log=lambda msg: print(msg, file=sys.stderr))
     runner = DialogueRun(pair, options)
-    shift_rng = random.Random(args.seed + 1)
     results, reused = [], 0
     bar = tqdm(dialogues, desc="dialogues", unit="dlg", disable=args.no_progress, file=sys.stderr)
     stopped_early = False
@@ -126,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         shift = ()
         if args.topic_shift:
             others = [d for d in dialogues if d.id != dialogue.id] or dialogues
-            other = others[shift_rng.randrange(len(others))]
+            other = others[random.Random(args.seed * 7919 + index).randrange(len(others))]  # same on resume
             shift = other.queries[-max(options.shift_turns, cfg.drift.consecutive) :]
         runner.note = lambda stage, i=index: bar.set_postfix_str(f"#{i} {stage}")
         t0 = time.perf_counter()
@@ -183,7 +182,7 @@ def build_report(results, args, cfg: MethodConfig, methods, pair, fingerprint, w
         "fingerprint": fingerprint,
         "wall_seconds": wall,
         "summary": summary,
-        "targets": rep.targets(summary, shift),
+        "targets": rep.targets(summary, shift, results, args.seed),
         "gate_bounds": rep.gate_counterfactuals(results, cfg),
         "topic_shift": shift,
         "router": router,

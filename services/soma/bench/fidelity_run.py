@@ -62,7 +62,12 @@ class DialogueRun:
 
     def _teacher_answer(self, messages: list[dict]) -> dict:
         o = self.pair.teacher.generate(messages, SamplingParams(max_new_tokens=self.options.answer_tokens))
-        return {"answer": o.text, "prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens}
+        return {
+            "answer": o.text,
+            "prompt_tokens": o.prompt_tokens,
+            "completion_tokens": o.completion_tokens,
+            "finish_reason": o.finish_reason,
+        }
 
     def _surrogate_batch(self, adapter: str | None, conversations: list[list[dict]], **kw) -> list[Any]:
         return self.pair.surrogate.answers(adapter, conversations, self.options.answer_tokens, **kw)
@@ -127,7 +132,10 @@ class DialogueRun:
                 msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
             return [*msgs, {"role": "user", "content": queries[t]}]
 
-        warm = [WarmTurn(tuple(full_context(t)), original[t]["answer"]) for t in range(warm_n)]
+        warm = [
+            WarmTurn(tuple(full_context(t)), original[t]["answer"], original[t]["finish_reason"] == "stop")
+            for t in range(warm_n)
+        ]
         full_post = [full_context(t) for t in post]
         compressed_post = [self._compressed(pairs_o[:t], queries[t]) for t in post]
         wanted = set(opts.methods)
@@ -154,7 +162,7 @@ class DialogueRun:
 
         if "history-ft" in wanted:
             self.note("history-ft")
-            pairs = [TrainingPair(w.messages, w.answer) for w in warm]
+            pairs = [TrainingPair(w.messages, w.answer, ended=w.ended) for w in warm]
             report = train(
                 self.pair.surrogate.adapters,
                 "history-ft",
@@ -170,7 +178,6 @@ class DialogueRun:
             out["adaptation"]["history-ft"] = {"seconds": {"training": report.seconds}, "training": _report(report)}
             self.pair.surrogate.adapters.delete("history-ft")
 
-        teacher = VerbalizedTeacher(BackendTeacher(self.pair.teacher))
         encoder = self.pair.encoder
         warm_emb = encoder.encode([q for q in queries[:warm_n]])
         locality = [gate_stats.locality(e, warm_emb) for e in encoder.encode(queries)]
@@ -178,6 +185,7 @@ class DialogueRun:
         training_size = None
         for name in [m for m in SOMA_VARIANTS if m in wanted]:
             self.note(name)
+            teacher = VerbalizedTeacher(BackendTeacher(self.pair.teacher))  # per variant: honest call counts
             outcome = adapt(
                 VARIANTS[name],
                 warm,
@@ -189,7 +197,7 @@ class DialogueRun:
                 seed=seed,
             )
             if name == "soma":
-                training_size = len(outcome.training_keys)
+                training_size = sum(1 for k in outcome.training_keys if k.startswith("warm:"))
             outs = self._surrogate_batch(name, compressed_post)
             forced = [o.text for o in outs]
             out["answers"][name] = {str(t + 1): a for t, a in zip(post, forced, strict=True)}
@@ -197,7 +205,10 @@ class DialogueRun:
             out["answers"][f"{name}@served"] = session.pop("served")
             served_by = session["served_by"]
             out["tokens"][name] = _tokens(
-                surrogate=[_outcome(o) for o in outs],
+                surrogate=[_outcome(o) for o in outs], adaptation_teacher=outcome.teacher_tokens
+            )
+            out["tokens"][f"{name}@served"] = _tokens(
+                surrogate=[_outcome(o) for o, by in zip(outs, served_by, strict=True) if by == "surrogate"],
                 teacher=[original[t] for t, by in zip(post, served_by, strict=True) if by == "teacher"],
                 adaptation_teacher=outcome.teacher_tokens,
             )
@@ -219,14 +230,18 @@ class DialogueRun:
             }
             if name == "soma" and opts.topic_shift:
                 out["topic_shift"] = self._topic_shift(queries, warm_emb, shift_queries, post, seed)
+                out["topic_shift"]["switched"] = session["switch_turn"] is not None
             self.pair.surrogate.adapters.delete(name)
 
         if "random-ft" in wanted:
             self.note("random-ft")
             rng = random.Random(seed + 7)
-            size = training_size or max(2, warm_n + cfg.mining.mined_pairs - cfg.gate.acceptance_size)
+            # SOMA's budget (same steps, as many warm turns as SOMA trained on) on turns drawn uniformly,
+            # without replacement (a duplicate could land in the early-stopping holdout), no mining
+            size = min(warm_n, training_size or warm_n)
             pairs = [
-                TrainingPair(warm[i].messages, warm[i].answer) for i in (rng.randrange(warm_n) for _ in range(size))
+                TrainingPair(warm[i].messages, warm[i].answer, ended=warm[i].ended)
+                for i in sorted(rng.sample(range(warm_n), size))
             ]
             report = train(
                 self.pair.surrogate.adapters,

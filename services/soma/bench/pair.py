@@ -39,7 +39,7 @@ class BackendTeacher:
         for start in range(0, len(conversations), self.batch_size):
             chunk = conversations[start : start + self.batch_size]
             for o in self.backend.generate_batch(chunk, params):
-                out.append(Completion(o.text, o.prompt_tokens, o.completion_tokens))
+                out.append(Completion(o.text, o.prompt_tokens, o.completion_tokens, o.finish_reason))
         return out
 
 
