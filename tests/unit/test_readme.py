@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from soma.tools.config_table import config_table
+from soma.tools.config_table import config_table, method_table
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -19,3 +19,10 @@ def test_readme_starts_with_the_two_commands():
     block = README.read_text().split("```bash", 1)[1].split("```", 1)[0]
     commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
     assert commands == ["make demo", "make test"]
+
+
+def test_method_table_matches_method_config():
+    text = README.read_text()
+    match = re.search(r"<!-- method-table:start -->\n(.*?)\n<!-- method-table:end -->", text, re.S)
+    assert match, "README lost its method-table markers"
+    assert match.group(1) == method_table(), "regenerate with: python -m soma.tools.config_table --method"

@@ -27,18 +27,40 @@ class _Frozen(BaseModel):
 class MiningConfig(_Frozen):
     """Stage 1: soft-prompt mining (Eq. 1-3)."""
 
-    prompt_length: int = Field(8, ge=1, le=256, json_schema_extra=_paper(choices=(4, 8, 16, 32, 64)))
-    candidates: int = Field(3, ge=1, le=16, json_schema_extra=_paper(choices=(3, 4, 5)))
+    prompt_length: int = Field(
+        8,
+        ge=1,
+        le=256,
+        json_schema_extra=_paper(choices=(4, 8, 16, 32, 64)),
+        description="L: rows of the soft prompt P",
+    )
+    candidates: int = Field(
+        3, ge=1, le=16, json_schema_extra=_paper(choices=(3, 4, 5)), description="M: prompts mined at once (one batch)"
+    )
     init_sigma: float = Field(0.02, gt=0, description="rows of P start from N(0, σ²I)")
-    steps: int = Field(4, ge=1, le=10_000)
-    lr: float = Field(5e-3, gt=0, json_schema_extra=_paper(1e-4, 5e-3))
-    weight_decay: float = Field(1e-2, ge=0, json_schema_extra=_paper(0.0, 1e-2))
-    clip: float = Field(1.0, gt=0, json_schema_extra=_paper(0.5, 1.0))
-    neighbours: int = Field(20, ge=1, json_schema_extra=_paper(choices=(20, 50, 100)))
-    tau: float = Field(0.7, gt=0, json_schema_extra=_paper(0.4, 1.2))
-    top_m: int = Field(50, ge=1, json_schema_extra=_paper(choices=(50, 100, 200)))
-    lam: float = Field(1.0, ge=0, json_schema_extra=_paper(0.5, 2.0))
-    beta: float = Field(0.05, ge=0, json_schema_extra=_paper(0.02, 0.15))
+    steps: int = Field(4, ge=1, le=10_000, description="AdamW steps on P")
+    lr: float = Field(
+        5e-3, gt=0, json_schema_extra=_paper(1e-4, 5e-3), description="η: AdamW learning rate on P (cosine decay to 0)"
+    )
+    weight_decay: float = Field(1e-2, ge=0, json_schema_extra=_paper(0.0, 1e-2), description="λ_wd: AdamW weight decay")
+    clip: float = Field(1.0, gt=0, json_schema_extra=_paper(0.5, 1.0), description="gradient-norm clip per candidate")
+    neighbours: int = Field(
+        20,
+        ge=1,
+        json_schema_extra=_paper(choices=(20, 50, 100)),
+        description="k: size of the semantic neighbourhood N_k",
+    )
+    tau: float = Field(0.7, gt=0, json_schema_extra=_paper(0.4, 1.2), description="τ: temperature of s_τ")
+    top_m: int = Field(
+        50, ge=1, json_schema_extra=_paper(choices=(50, 100, 200)), description="m: truncation of the expectation ē"
+    )
+    lam: float = Field(1.0, ge=0, json_schema_extra=_paper(0.5, 2.0), description="λ: expectation weight strength")
+    beta: float = Field(
+        0.05,
+        ge=0,
+        json_schema_extra=_paper(0.02, 0.15),
+        description="β: anti-degeneration (tail entropy) weight; 0 for soma-no-antidegen",
+    )
     lambda_p: float = Field(1e-4, ge=0, description="‖P‖² weight")
     tail: int = Field(8, ge=1, description="answer positions whose entropy H_tail covers")
     use_expectation_weight: bool = Field(True, description="Eq. 2 weight; off for the soma-no-expweight ablation")
@@ -50,27 +72,37 @@ class MiningConfig(_Frozen):
 class LoraConfig(_Frozen):
     """Stage 2: localized LoRA (Eq. 4)."""
 
-    rank: int = Field(8, ge=1, le=256, json_schema_extra=_paper(choices=(4, 8, 16, 32)))
-    alpha: int = Field(16, ge=1, json_schema_extra=_paper(choices=(4, 8, 16, 32)))
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    lr: float = Field(1e-3, gt=0, json_schema_extra=_paper(5e-5, 2e-3))
-    steps: int = Field(6, ge=1, le=100_000)
-    batch_size: int = Field(4, ge=1)
+    rank: int = Field(8, ge=1, le=256, json_schema_extra=_paper(choices=(4, 8, 16, 32)), description="r: LoRA rank")
+    alpha: int = Field(16, ge=1, json_schema_extra=_paper(choices=(4, 8, 16, 32)), description="α_lora: LoRA scale")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
+    target_modules: tuple[str, ...] = Field(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        description="projections that get LoRA (Llama/Qwen names)",
+    )
+    lr: float = Field(
+        1e-3, gt=0, json_schema_extra=_paper(5e-5, 2e-3), description="η_lora: AdamW learning rate (cosine decay)"
+    )
+    steps: int = Field(6, ge=1, le=100_000, description="optimizer steps (early stopping may end sooner)")
+    batch_size: int = Field(4, ge=1, description="examples per step")
     max_tokens: int = Field(256, ge=16, description="context + answer tokens per example (oldest context cut)")
     holdout_fraction: float = Field(0.2, ge=0, lt=1, description="share of H held out for early stopping")
-    eval_every: int = Field(2, ge=1)
+    eval_every: int = Field(2, ge=1, description="steps between held-out evaluations")
     patience: int = Field(2, ge=1, description="evaluations without improvement before stopping")
     top_warm: int = Field(8, ge=1, description="|H| warm turns kept, highest hardness first")
-    hardness: Hardness = "disagreement"
+    hardness: Hardness = Field(
+        "disagreement",
+        description="r_t: disagreement (F-token NLL under the mined P; high = weak) or paper_literal (max_P L_sem_exp)",
+    )
 
 
 class GateConfig(_Frozen):
     """Stage 3: the acceptance test (Thm 4.2) with fidelity and locality gates."""
 
     acceptance_size: int = Field(4, ge=1, json_schema_extra=_paper(6, 24))
-    epsilon: float = Field(0.05, ge=0, json_schema_extra=_paper(0.05, 0.12))
-    delta: float = Field(0.1, gt=0, lt=1)
+    epsilon: float = Field(
+        0.05, ge=0, json_schema_extra=_paper(0.05, 0.12), description="ε: required mean improvement of Gap"
+    )
+    delta: float = Field(0.1, gt=0, lt=1, description="δ: confidence level of γ_B(δ)")
     bound: BoundKind = Field(
         "none",
         json_schema_extra=_paper(choices=("hoeffding",)),
@@ -82,11 +114,13 @@ class GateConfig(_Frozen):
 
 
 class DriftConfig(_Frozen):
-    consecutive: int = Field(2, ge=1, json_schema_extra=_paper(choices=(2, 3)))
-    window: int = Field(8, ge=1)
+    consecutive: int = Field(
+        2, ge=1, json_schema_extra=_paper(choices=(2, 3)), description="m_cons: failed turns in a row that roll back"
+    )
+    window: int = Field(8, ge=1, description="moving window of turn checks")
     min_locality: float = Field(0.25, ge=-1, le=1, description="drift check: cos(query, warm centroid)")
     shadow_fraction: float = Field(0.0, ge=0, le=1, description="share of surrogate turns given a shadow F answer")
-    max_shadow_gap: float = Field(0.6, ge=0, le=2)
+    max_shadow_gap: float = Field(0.6, ge=0, le=2, description="a shadow Gap above this fails the turn")
 
     @model_validator(mode="after")
     def _window(self) -> DriftConfig:
@@ -104,7 +138,9 @@ class CompressionConfig(_Frozen):
 
 
 class MethodConfig(_Frozen):
-    warm_turns: int = Field(4, ge=1, json_schema_extra=_paper(3, 12))
+    warm_turns: int = Field(
+        4, ge=1, json_schema_extra=_paper(3, 12), description="W: teacher turns before adaptation starts"
+    )
     mining: MiningConfig = MiningConfig()
     lora: LoraConfig = LoraConfig()
     gate: GateConfig = GateConfig()

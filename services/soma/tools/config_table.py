@@ -29,5 +29,36 @@ def config_table() -> str:
     return "\n".join(lines)
 
 
+def method_table() -> str:
+    """The method's knobs: cpu default, the `paper` budget, and Appendix C.2's range."""
+    from soma.algo.config import MethodConfig, preset
+
+    cpu, paper = MethodConfig(), preset("paper")
+    lines = ["| key | cpu (default) | paper budget | paper range | meaning |", "|---|---|---|---|---|"]
+
+    def walk(model: BaseModel, other: BaseModel, prefix: str) -> None:
+        for name, field in type(model).model_fields.items():
+            value, value_paper = getattr(model, name), getattr(other, name)
+            if isinstance(value, BaseModel):
+                walk(value, value_paper, f"{prefix}{name}.")
+                continue
+            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            rule = extra.get("paper")
+            if rule and rule["choices"] is not None:
+                shown = "{" + ", ".join(map(str, rule["choices"])) + "}"
+            elif rule:
+                shown = f"{rule['low']} .. {rule['high']}"
+            else:
+                shown = ""
+            meaning = (field.description or "").replace("|", "\\|")
+            fmt = lambda v: ", ".join(v) if isinstance(v, tuple) else str(v)  # noqa: E731
+            lines.append(f"| `{prefix}{name}` | `{fmt(value)}` | `{fmt(value_paper)}` | {shown} | {meaning} |")
+
+    walk(cpu, paper, "")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(config_table())
+    import sys
+
+    print(method_table() if sys.argv[1:] == ["--method"] else config_table())
