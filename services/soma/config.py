@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 TARGETS = ("all", "dialogue", "teacher", "surrogate", "gate")
@@ -69,6 +69,37 @@ class TeacherSettings(ModelSettings):
 
 class SurrogateSettings(ModelSettings):
     model: str = Field("smollm2-135m-instruct", description="Surrogate G. Cluster: e.g. Qwen/Qwen3-0.6B.")
+    adapter_cache_count: int = Field(32, ge=1, description="Session adapters kept loaded per replica (LRU).")
+    adapter_cache_mb: int = Field(512, ge=1, description="Bytes of adapters kept loaded per replica, MiB (LRU).")
+
+
+class AdapterStoreSettings(_Section):
+    backend: Literal["local", "s3"] = Field("local", description="Where adapters live. Cluster: s3 (MinIO).")
+    local_dir: Path = Field(Path(".soma/adapters"), description="Adapter folder (backend local).")
+    s3_endpoint: str = Field("", description="host:port of the S3 service, e.g. minio:9000 (backend s3).")
+    s3_bucket: str = Field("soma-adapters", description="Bucket of the adapters (backend s3).")
+    s3_region: str = Field("us-east-1", description="S3 region (backend s3).")
+    s3_secure: bool = Field(False, description="HTTPS to the S3 service. Cluster: true outside the mesh.")
+    s3_access_key: str = Field("", description="S3 access key; or a file `access_key` in s3_credentials_dir.")
+    s3_secret_key: SecretStr = Field(SecretStr(""), description="S3 secret key; or a file `secret_key` there.")
+    s3_credentials_dir: Path | None = Field(None, description="Mounted secret with files access_key, secret_key.")
+
+    @model_validator(mode="after")
+    def _s3_complete(self) -> AdapterStoreSettings:
+        if self.backend == "s3" and not self.s3_endpoint:
+            raise ValueError("adapters.s3_endpoint is required when adapters.backend is s3")
+        return self
+
+    def credentials(self) -> tuple[str, str]:
+        access, secret = self.s3_access_key, self.s3_secret_key.get_secret_value()
+        if self.s3_credentials_dir is not None:
+            folder = self.s3_credentials_dir.expanduser()
+            for name in ("access_key", "secret_key"):
+                if not (folder / name).is_file():
+                    raise ValueError(f"adapters.s3_credentials_dir: {folder / name} does not exist")
+            access = (folder / "access_key").read_text().strip()
+            secret = (folder / "secret_key").read_text().strip()
+        return access, secret
 
 
 class GateSettings(_Section):
@@ -119,6 +150,7 @@ class Settings(BaseSettings):
     gate: GateSettings = GateSettings()
     dialogue: DialogueSettings = DialogueSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    adapters: AdapterStoreSettings = AdapterStoreSettings()
     model_cache: Path = Field(Path("~/.cache/soma/models"), description="Where prepared models are cached.")
     torch_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads; 0 = torch default.")
 

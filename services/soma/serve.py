@@ -81,11 +81,20 @@ def build_server(target: str, settings: Settings) -> SomaServer:
 
         server.add(teacher.hosted(_chat_backend(paths["teacher"], settings.teacher, "teacher"), settings.teacher))
     if "surrogate" in wanted:
+        from soma.algo.config import LoraConfig  # noqa: PLC0415
+        from soma.algo.lora_train import SessionAdapters  # noqa: PLC0415
+        from soma.storage.adapter_store import open_store  # noqa: PLC0415
         from soma.surrogate import service as surrogate  # noqa: PLC0415
+        from soma.surrogate.adapter_cache import AdapterCache  # noqa: PLC0415
 
-        server.add(
-            surrogate.hosted(_chat_backend(paths["surrogate"], settings.surrogate, "surrogate"), settings.surrogate)
+        backend = _chat_backend(paths["surrogate"], settings.surrogate, "surrogate")
+        cache = AdapterCache(
+            SessionAdapters(backend.model, LoraConfig()),
+            open_store(settings.adapters),
+            max_count=settings.surrogate.adapter_cache_count,
+            max_bytes=settings.surrogate.adapter_cache_mb * 1024 * 1024,
         )
+        server.add(surrogate.hosted(backend, settings.surrogate, cache))
     if "gate" in wanted:
         from soma.gate import service as gate  # noqa: PLC0415
         from soma.models.encoder import SentenceEncoder  # noqa: PLC0415

@@ -27,7 +27,11 @@ def server_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def all_server(server_dir):
     """`soma serve --target all`, shared by the tests that do not stop it."""
-    env = {**SERVER_ENV, "SOMA_DIALOGUE__SESSION_DB": str(server_dir / "sessions.db")}
+    env = {
+        **SERVER_ENV,
+        "SOMA_DIALOGUE__SESSION_DB": str(server_dir / "sessions.db"),
+        "SOMA_ADAPTERS__LOCAL_DIR": str(server_dir / "adapters"),
+    }
     server = start_server("all", env=env, log_path=server_dir / "all.log")
     yield server
     assert server.stop() == 0, (server_dir / "all.log").read_text()[-3000:]

@@ -127,28 +127,57 @@ def test_teacher_streams_and_counts(channel):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "USER" in msg
 
 
-def test_surrogate_answers_and_refuses_unknown_adapter(channel):
+def _smollm_adapter(store_dir, session_id: str, generation: int) -> None:
+    """A real LoRA adapter for SmolLM2 with random (non-zero) B, written to the local adapter store."""
+    import torch
+
+    from soma.algo.config import LoraConfig
+    from soma.algo.lora_train import SessionAdapters
+    from soma.models.catalog import resolve_model
+    from soma.models.chat_backend import TransformersChatBackend
+    from soma.storage.adapter_store import LocalAdapterStore, build_manifest
+
+    backend = TransformersChatBackend(resolve_model("smollm2-135m-instruct"), name="g")
+    adapters = SessionAdapters(backend.model, LoraConfig(rank=4))
+    adapters.new("x", LoraConfig(rank=4))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in adapters.peft.named_parameters():
+            if "lora_B.x." in name:
+                p.normal_(0, 0.5)
+    weights, config = adapters.export("x")
+    manifest = build_manifest(session_id, generation, weights, config, base_model="smollm2-135m-instruct", rank=4)
+    LocalAdapterStore(store_dir).put(manifest, weights, config)
+
+
+def test_surrogate_serves_session_adapters_from_the_store(channel, server_dir):
     stub = surrogate_pb2_grpc.SurrogateServiceStub(channel)
     messages = [common_pb2.Message(role=common_pb2.ROLE_USER, content="What is the capital of France?")]
-    responses = list(
-        stub.Generate(
-            surrogate_pb2.SurrogateServiceGenerateRequest(
-                messages=messages, params=common_pb2.GenerationParams(max_new_tokens=12)
-            )
-        )
-    )
-    result = responses[-1].result
-    assert result.model == "smollm2-135m-instruct" and "paris" in result.text.lower()
-    code, msg = _error(
-        lambda: list(
-            stub.Generate(
-                surrogate_pb2.SurrogateServiceGenerateRequest(
-                    messages=messages, adapter=surrogate_pb2.AdapterRef(session_id="s", generation=1)
-                )
-            )
-        )
-    )
-    assert code == grpc.StatusCode.FAILED_PRECONDITION and "adapter" in msg
+    params = common_pb2.GenerationParams(max_new_tokens=12)
+
+    def ask(adapter=None):
+        request = surrogate_pb2.SurrogateServiceGenerateRequest(messages=messages, params=params, adapter=adapter)
+        return list(stub.Generate(request))[-1].result
+
+    base = ask()
+    assert base.model == "smollm2-135m-instruct" and "paris" in base.text.lower()
+    _smollm_adapter(server_dir / "adapters", "sess-a", 1)
+    adapted = ask(surrogate_pb2.AdapterRef(session_id="sess-a", generation=1))
+    assert adapted.text != base.text  # the session's adapter changed the answer
+    assert ask().text == base.text  # and it is not left active for the next base request
+    assert ask(surrogate_pb2.AdapterRef(session_id="sess-a", generation=1)).text == adapted.text  # cache hit
+
+    code, msg = _error(lambda: ask(surrogate_pb2.AdapterRef(session_id="sess-a", generation=7)))
+    assert code == grpc.StatusCode.NOT_FOUND and "generation 7" in msg
+    code, msg = _error(lambda: ask(surrogate_pb2.AdapterRef(session_id="../etc", generation=1)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "session id" in msg
+    _smollm_adapter(server_dir / "adapters", "sess-b", 1)
+    weights = server_dir / "adapters" / "sess-b" / "1" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    code, msg = _error(lambda: ask(surrogate_pb2.AdapterRef(session_id="sess-b", generation=1)))
+    assert code == grpc.StatusCode.DATA_LOSS and "sha256" in msg
 
 
 def test_gate_gap_is_batched_and_meaningful(channel):

@@ -71,3 +71,19 @@ def test_inconsistent_settings_are_refused(monkeypatch, env, needle):
         monkeypatch.setenv(key, value)
     with pytest.raises(ConfigError, match=needle):
         load_settings()
+
+
+def test_adapter_store_settings(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("SOMA_ADAPTERS__BACKEND", "s3")
+    with pytest.raises(ConfigError, match="s3_endpoint"):
+        load_settings()
+    monkeypatch.setenv("SOMA_ADAPTERS__S3_ENDPOINT", "minio:9000")
+    monkeypatch.setenv("SOMA_ADAPTERS__S3_ACCESS_KEY", "env-key")
+    monkeypatch.setenv("SOMA_ADAPTERS__S3_SECRET_KEY", "env-secret")
+    settings = load_settings()
+    assert settings.adapters.credentials() == ("env-key", "env-secret")
+    assert "env-secret" not in repr(settings.adapters)  # the secret never shows in logs
+    (tmp_path / "access_key").write_text("file-key\n")
+    (tmp_path / "secret_key").write_text("file-secret\n")
+    monkeypatch.setenv("SOMA_ADAPTERS__S3_CREDENTIALS_DIR", str(tmp_path))
+    assert load_settings().adapters.credentials() == ("file-key", "file-secret")  # a mounted secret wins

@@ -308,3 +308,13 @@ class S3AdapterStore:
             if errors:
                 raise StoreUnavailable(f"could not delete {len(errors)} objects of session {session_id!r}: {errors[0]}")
         return count
+
+
+def open_store(settings: Any) -> AdapterStore:
+    """The configured store (soma.config.AdapterStoreSettings)."""
+    if settings.backend == "local":
+        return LocalAdapterStore(settings.local_dir)
+    access, secret = settings.credentials()
+    return S3AdapterStore.connect(
+        settings.s3_endpoint, settings.s3_bucket, access, secret, secure=settings.s3_secure, region=settings.s3_region
+    )

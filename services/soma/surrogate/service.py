@@ -1,8 +1,8 @@
-"""SurrogateService: streams G's answer to a chat.
+"""SurrogateService: streams G's answer to a chat, with the session's LoRA adapter when one is named.
 
-Per-session LoRA adapters come with the adapter store (live adaptation); until a store is
-configured, a request that names an adapter is refused with FAILED_PRECONDITION rather than
-silently answered by the base model.
+Adapters come from the adapter store (sha256-verified, safetensors only) through an LRU cache
+on this replica. The active adapter is model-wide state, so every generation, with or without an
+adapter, selects it under the cache's lock and keeps it until the stream ends.
 """
 
 from __future__ import annotations
@@ -12,40 +12,55 @@ from collections.abc import Iterator
 import grpc
 
 from soma.config import SurrogateSettings
-from soma.errors import FailedPrecondition
+from soma.errors import FailedPrecondition, SomaError
 from soma.server.app import HostedService
 from soma.server.generation import messages_from_proto, sampling_from_proto, stream_generation
+from soma.surrogate.adapter_cache import AdapterCache
+from soma.telemetry.metrics import ADAPTER_CACHE
 from soma.v1 import surrogate_pb2, surrogate_pb2_grpc
 
 
 class SurrogateServicer(surrogate_pb2_grpc.SurrogateServiceServicer):
-    def __init__(self, backend: object, settings: SurrogateSettings):
+    def __init__(self, backend: object, settings: SurrogateSettings, cache: AdapterCache | None = None):
         self.backend = backend
         self.settings = settings
+        self.cache = cache
+
+    def _stream(self, messages, sampling, context):
+        return stream_generation(
+            self.backend, "surrogate", messages, sampling, context, surrogate_pb2.SurrogateServiceGenerateResponse
+        )
 
     def Generate(
         self, request: surrogate_pb2.SurrogateServiceGenerateRequest, context: grpc.ServicerContext
     ) -> Iterator[surrogate_pb2.SurrogateServiceGenerateResponse]:
         messages = messages_from_proto(request.messages)
         sampling = sampling_from_proto(request.params, self.settings)
-        if request.HasField("adapter"):
-            ref = request.adapter
-            raise FailedPrecondition(
-                f"adapter {ref.session_id}/{ref.generation} requested, but this surrogate has no "
-                "adapter store configured; omit the adapter to use the base model"
-            )
-        yield from stream_generation(
-            self.backend,
-            "surrogate",
-            messages,
-            sampling,
-            context,
-            surrogate_pb2.SurrogateServiceGenerateResponse,
-        )
+        if self.cache is None:
+            if request.HasField("adapter"):
+                ref = request.adapter
+                raise FailedPrecondition(
+                    f"adapter {ref.session_id}/{ref.generation} requested, but this surrogate has no adapter store "
+                    "configured; omit the adapter to use the base model"
+                )
+            yield from self._stream(messages, sampling, context)
+            return
+        with self.cache.lock:
+            name = None
+            if request.HasField("adapter"):
+                hits = self.cache.stats.hits
+                try:
+                    name = self.cache.acquire(request.adapter.session_id, request.adapter.generation)
+                except SomaError:
+                    ADAPTER_CACHE.labels("error").inc()
+                    raise
+                ADAPTER_CACHE.labels("hit" if self.cache.stats.hits > hits else "miss").inc()
+            with self.cache.adapters.using(name):
+                yield from self._stream(messages, sampling, context)
 
 
-def hosted(backend: object, settings: SurrogateSettings) -> HostedService:
-    servicer = SurrogateServicer(backend, settings)
+def hosted(backend: object, settings: SurrogateSettings, cache: AdapterCache | None = None) -> HostedService:
+    servicer = SurrogateServicer(backend, settings, cache)
     return HostedService(
         name=surrogate_pb2.DESCRIPTOR.services_by_name["SurrogateService"].full_name,
         register=lambda server: surrogate_pb2_grpc.add_SurrogateServiceServicer_to_server(servicer, server),

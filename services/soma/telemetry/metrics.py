@@ -28,3 +28,8 @@ def start_metrics_server(port: int, host: str = "0.0.0.0") -> None:
     """Serve /metrics on its own port (0 = off)."""
     if port:
         prometheus_client.start_http_server(port, addr=host)
+
+
+ADAPTER_CACHE = prometheus_client.Counter(
+    "soma_adapter_cache", "Surrogate adapter lookups by result (hit, miss, error).", ["result"]
+)
