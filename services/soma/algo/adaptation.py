@@ -178,6 +178,123 @@ def mined_cases(
     return out
 
 
+@dataclass
+class MinedStage:
+    """Stage 1's output: the warm cases with their hardness and the mined cases F answered."""
+
+    warm: list[Case]
+    mined: list[Case]
+    verbalizations: list[str]
+    seconds: dict[str, float]
+    teacher_calls: int
+    teacher_tokens: int
+
+
+@dataclass
+class TrainedStage:
+    adapter: str
+    training: list[Case]
+    acceptance: list[Case]
+    report: TrainingReport
+    seconds: float
+
+
+def mining_stage(
+    variant: Variant,
+    turns: Sequence[WarmTurn],
+    *,
+    surrogate: Surrogate,
+    teacher: VerbalizedTeacher,
+    cfg: MethodConfig,
+    seed: int = 0,
+    progress: Callable[[int, float], None] | None = None,
+) -> MinedStage:
+    """Mine soft prompts on the base G, score hardness, and ask F under V(P) ⊕ S_t."""
+    mining_cfg = cfg.mining.model_copy(
+        update={
+            "beta": cfg.mining.beta if variant.anti_degeneration else 0.0,
+            "use_expectation_weight": cfg.mining.use_expectation_weight and variant.expectation_weight,
+        }
+    )
+    with surrogate.adapters.using(None) as base:
+        result = mine(base, surrogate.tokenizer, turns, surrogate.neighbours, mining_cfg, seed=seed, progress=progress)
+    t0 = time.perf_counter()
+    calls_before, tokens_before = teacher.calls, teacher.completion_tokens
+    warm = warm_cases(turns, result.turn_hardness(cfg.lora.hardness, len(turns)))
+    mined = mined_cases(result, turns, teacher, cfg, variant)
+    return MinedStage(
+        warm,
+        mined,
+        result.verbalizations,
+        {"mining": result.seconds, "teacher": time.perf_counter() - t0},
+        teacher.calls - calls_before,
+        teacher.completion_tokens - tokens_before,
+    )
+
+
+def training_stage(
+    variant: Variant,
+    warm: Sequence[Case],
+    mined: Sequence[Case],
+    *,
+    surrogate: Surrogate,
+    cfg: MethodConfig,
+    adapter: str,
+    seed: int = 0,
+    progress: Callable[[int, float], None] | None = None,
+) -> TrainedStage:
+    """Hold out the acceptance batch (whole turns), then train a fresh adapter on the rest."""
+    rng = random.Random(seed)
+    cases = [*warm, *mined]
+    if variant.gate == "in_sample_threshold":
+        training, acceptance = list(cases), list(cases)
+    else:
+        training, acceptance = split_acceptance(cases, cfg.gate.acceptance_size, rng)
+    kept_warm = sorted((c for c in training if c.source == "warm"), key=lambda c: c.hardness, reverse=True)
+    training = kept_warm[: cfg.lora.top_warm] + [c for c in training if c.source != "warm"]
+    report = lora_train.train(
+        surrogate.adapters,
+        adapter,
+        surrogate.tokenizer,
+        [c.pair() for c in training],
+        cfg.lora,
+        seed=seed,
+        progress=progress,
+    )
+    return TrainedStage(adapter, training, acceptance, report, report.seconds)
+
+
+def acceptance_answers(
+    surrogate: Surrogate, adapter: str, acceptance: Sequence[Case], cfg: MethodConfig
+) -> list[tuple[str, str, str]]:
+    """(F's answer, base G's answer, adapted G's answer) on each acceptance context."""
+    conversations = [list(c.messages) for c in acceptance]
+    old = surrogate.answers(None, conversations, cfg.gate.answer_tokens)
+    new = surrogate.answers(adapter, conversations, cfg.gate.answer_tokens)
+    return [(c.answer, o.text, n.text) for c, o, n in zip(acceptance, old, new, strict=True)]
+
+
+def gate_decision(
+    variant: Variant,
+    examples: Sequence[tuple[str, str, str]],
+    gaps: Callable[[list[tuple[str, str]]], list[float]],
+    cfg: MethodConfig,
+) -> tuple[gate_stats.AcceptDecision, list[float], list[float]]:
+    gap_old = gaps([(f, old) for f, old, _ in examples])
+    gap_new = gaps([(f, new) for f, _, new in examples])
+    if variant.gate == "in_sample_threshold":
+        return fixed_threshold_gate(gap_old, gap_new, REFERENCE_THRESHOLD), gap_old, gap_new
+    decision = gate_stats.accept(
+        gap_old,
+        gap_new,
+        epsilon=cfg.gate.epsilon,
+        delta=cfg.gate.delta,
+        bound=cfg.gate.bound,
+        max_mean_gap=cfg.gate.max_mean_gap,
+    )
+    return decision, gap_old, gap_new
+
+
 def adapt(
     variant: Variant,
     turns: Sequence[WarmTurn],
@@ -192,71 +309,26 @@ def adapt(
 ) -> AdaptationOutcome:
     """Run the whole chain for one session and leave the trained adapter `adapter` on G."""
     note = progress or (lambda _stage: None)
-    seconds: dict[str, float] = {}
-    mining_cfg = cfg.mining.model_copy(
-        update={
-            "beta": cfg.mining.beta if variant.anti_degeneration else 0.0,
-            "use_expectation_weight": cfg.mining.use_expectation_weight and variant.expectation_weight,
-        }
-    )
     note("mining")
-    with surrogate.adapters.using(None) as base:
-        result = mine(base, surrogate.tokenizer, turns, surrogate.neighbours, mining_cfg, seed=seed)
-    seconds["mining"] = result.seconds
-
-    note("teacher")
-    t0 = time.perf_counter()
-    calls_before, tokens_before = teacher.calls, teacher.completion_tokens
-    hardness = result.turn_hardness(cfg.lora.hardness, len(turns))
-    warm = warm_cases(turns, hardness)
-    mined = mined_cases(result, turns, teacher, cfg, variant)
-    seconds["teacher"] = time.perf_counter() - t0
-
-    rng = random.Random(seed)
-    if variant.gate == "in_sample_threshold":
-        training, acceptance = warm + mined, warm + mined
-    else:
-        training, acceptance = split_acceptance(warm + mined, cfg.gate.acceptance_size, rng)
-    kept_warm = sorted((c for c in training if c.source == "warm"), key=lambda c: c.hardness, reverse=True)
-    kept_warm = kept_warm[: cfg.lora.top_warm]
-    training = kept_warm + [c for c in training if c.source != "warm"]
-
+    mined = mining_stage(variant, turns, surrogate=surrogate, teacher=teacher, cfg=cfg, seed=seed)
     note("training")
-    report = lora_train.train(
-        surrogate.adapters, adapter, surrogate.tokenizer, [c.pair() for c in training], cfg.lora, seed=seed
-    )
-    seconds["training"] = report.seconds
-
+    trained = training_stage(variant, mined.warm, mined.mined, surrogate=surrogate, cfg=cfg, adapter=adapter, seed=seed)
     note("gate")
     t0 = time.perf_counter()
-    conversations = [list(c.messages) for c in acceptance]
-    old = surrogate.answers(None, conversations, cfg.gate.answer_tokens)
-    new = surrogate.answers(adapter, conversations, cfg.gate.answer_tokens)
-    gap_old = gaps([(c.answer, o.text) for c, o in zip(acceptance, old, strict=True)])
-    gap_new = gaps([(c.answer, n.text) for c, n in zip(acceptance, new, strict=True)])
-    if variant.gate == "in_sample_threshold":
-        decision = fixed_threshold_gate(gap_old, gap_new, REFERENCE_THRESHOLD)
-    else:
-        decision = gate_stats.accept(
-            gap_old,
-            gap_new,
-            epsilon=cfg.gate.epsilon,
-            delta=cfg.gate.delta,
-            bound=cfg.gate.bound,
-            max_mean_gap=cfg.gate.max_mean_gap,
-        )
-    seconds["gate"] = time.perf_counter() - t0
+    examples = acceptance_answers(surrogate, adapter, trained.acceptance, cfg)
+    decision, gap_old, gap_new = gate_decision(variant, examples, gaps, cfg)
+    seconds = {**mined.seconds, "training": trained.seconds, "gate": time.perf_counter() - t0}
     return AdaptationOutcome(
         variant=variant.name,
         adapter=adapter,
         decision=decision,
-        training_keys=[c.key for c in training],
-        acceptance_keys=[c.key for c in acceptance],
+        training_keys=[c.key for c in trained.training],
+        acceptance_keys=[c.key for c in trained.acceptance],
         seconds=seconds,
-        teacher_calls=teacher.calls - calls_before,
-        teacher_tokens=teacher.completion_tokens - tokens_before,
-        verbalizations=result.verbalizations,
-        training=report,
+        teacher_calls=mined.teacher_calls,
+        teacher_tokens=mined.teacher_tokens,
+        verbalizations=mined.verbalizations,
+        training=trained.report,
         gaps_old=gap_old,
         gaps_new=gap_new,
     )
