@@ -23,7 +23,13 @@ def _settings(args: argparse.Namespace):
 def cmd_serve(args: argparse.Namespace) -> int:
     from soma.serve import run
 
-    return run(args.target, _settings(args))
+    return run(args.target, _settings(args), args.config)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from soma.jobs.worker import run_worker
+
+    return run_worker(_settings(args), args.queues, args.concurrency)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -152,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address; overrides server.host")
     serve.add_argument("--config", type=Path, help="YAML configuration file")
     serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run a Celery worker for mining and/or training jobs")
+    worker.add_argument("--queues", default="soma.mining,soma.training", help="comma-separated queues to consume")
+    worker.add_argument("--concurrency", type=int, default=1, help="job processes (each loads the surrogate)")
+    worker.add_argument("--config", type=Path, help="YAML configuration file")
+    worker.set_defaults(func=cmd_worker)
 
     chat = sub.add_parser("chat", help="talk to a Dialogue service")
     chat.add_argument("--address", default="127.0.0.1:50051")

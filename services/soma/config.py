@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
-TARGETS = ("all", "dialogue", "teacher", "surrogate", "gate")
+TARGETS = ("all", "dialogue", "teacher", "surrogate", "gate", "mining", "training")
 
 
 class ConfigError(ValueError):
@@ -71,6 +71,45 @@ class SurrogateSettings(ModelSettings):
     model: str = Field("smollm2-135m-instruct", description="Surrogate G. Cluster: e.g. Qwen/Qwen3-0.6B.")
     adapter_cache_count: int = Field(32, ge=1, description="Session adapters kept loaded per replica (LRU).")
     adapter_cache_mb: int = Field(512, ge=1, description="Bytes of adapters kept loaded per replica, MiB (LRU).")
+
+
+class JobsSettings(_Section):
+    broker_url: str = Field(
+        "", description="Celery broker; empty = files under jobs.local_dir. Cluster: redis://redis:6379/0."
+    )
+    result_backend: str = Field(
+        "", description="Celery results; empty = files under jobs.local_dir. Cluster: redis://redis:6379/1."
+    )
+    local_dir: Path = Field(Path(".soma/jobs"), description="Queue and result folders of the embedded broker.")
+    mining_queue: str = Field("soma.mining", description="Queue of mining jobs (a GPU pool in a cluster).")
+    training_queue: str = Field("soma.training", description="Queue of training jobs (a GPU pool in a cluster).")
+    soft_time_limit_s: float = Field(900.0, gt=0, description="A job past this gets SoftTimeLimitExceeded.")
+    time_limit_s: float = Field(1200.0, gt=0, description="A job past this is killed; must exceed the soft limit.")
+    max_retries: int = Field(3, ge=0, description="Retries of a job whose dependency was unavailable.")
+    retry_backoff_s: float = Field(2.0, gt=0, description="First retry delay; doubles on each retry.")
+    teacher_address: str = Field("", description="host:port of the teacher service the mining jobs ask.")
+    worker_threads: int = Field(1, ge=1, description="torch threads of a job; keeps serving latency intact on CPU.")
+    budget: Literal["tiny", "cpu", "paper"] = Field("cpu", description="Method config preset of the jobs. GPU: paper.")
+    method: dict[str, Any] = Field(
+        default_factory=dict, description='Method settings over the budget, dotted keys: {"lora.steps": 12}.'
+    )
+
+    def method_config(self):
+        from soma.algo.config import preset  # noqa: PLC0415 - torch-free, but keeps config import light
+
+        return preset(self.budget).with_changes(self.method)
+
+    @model_validator(mode="after")
+    def _limits(self) -> JobsSettings:
+        try:
+            self.method_config()
+        except ValueError as err:
+            raise ValueError(f"jobs.method: {err}") from None
+        if self.time_limit_s <= self.soft_time_limit_s:
+            raise ValueError(
+                f"jobs.time_limit_s ({self.time_limit_s}) must exceed jobs.soft_time_limit_s ({self.soft_time_limit_s})"
+            )
+        return self
 
 
 class AdapterStoreSettings(_Section):
@@ -151,6 +190,7 @@ class Settings(BaseSettings):
     dialogue: DialogueSettings = DialogueSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     adapters: AdapterStoreSettings = AdapterStoreSettings()
+    jobs: JobsSettings = JobsSettings()
     model_cache: Path = Field(Path("~/.cache/soma/models"), description="Where prepared models are cached.")
     torch_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads; 0 = torch default.")
 

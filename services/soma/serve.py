@@ -17,7 +17,9 @@ from soma.telemetry.tracing import setup_tracing, shutdown_tracing, traced_chann
 log = logging.getLogger("soma.serve")
 
 SERVICES_OF = {
-    "all": ("teacher", "surrogate", "gate", "dialogue"),
+    "all": ("teacher", "surrogate", "gate", "dialogue", "mining", "training"),
+    "mining": ("mining",),
+    "training": ("training",),
     "teacher": ("teacher",),
     "surrogate": ("surrogate",),
     "gate": ("gate",),
@@ -100,6 +102,16 @@ def build_server(target: str, settings: Settings) -> SomaServer:
         from soma.models.encoder import SentenceEncoder  # noqa: PLC0415
 
         server.add(gate.hosted(SentenceEncoder(paths["gate"]), settings.gate))
+    if "mining" in wanted or "training" in wanted:
+        from soma.jobs import service as jobs  # noqa: PLC0415
+        from soma.jobs.app import make_celery  # noqa: PLC0415
+        from soma.jobs.queue import JobQueue  # noqa: PLC0415
+
+        queue = JobQueue(make_celery(settings.jobs), settings.jobs)
+        if "mining" in wanted:
+            server.add(jobs.hosted_mining(queue))
+        if "training" in wanted:
+            server.add(jobs.hosted_training(queue))
     if "dialogue" in wanted:
         from soma.dialogue import service as dialogue  # noqa: PLC0415
         from soma.storage.session_store import SqliteSessionStore  # noqa: PLC0415
@@ -117,7 +129,42 @@ def build_server(target: str, settings: Settings) -> SomaServer:
     return server
 
 
-def run(target: str, settings: Settings) -> int:
+def start_embedded_worker(settings: Settings, teacher_address: str, config_path=None):
+    """`soma worker` for both queues, as a child process of `soma serve --target all`."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    env = dict(os.environ)
+    env.setdefault("SOMA_JOBS__TEACHER_ADDRESS", settings.jobs.teacher_address or teacher_address)
+    env["SOMA_WORKER_PARENT_PID"] = str(os.getpid())
+    cmd = [
+        sys.executable,
+        "-m",
+        "soma",
+        "worker",
+        "--queues",
+        f"{settings.jobs.mining_queue},{settings.jobs.training_queue}",
+    ]
+    if config_path:
+        cmd += ["--config", str(config_path)]
+    return subprocess.Popen(cmd, env=env)
+
+
+def stop_worker(proc, timeout_s: float = 30.0) -> None:
+    import signal  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)  # Celery's warm shutdown: the running job finishes or is requeued
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run(target: str, settings: Settings, config_path=None) -> int:
     logging.basicConfig(
         level=settings.telemetry.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -128,8 +175,12 @@ def run(target: str, settings: Settings) -> int:
     start_metrics_server(settings.telemetry.metrics_port, settings.server.host)
     server.install_signal_handlers()
     server.start()
+    worker = start_embedded_worker(settings, server.address, config_path) if target == "all" else None
     names = ", ".join(SERVICES_OF[target])
     print(f"soma serving target={target} ({names}) on {server.address}", flush=True)
-    server.wait()
-    shutdown_tracing()
+    try:
+        server.wait()
+    finally:
+        stop_worker(worker)
+        shutdown_tracing()
     return 0

@@ -11,9 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from soma.algo.gate_stats import BoundKind
-
 Hardness = Literal["disagreement", "paper_literal"]
+BoundKind = Literal["hoeffding", "bernstein", "none"]
 
 
 def _paper(low: float | None = None, high: float | None = None, choices: tuple | None = None) -> dict[str, Any]:

@@ -11,11 +11,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-BoundKind = Literal["hoeffding", "bernstein", "none"]
+from soma.algo.config import BoundKind  # noqa: E402, F401 - re-exported; config stays torch-free
 
 
 def improvements(gap_old: Sequence[float], gap_new: Sequence[float]) -> list[float]:

@@ -139,14 +139,16 @@ class TurnRecord(_message.Message):
     def __init__(self, turn_index: _Optional[int] = ..., served_by: _Optional[_Union[ServedBy, str]] = ..., route_reason: _Optional[str] = ..., phase: _Optional[_Union[SessionPhase, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., model_latency_ms: _Optional[float] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., dropped_messages: _Optional[int] = ...) -> None: ...
 
 class WarmTurn(_message.Message):
-    __slots__ = ("turn_index", "context", "teacher_answer")
+    __slots__ = ("turn_index", "context", "teacher_answer", "teacher_finish_reason")
     TURN_INDEX_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     TEACHER_ANSWER_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     turn_index: int
     context: _containers.RepeatedCompositeFieldContainer[Message]
     teacher_answer: str
-    def __init__(self, turn_index: _Optional[int] = ..., context: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., teacher_answer: _Optional[str] = ...) -> None: ...
+    teacher_finish_reason: FinishReason
+    def __init__(self, turn_index: _Optional[int] = ..., context: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., teacher_answer: _Optional[str] = ..., teacher_finish_reason: _Optional[_Union[FinishReason, str]] = ...) -> None: ...
 
 class JobStatus(_message.Message):
     __slots__ = ("job_id", "session_id", "generation", "state", "progress", "stage", "message", "attempt")

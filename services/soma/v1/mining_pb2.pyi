@@ -30,24 +30,28 @@ class GetMiningJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class MinedCase(_message.Message):
-    __slots__ = ("turn_index", "verbalized_prompt", "teacher_answer", "hardness")
+    __slots__ = ("turn_index", "verbalized_prompt", "teacher_answer", "hardness", "finish_reason")
     TURN_INDEX_FIELD_NUMBER: _ClassVar[int]
     VERBALIZED_PROMPT_FIELD_NUMBER: _ClassVar[int]
     TEACHER_ANSWER_FIELD_NUMBER: _ClassVar[int]
     HARDNESS_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     turn_index: int
     verbalized_prompt: str
     teacher_answer: str
     hardness: float
-    def __init__(self, turn_index: _Optional[int] = ..., verbalized_prompt: _Optional[str] = ..., teacher_answer: _Optional[str] = ..., hardness: _Optional[float] = ...) -> None: ...
+    finish_reason: _common_pb2.FinishReason
+    def __init__(self, turn_index: _Optional[int] = ..., verbalized_prompt: _Optional[str] = ..., teacher_answer: _Optional[str] = ..., hardness: _Optional[float] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ...) -> None: ...
 
 class GetMiningJobResponse(_message.Message):
-    __slots__ = ("job", "cases")
+    __slots__ = ("job", "cases", "warm_hardness")
     JOB_FIELD_NUMBER: _ClassVar[int]
     CASES_FIELD_NUMBER: _ClassVar[int]
+    WARM_HARDNESS_FIELD_NUMBER: _ClassVar[int]
     job: _common_pb2.JobStatus
     cases: _containers.RepeatedCompositeFieldContainer[MinedCase]
-    def __init__(self, job: _Optional[_Union[_common_pb2.JobStatus, _Mapping]] = ..., cases: _Optional[_Iterable[_Union[MinedCase, _Mapping]]] = ...) -> None: ...
+    warm_hardness: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, job: _Optional[_Union[_common_pb2.JobStatus, _Mapping]] = ..., cases: _Optional[_Iterable[_Union[MinedCase, _Mapping]]] = ..., warm_hardness: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class WatchMiningJobRequest(_message.Message):
     __slots__ = ("job_id",)

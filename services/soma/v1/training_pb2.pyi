@@ -1,4 +1,5 @@
 from soma.v1 import common_pb2 as _common_pb2
+from soma.v1 import gate_pb2 as _gate_pb2
 from soma.v1 import mining_pb2 as _mining_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -9,16 +10,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SubmitTrainingJobRequest(_message.Message):
-    __slots__ = ("session_id", "generation", "warm_turns", "mined_cases")
+    __slots__ = ("session_id", "generation", "warm_turns", "mined_cases", "warm_hardness")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     WARM_TURNS_FIELD_NUMBER: _ClassVar[int]
     MINED_CASES_FIELD_NUMBER: _ClassVar[int]
+    WARM_HARDNESS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     generation: int
     warm_turns: _containers.RepeatedCompositeFieldContainer[_common_pb2.WarmTurn]
     mined_cases: _containers.RepeatedCompositeFieldContainer[_mining_pb2.MinedCase]
-    def __init__(self, session_id: _Optional[str] = ..., generation: _Optional[int] = ..., warm_turns: _Optional[_Iterable[_Union[_common_pb2.WarmTurn, _Mapping]]] = ..., mined_cases: _Optional[_Iterable[_Union[_mining_pb2.MinedCase, _Mapping]]] = ...) -> None: ...
+    warm_hardness: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, session_id: _Optional[str] = ..., generation: _Optional[int] = ..., warm_turns: _Optional[_Iterable[_Union[_common_pb2.WarmTurn, _Mapping]]] = ..., mined_cases: _Optional[_Iterable[_Union[_mining_pb2.MinedCase, _Mapping]]] = ..., warm_hardness: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SubmitTrainingJobResponse(_message.Message):
     __slots__ = ("job",)
@@ -54,12 +57,14 @@ class AdapterInfo(_message.Message):
     def __init__(self, uri: _Optional[str] = ..., sha256: _Optional[str] = ..., base_model: _Optional[str] = ..., rank: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class GetTrainingJobResponse(_message.Message):
-    __slots__ = ("job", "adapter")
+    __slots__ = ("job", "adapter", "acceptance")
     JOB_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTANCE_FIELD_NUMBER: _ClassVar[int]
     job: _common_pb2.JobStatus
     adapter: AdapterInfo
-    def __init__(self, job: _Optional[_Union[_common_pb2.JobStatus, _Mapping]] = ..., adapter: _Optional[_Union[AdapterInfo, _Mapping]] = ...) -> None: ...
+    acceptance: _containers.RepeatedCompositeFieldContainer[_gate_pb2.AcceptanceExample]
+    def __init__(self, job: _Optional[_Union[_common_pb2.JobStatus, _Mapping]] = ..., adapter: _Optional[_Union[AdapterInfo, _Mapping]] = ..., acceptance: _Optional[_Iterable[_Union[_gate_pb2.AcceptanceExample, _Mapping]]] = ...) -> None: ...
 
 class WatchTrainingJobRequest(_message.Message):
     __slots__ = ("job_id",)

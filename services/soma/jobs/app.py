@@ -1,0 +1,58 @@
+"""The Celery app: queues, routing and delivery guarantees, from soma's typed settings.
+
+Cluster mode uses Redis as broker and result backend; embedded mode uses Celery's filesystem
+transport and file result backend under `jobs.local_dir`, so `soma serve --target all` needs
+no broker process. The task code is the same in both.
+
+Delivery: `acks_late` + `reject_on_worker_lost` (a job whose worker dies is delivered again),
+prefetch 1 (a long job never holds a second one hostage), soft and hard time limits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from celery import Celery
+
+from soma.config import JobsSettings
+
+MINE_TASK = "soma.jobs.mine"
+TRAIN_TASK = "soma.jobs.train"
+
+
+def _embedded_urls(local_dir: Path) -> tuple[str, str, dict]:
+    root = local_dir.expanduser().resolve()
+    queue, processed, results = root / "queue", root / "processed", root / "results"
+    for folder in (queue, processed, results):
+        folder.mkdir(parents=True, exist_ok=True)
+    options = {"data_folder_in": str(queue), "data_folder_out": str(queue), "processed_folder": str(processed)}
+    return "filesystem://", f"file://{results}", options
+
+
+def make_celery(settings: JobsSettings) -> Celery:
+    broker, backend, options = settings.broker_url, settings.result_backend, {}
+    if not broker or not backend:
+        fs_broker, fs_backend, fs_options = _embedded_urls(settings.local_dir)
+        if not broker:
+            broker, options = fs_broker, fs_options
+        backend = backend or fs_backend
+    app = Celery("soma", broker=broker, backend=backend, set_as_current=False)
+    app.conf.update(
+        broker_transport_options={**options, "visibility_timeout": int(settings.time_limit_s) + 60}
+        if broker.startswith("redis")
+        else options,
+        broker_connection_retry_on_startup=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_track_started=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.soft_time_limit_s,
+        task_time_limit=settings.time_limit_s,
+        task_routes={MINE_TASK: {"queue": settings.mining_queue}, TRAIN_TASK: {"queue": settings.training_queue}},
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_extended=True,
+        worker_hijack_root_logger=False,
+    )
+    return app

@@ -1,0 +1,119 @@
+"""Submitting jobs and reading their status: what the mining and training services do with Celery.
+
+The job id is the idempotency key: `{kind}-{session}-{generation}`. Submitting it again returns
+the existing job instead of enqueuing a second one (a marker is written to the result backend
+before the task is sent; two racing submits may both send it, and the work is idempotent).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from celery.result import AsyncResult
+from opentelemetry import propagate
+
+from soma.config import JobsSettings
+from soma.errors import NotFound
+from soma.jobs.app import MINE_TASK, TRAIN_TASK
+from soma.storage.adapter_store import check_key
+
+KINDS = {"mine": (MINE_TASK, "mining_queue"), "train": (TRAIN_TASK, "training_queue")}
+TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
+
+
+@dataclass(frozen=True)
+class JobView:
+    job_id: str
+    session_id: str
+    generation: int
+    state: str  # QUEUED | RUNNING | SUCCEEDED | FAILED | CANCELLED
+    progress: float
+    stage: str
+    message: str
+    attempt: int
+    result: dict | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL
+
+
+def job_id(kind: str, session_id: str, generation: int) -> str:
+    check_key(session_id, generation)
+    return f"{kind}-{session_id}-{generation}"
+
+
+class JobQueue:
+    def __init__(self, app: Celery, settings: JobsSettings):
+        self.app = app
+        self.settings = settings
+
+    def _marker(self, jid: str) -> str:
+        return f"soma-submitted-{jid}"
+
+    def submit(self, kind: str, session_id: str, generation: int, args: list[Any]) -> JobView:
+        task, queue_key = KINDS[kind]
+        jid = job_id(kind, session_id, generation)
+        if self.app.backend.get(self._marker(jid)) is None:
+            marker = {"session_id": session_id, "generation": generation, "kind": kind, "submitted": time.time()}
+            self.app.backend.set(self._marker(jid), json.dumps(marker))
+            headers: dict[str, str] = {}
+            propagate.inject(headers)  # the job's spans join the submitter's trace
+            self.app.send_task(
+                task,
+                args=[session_id, generation, *args],
+                task_id=jid,
+                queue=getattr(self.settings, queue_key),
+                headers=headers,
+            )
+        return self.status(jid)
+
+    def status(self, jid: str) -> JobView:
+        raw = self.app.backend.get(self._marker(jid))
+        if raw is None:
+            raise NotFound(f"no job {jid!r}; submit it first")
+        marker = json.loads(raw)
+        result = AsyncResult(jid, app=self.app)
+        state, info = result.state, result.info
+        attempt = int(getattr(result, "retries", 0) or 0) + 1
+        common = {"job_id": jid, "session_id": marker["session_id"], "generation": int(marker["generation"])}
+        if state == "PENDING":
+            return JobView(**common, state="QUEUED", progress=0.0, stage="queued", message="", attempt=attempt)
+        if state in ("STARTED", "PROGRESS"):
+            meta = info if isinstance(info, dict) else {}
+            return JobView(
+                **common,
+                state="RUNNING",
+                progress=float(meta.get("progress", 0.0)),
+                stage=str(meta.get("stage", "started")),
+                message="",
+                attempt=attempt,
+            )
+        if state == "RETRY":
+            return JobView(
+                **common, state="RUNNING", progress=0.0, stage="waiting to retry", message=str(info), attempt=attempt
+            )
+        if state == "SUCCESS":
+            return JobView(
+                **common,
+                state="SUCCEEDED",
+                progress=1.0,
+                stage="done",
+                message="",
+                attempt=attempt,
+                result=info if isinstance(info, dict) else None,
+            )
+        if state == "REVOKED":
+            return JobView(**common, state="CANCELLED", progress=0.0, stage="cancelled", message="", attempt=attempt)
+        return JobView(
+            **common,
+            state="FAILED",
+            progress=0.0,
+            stage="failed",
+            message=f"{type(info).__name__}: {info}",
+            attempt=attempt,
+        )

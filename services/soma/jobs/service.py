@@ -1,0 +1,175 @@
+"""MiningService and TrainingService: Submit / Get / Watch over the job queue."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+
+from soma.errors import InvalidArgument
+from soma.jobs.queue import JobQueue, JobView
+from soma.server.app import HostedService
+from soma.v1 import common_pb2, gate_pb2, mining_pb2, mining_pb2_grpc, training_pb2, training_pb2_grpc
+
+_STATES = {
+    "QUEUED": common_pb2.JOB_STATE_QUEUED,
+    "RUNNING": common_pb2.JOB_STATE_RUNNING,
+    "SUCCEEDED": common_pb2.JOB_STATE_SUCCEEDED,
+    "FAILED": common_pb2.JOB_STATE_FAILED,
+    "CANCELLED": common_pb2.JOB_STATE_CANCELLED,
+}
+_ROLES = {common_pb2.ROLE_SYSTEM: "system", common_pb2.ROLE_USER: "user", common_pb2.ROLE_ASSISTANT: "assistant"}
+WATCH_POLL_S = 0.2
+
+
+def job_status(view: JobView) -> common_pb2.JobStatus:
+    return common_pb2.JobStatus(
+        job_id=view.job_id,
+        session_id=view.session_id,
+        generation=view.generation,
+        state=_STATES[view.state],
+        progress=view.progress,
+        stage=view.stage,
+        message=view.message,
+        attempt=view.attempt,
+    )
+
+
+def warm_rows(turns) -> list[dict]:
+    if not turns:
+        raise InvalidArgument("warm_turns is empty: a job needs the session's warm-start turns")
+    rows = []
+    for i, t in enumerate(turns):
+        context = []
+        for j, m in enumerate(t.context):
+            if m.role not in _ROLES:
+                raise InvalidArgument(f"warm_turns[{i}].context[{j}].role must be SYSTEM, USER or ASSISTANT")
+            context.append({"role": _ROLES[m.role], "content": m.content})
+        if not context or context[-1]["role"] != "user":
+            raise InvalidArgument(f"warm_turns[{i}].context must end with the user's query")
+        finished = t.teacher_finish_reason != common_pb2.FINISH_REASON_LENGTH
+        rows.append(
+            {"turn_index": t.turn_index, "context": context, "teacher_answer": t.teacher_answer, "finished": finished}
+        )
+    return rows
+
+
+def _check_ids(session_id: str, generation: int) -> None:
+    if generation < 1:
+        raise InvalidArgument("generation must be ≥ 1")
+    from soma.jobs.queue import job_id
+
+    job_id("x", session_id, generation)  # raises InvalidArgument for unsafe session ids
+
+
+def _watch(queue: JobQueue, jid: str, context: grpc.ServicerContext, make) -> Iterator:
+    last = None
+    while context.is_active():
+        view = queue.status(jid)
+        key = (view.state, round(view.progress, 4), view.stage, view.message, view.attempt)
+        if key != last:
+            last = key
+            yield make(job_status(view))
+        if view.done:
+            return
+        time.sleep(WATCH_POLL_S)
+
+
+class MiningServicer(mining_pb2_grpc.MiningServiceServicer):
+    def __init__(self, queue: JobQueue):
+        self.queue = queue
+
+    def SubmitMiningJob(self, request, context):
+        _check_ids(request.session_id, request.generation)
+        view = self.queue.submit("mine", request.session_id, request.generation, [warm_rows(request.warm_turns)])
+        return mining_pb2.SubmitMiningJobResponse(job=job_status(view))
+
+    def GetMiningJob(self, request, context):
+        view = self.queue.status(request.job_id)
+        response = mining_pb2.GetMiningJobResponse(job=job_status(view))
+        if view.state == "SUCCEEDED" and view.result:
+            for c in view.result["cases"]:
+                response.cases.append(
+                    mining_pb2.MinedCase(
+                        turn_index=c["turn_index"],
+                        verbalized_prompt=c["verbalized_prompt"],
+                        teacher_answer=c["teacher_answer"],
+                        hardness=c["hardness"],
+                        finish_reason=common_pb2.FINISH_REASON_STOP
+                        if c["finished"]
+                        else common_pb2.FINISH_REASON_LENGTH,
+                    )
+                )
+            response.warm_hardness.extend(view.result["warm_hardness"])
+        return response
+
+    def WatchMiningJob(self, request, context):
+        yield from _watch(self.queue, request.job_id, context, lambda job: mining_pb2.WatchMiningJobResponse(job=job))
+
+
+class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
+    def __init__(self, queue: JobQueue):
+        self.queue = queue
+
+    def SubmitTrainingJob(self, request, context):
+        _check_ids(request.session_id, request.generation)
+        warm = warm_rows(request.warm_turns)
+        if request.warm_hardness and len(request.warm_hardness) != len(warm):
+            raise InvalidArgument(f"warm_hardness has {len(request.warm_hardness)} values for {len(warm)} warm turns")
+        mined = []
+        for j, c in enumerate(request.mined_cases):
+            if c.turn_index >= len(warm):
+                raise InvalidArgument(f"mined_cases[{j}].turn_index={c.turn_index} names no warm turn")
+            mined.append(
+                {
+                    "turn_index": c.turn_index,
+                    "verbalized_prompt": c.verbalized_prompt,
+                    "teacher_answer": c.teacher_answer,
+                    "hardness": c.hardness,
+                    "finished": c.finish_reason != common_pb2.FINISH_REASON_LENGTH,
+                }
+            )
+        view = self.queue.submit(
+            "train", request.session_id, request.generation, [warm, list(request.warm_hardness), mined]
+        )
+        return training_pb2.SubmitTrainingJobResponse(job=job_status(view))
+
+    def GetTrainingJob(self, request, context):
+        view = self.queue.status(request.job_id)
+        response = training_pb2.GetTrainingJobResponse(job=job_status(view))
+        if view.state == "SUCCEEDED" and view.result:
+            r = view.result
+            response.adapter.CopyFrom(
+                training_pb2.AdapterInfo(
+                    uri=r["uri"],
+                    sha256=r["sha256"],
+                    base_model=r["base_model"],
+                    rank=r["rank"],
+                    metrics={k: float(v) for k, v in r["metrics"].items()},
+                )
+            )
+            for e in r["acceptance"]:
+                response.acceptance.append(gate_pb2.AcceptanceExample(**e))
+        return response
+
+    def WatchTrainingJob(self, request, context):
+        yield from _watch(
+            self.queue, request.job_id, context, lambda job: training_pb2.WatchTrainingJobResponse(job=job)
+        )
+
+
+def hosted_mining(queue: JobQueue) -> HostedService:
+    servicer = MiningServicer(queue)
+    return HostedService(
+        name=mining_pb2.DESCRIPTOR.services_by_name["MiningService"].full_name,
+        register=lambda server: mining_pb2_grpc.add_MiningServiceServicer_to_server(servicer, server),
+    )
+
+
+def hosted_training(queue: JobQueue) -> HostedService:
+    servicer = TrainingServicer(queue)
+    return HostedService(
+        name=training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,
+        register=lambda server: training_pb2_grpc.add_TrainingServiceServicer_to_server(servicer, server),
+    )

@@ -1,0 +1,91 @@
+"""The Celery tasks of a soma worker: thin wrappers that load models once per worker process.
+
+A job that cannot reach a dependency (teacher, adapter store) raises soma.errors.Unavailable
+and is retried with exponential backoff; anything else fails the job with its message. A job
+redelivered after its worker died starts again with the same seed and writes the same adapter
+key, so running it twice is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Celery
+
+from soma.config import Settings
+from soma.errors import Unavailable
+from soma.jobs import work
+from soma.jobs.app import MINE_TASK, TRAIN_TASK
+
+log = logging.getLogger("soma.jobs")
+
+
+def load_resources(settings: Settings) -> work.JobResources:
+    import torch
+
+    from soma.algo import lm, neighbourhood
+    from soma.algo.adaptation import Surrogate
+    from soma.algo.lora_train import SessionAdapters
+    from soma.models.catalog import resolve_model
+    from soma.models.chat_backend import TransformersChatBackend
+    from soma.storage.adapter_store import open_store
+    from soma.teacher.client import GrpcTeacher
+
+    torch.set_num_threads(settings.jobs.worker_threads)
+    cfg = settings.jobs.method_config()
+    path = resolve_model(settings.surrogate.model, settings.model_cache)
+    backend = TransformersChatBackend(path, name=settings.surrogate.model, dtype=settings.surrogate.dtype)
+    table = neighbourhood.cached_neighbours(
+        lm.input_embeddings(backend.model), cfg.mining.neighbours, settings.model_cache / "neighbours"
+    )
+    surrogate = Surrogate(backend, SessionAdapters(backend.model, cfg.lora), table)
+    teacher = GrpcTeacher(settings.jobs.teacher_address) if settings.jobs.teacher_address else None
+    return work.JobResources(surrogate, settings.surrogate.model, teacher, open_store(settings.adapters), cfg)
+
+
+def register_tasks(app: Celery, settings: Settings) -> None:
+    holder: dict[str, work.JobResources] = {}
+    lock = threading.Lock()
+
+    def resources() -> work.JobResources:
+        with lock:
+            if "r" not in holder:
+                holder["r"] = load_resources(settings)
+            return holder["r"]
+
+    retry = {
+        "autoretry_for": (Unavailable,),
+        "retry_backoff": settings.jobs.retry_backoff_s,
+        "retry_backoff_max": 120,
+        "retry_jitter": False,
+        "max_retries": settings.jobs.max_retries,
+    }
+
+    def reporter(task: Any, session_id: str, generation: int):
+        def progress(fraction: float, stage: str) -> None:
+            meta = {"progress": fraction, "stage": stage, "session_id": session_id, "generation": generation}
+            task.update_state(state="PROGRESS", meta=meta)
+
+        return progress
+
+    @app.task(name=MINE_TASK, bind=True, **retry)
+    def mine(self, session_id: str, generation: int, warm_turns: list[dict]) -> dict:
+        log.info("mining %s/%s (attempt %s)", session_id, generation, self.request.retries + 1)
+        return work.run_mining(resources(), session_id, generation, warm_turns, reporter(self, session_id, generation))
+
+    @app.task(name=TRAIN_TASK, bind=True, **retry)
+    def train(
+        self, session_id: str, generation: int, warm_turns: list[dict], warm_hardness: list[float], mined: list[dict]
+    ) -> dict:
+        log.info("training %s/%s (attempt %s)", session_id, generation, self.request.retries + 1)
+        return work.run_training(
+            resources(),
+            session_id,
+            generation,
+            warm_turns,
+            warm_hardness,
+            mined,
+            reporter(self, session_id, generation),
+        )

@@ -1,0 +1,189 @@
+"""What a mining or training job does, as plain functions over JSON-able data and loaded models.
+
+Celery tasks (soma.jobs.tasks) only unpack their arguments, call these and report progress,
+so the work itself is tested without a broker. Inputs and outputs are the JSON shapes of the
+task messages (the gRPC services convert them from and to protobuf).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from soma.algo.adaptation import (
+    VARIANTS,
+    Case,
+    Surrogate,
+    acceptance_answers,
+    mining_stage,
+    training_stage,
+)
+from soma.algo.config import MethodConfig
+from soma.algo.mining import WarmTurn
+from soma.algo.teacher_client import TeacherClient, VerbalizedTeacher, prompted_messages
+from soma.storage.adapter_store import AdapterStore, build_manifest
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class JobResources:
+    """What a worker process holds: G with its adapters and N_k, a teacher client, the store."""
+
+    surrogate: Surrogate
+    surrogate_model: str
+    teacher: TeacherClient | None
+    store: AdapterStore
+    cfg: MethodConfig
+
+
+def warm_turns_from_json(rows: list[dict]) -> list[WarmTurn]:
+    if not rows:
+        raise ValueError("a job needs at least one warm-start turn")
+    return [
+        WarmTurn(tuple(dict(m) for m in r["context"]), r["teacher_answer"], bool(r.get("finished", True)))
+        for r in sorted(rows, key=lambda r: r["turn_index"])
+    ]
+
+
+def seed_of(session_id: str, generation: int) -> int:
+    """A stable seed per (session, generation): a redelivered job repeats the same work."""
+    return int.from_bytes(hashlib.sha256(f"{session_id}/{generation}".encode()).digest()[:4], "little")
+
+
+def run_mining(res: JobResources, session_id: str, generation: int, warm_rows: list[dict], progress: Progress) -> dict:
+    if res.teacher is None:
+        raise ValueError("mining needs a teacher: set jobs.teacher_address")
+    turns = warm_turns_from_json(warm_rows)
+    steps = res.cfg.mining.steps
+    progress(0.0, "mining")
+    stage = mining_stage(
+        VARIANTS["soma"],
+        turns,
+        surrogate=res.surrogate,
+        teacher=VerbalizedTeacher(res.teacher),
+        cfg=res.cfg,
+        seed=seed_of(session_id, generation),
+        progress=lambda step, loss: progress(0.8 * step / steps, f"mining step {step}/{steps} (J={loss:.4f})"),
+    )
+    progress(1.0, "mined")
+    return {
+        "cases": [
+            {
+                "turn_index": c.turn,
+                "verbalized_prompt": c.messages_prefix,
+                "teacher_answer": c.answer,
+                "hardness": c.hardness,
+                "finished": c.ended,
+            }
+            for c in (_with_prefix(case, turns) for case in stage.mined)
+        ],
+        "warm_hardness": [c.hardness for c in stage.warm],
+        "verbalizations": stage.verbalizations,
+        "seconds": stage.seconds,
+        "teacher_calls": stage.teacher_calls,
+    }
+
+
+@dataclass(frozen=True)
+class _Prefixed:
+    turn: int
+    messages_prefix: str
+    answer: str
+    hardness: float
+    ended: bool
+
+
+def _with_prefix(case: Case, turns: list[WarmTurn]) -> _Prefixed:
+    """Recover V(P) from a mined case: the text its first non-system message gained."""
+    original = next(m["content"] for m in turns[case.turn].messages if m["role"] != "system")
+    prompted = next(m["content"] for m in case.messages if m["role"] != "system")
+    prefix = prompted[: len(prompted) - len(original)].rstrip()
+    return _Prefixed(case.turn, prefix, case.answer, case.hardness, case.ended)
+
+
+def cases_from_json(turns: list[WarmTurn], warm_hardness: list[float], mined_rows: list[dict]) -> tuple[list, list]:
+    hardness = list(warm_hardness) or [1.0] * len(turns)
+    if len(hardness) != len(turns):
+        raise ValueError(f"warm_hardness has {len(hardness)} values for {len(turns)} warm turns")
+    warm = [
+        Case(t.messages, t.answer, r, "warm", f"warm:{i}", i, t.ended)
+        for i, (t, r) in enumerate(zip(turns, hardness, strict=True))
+    ]
+    mined = []
+    for j, row in enumerate(mined_rows):
+        turn = int(row["turn_index"])
+        if not 0 <= turn < len(turns):
+            raise ValueError(f"mined case {j} names warm turn {turn}; there are {len(turns)}")
+        messages = tuple(prompted_messages(row["verbalized_prompt"], turns[turn].messages))
+        mined.append(
+            Case(
+                messages,
+                row["teacher_answer"],
+                float(row["hardness"]),
+                "mined",
+                f"mined:{j}:{turn}",
+                turn,
+                bool(row.get("finished", True)),
+            )
+        )
+    return warm, mined
+
+
+def run_training(
+    res: JobResources,
+    session_id: str,
+    generation: int,
+    warm_rows: list[dict],
+    warm_hardness: list[float],
+    mined_rows: list[dict],
+    progress: Progress,
+) -> dict:
+    """Train a fresh adapter, store it, and answer the held-out acceptance batch."""
+    turns = warm_turns_from_json(warm_rows)
+    warm, mined = cases_from_json(turns, warm_hardness, mined_rows)
+    name = f"job-{session_id}-{generation}"
+    steps = res.cfg.lora.steps
+    progress(0.0, "training")
+    try:
+        trained = training_stage(
+            VARIANTS["soma"],
+            warm,
+            mined,
+            surrogate=res.surrogate,
+            cfg=res.cfg,
+            adapter=name,
+            seed=seed_of(session_id, generation),
+            progress=lambda step, loss: progress(0.8 * step / steps, f"training step {step}/{steps} (loss={loss:.4f})"),
+        )
+        progress(0.85, "answering the acceptance batch")
+        examples = acceptance_answers(res.surrogate, name, trained.acceptance, res.cfg)
+        weights, config = res.surrogate.adapters.export(name)
+    finally:
+        res.surrogate.adapters.delete(name)
+    report = trained.report
+    metrics = {
+        "train_loss": report.train_loss[-1] if report.train_loss else 0.0,
+        "best_holdout_loss": min((v for _, v in report.holdout_loss), default=0.0),
+        "steps": float(report.steps),
+        "best_step": float(report.best_step),
+        "examples": float(report.examples),
+        "seconds": report.seconds,
+    }
+    manifest = build_manifest(
+        session_id, generation, weights, config, base_model=res.surrogate_model, rank=res.cfg.lora.rank, metrics=metrics
+    )
+    progress(0.95, "storing the adapter")
+    uri = res.store.put(manifest, weights, config)
+    progress(1.0, "trained")
+    return {
+        "uri": uri,
+        "sha256": manifest.files["adapter_model.safetensors"]["sha256"],
+        "base_model": res.surrogate_model,
+        "rank": res.cfg.lora.rank,
+        "metrics": metrics,
+        "acceptance": [{"teacher_answer": f, "old_answer": o, "new_answer": n} for f, o, n in examples],
+        "training_keys": [c.key for c in trained.training],
+        "acceptance_keys": [c.key for c in trained.acceptance],
+    }

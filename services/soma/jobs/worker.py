@@ -1,0 +1,68 @@
+"""`soma worker --queues …`: a Celery worker (prefork: a job runs in a child process, so a child
+that dies is noticed and its job delivered again) with soma's tasks registered."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from soma.config import Settings
+from soma.jobs.app import make_celery
+from soma.jobs.tasks import register_tasks
+
+
+def run_worker(settings: Settings, queues: str, concurrency: int = 1) -> int:
+    logging.basicConfig(
+        level=settings.telemetry.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    known = {settings.jobs.mining_queue, settings.jobs.training_queue}
+    unknown = [q for q in names if q not in known]
+    if not names or unknown:
+        print(
+            f"soma worker: unknown queue(s) {', '.join(unknown) or '(none)'}; use {', '.join(sorted(known))}",
+            file=sys.stderr,
+        )
+        return 2
+    _exit_with_parent()
+    app = make_celery(settings.jobs)
+    register_tasks(app, settings)
+    print(f"soma worker consuming {', '.join(names)}", flush=True)
+    app.worker_main(
+        [
+            "worker",
+            "-Q",
+            ",".join(names),
+            "--pool",
+            "prefork",
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            settings.telemetry.log_level,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-n",
+            f"soma-{'+'.join(names)}@%h",
+        ]
+    )
+    return 0
+
+
+def _exit_with_parent() -> None:
+    """An embedded worker (SOMA_WORKER_PARENT_PID set by `soma serve --target all`) never outlives
+    its server: when the parent is gone, it shuts down warmly (its running job is requeued)."""
+    parent = os.environ.get("SOMA_WORKER_PARENT_PID")
+    if not parent:
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

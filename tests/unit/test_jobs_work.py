@@ -1,0 +1,96 @@
+"""What mining and training jobs do, without a broker: tiny random G, a recording teacher, a local store."""
+
+from __future__ import annotations
+
+import pytest
+
+from soma.algo import config, lm, neighbourhood
+from soma.algo.adaptation import Surrogate
+from soma.algo.lora_train import SessionAdapters
+from soma.algo.teacher_client import Completion
+from soma.jobs import work
+from soma.models.chat_backend import TransformersChatBackend
+from soma.models.testing import build_tiny_chat_model
+from soma.storage.adapter_store import LocalAdapterStore
+
+WARM = [
+    {
+        "turn_index": 0,
+        "context": [{"role": "user", "content": "hello world python code"}],
+        "teacher_answer": "the answer is code",
+        "finished": True,
+    },
+    {
+        "turn_index": 1,
+        "context": [
+            {"role": "user", "content": "hello world python code"},
+            {"role": "assistant", "content": "the answer is code"},
+            {"role": "user", "content": "print a list"},
+        ],
+        "teacher_answer": "print the list value",
+        "finished": False,
+    },
+    {
+        "turn_index": 2,
+        "context": [{"role": "user", "content": "what is a dict"}],
+        "teacher_answer": "a dict maps keys to values",
+        "finished": True,
+    },
+]
+
+
+class Teacher:
+    def __init__(self):
+        self.seen = []
+
+    def complete(self, conversations, max_new_tokens):
+        self.seen += conversations
+        return [Completion(f"reply to {c[-1]['content'][:10]}", 4, 3, "stop") for c in conversations]
+
+
+@pytest.fixture(scope="module")
+def resources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jobs")
+    path = build_tiny_chat_model(root / "chat")
+    backend = TransformersChatBackend(str(path), name="tiny")
+    cfg = config.preset("tiny").with_changes({"lora.steps": 3, "gate.acceptance_size": 1})
+    table = neighbourhood.nearest_neighbours(lm.input_embeddings(backend.model), cfg.mining.neighbours)
+    surrogate = Surrogate(backend, SessionAdapters(backend.model, cfg.lora), table)
+    return work.JobResources(surrogate, "tiny", Teacher(), LocalAdapterStore(root / "adapters"), cfg)
+
+
+def test_mining_job_returns_cases_and_warm_hardness(resources):
+    events = []
+    out = work.run_mining(resources, "sess-1", 1, WARM, lambda f, s: events.append((f, s)))
+    assert len(out["warm_hardness"]) == 3 and all(h > 0 for h in out["warm_hardness"])
+    assert out["cases"] and out["teacher_calls"] == len(out["cases"])
+    for case in out["cases"]:
+        assert case["teacher_answer"].startswith("reply to ")
+        assert case["verbalized_prompt"] in out["verbalizations"]
+    assert events[0] == (0.0, "mining") and events[-1] == (1.0, "mined")
+    assert any("mining step" in s for _, s in events)
+
+
+def test_training_job_stores_a_verified_adapter_and_answers_the_held_out_batch(resources):
+    mined = work.run_mining(resources, "sess-2", 1, WARM, lambda f, s: None)
+    out = work.run_training(resources, "sess-2", 1, WARM, mined["warm_hardness"], mined["cases"], lambda f, s: None)
+    stored = resources.store.get("sess-2", 1)  # raises if the sha256 does not match
+    assert stored.manifest.files["adapter_model.safetensors"]["sha256"] == out["sha256"]
+    assert stored.manifest.base_model == "tiny" and out["uri"].endswith("sess-2/1")
+    turn = lambda key: int(key.rsplit(":", 1)[1])  # noqa: E731
+    assert not {turn(k) for k in out["acceptance_keys"]} & {turn(k) for k in out["training_keys"]}
+    assert len(out["acceptance"]) == len(out["acceptance_keys"]) >= 1
+    assert set(out["acceptance"][0]) == {"teacher_answer", "old_answer", "new_answer"}
+    assert resources.surrogate.adapters.names == set()  # the job's adapter left the worker's model
+    again = work.run_training(resources, "sess-2", 1, WARM, mined["warm_hardness"], mined["cases"], lambda f, s: None)
+    assert again["sha256"] == out["sha256"]  # a redelivered job repeats the same work
+
+
+def test_bad_job_input_is_refused(resources):
+    with pytest.raises(ValueError, match="at least one warm-start turn"):
+        work.run_mining(resources, "s", 1, [], lambda f, s: None)
+    with pytest.raises(ValueError, match="warm_hardness has 1 values for 3"):
+        work.run_training(resources, "s", 1, WARM, [1.0], [], lambda f, s: None)
+    bad_case = [{"turn_index": 9, "verbalized_prompt": "v", "teacher_answer": "a", "hardness": 1.0}]
+    with pytest.raises(ValueError, match="names warm turn 9"):
+        work.run_training(resources, "s", 1, WARM, [], bad_case, lambda f, s: None)
