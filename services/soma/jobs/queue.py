@@ -52,8 +52,8 @@ class JobQueue:
         self.app = app
         self.settings = settings
 
-    def _marker(self, jid: str) -> str:
-        return f"soma-submitted-{jid}"
+    def _marker(self, jid: str) -> bytes:
+        return f"soma-submitted-{jid}".encode()  # bytes: the file backend's key type; Redis takes either
 
     def submit(self, kind: str, session_id: str, generation: int, args: list[Any]) -> JobView:
         task, queue_key = KINDS[kind]

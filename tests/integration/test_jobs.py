@@ -1,0 +1,174 @@
+"""Mining and training jobs through real processes: the MiningService and TrainingService
+(`soma serve --target mining|training`), a Celery worker (`soma worker`, prefork, filesystem
+broker) and a teacher service, with a tiny random chat model as F and G so jobs take seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from soma.launcher import start_server
+from soma.models.testing import build_tiny_chat_model
+from soma.storage.adapter_store import LocalAdapterStore
+from soma.v1 import common_pb2, mining_pb2, mining_pb2_grpc, training_pb2, training_pb2_grpc
+
+pytestmark = pytest.mark.integration
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jobs")
+    model = build_tiny_chat_model(root / "tiny")
+    env = {
+        "SOMA_TEACHER__MODEL": str(model),
+        "SOMA_SURROGATE__MODEL": str(model),
+        "SOMA_JOBS__LOCAL_DIR": str(root / "queue"),
+        "SOMA_ADAPTERS__LOCAL_DIR": str(root / "adapters"),
+        "SOMA_JOBS__BUDGET": "tiny",
+        # slow enough training (no holdout, so no early stop) to kill a worker in the middle of it
+        "SOMA_JOBS__METHOD": json.dumps({"lora.steps": 300, "lora.holdout_fraction": 0.0, "gate.acceptance_size": 1}),
+    }
+    teacher = start_server("teacher", env=env, log_path=root / "teacher.log")
+    env["SOMA_JOBS__TEACHER_ADDRESS"] = teacher.address
+    mining = start_server("mining", env=env, log_path=root / "mining.log")
+    training = start_server("training", env=env, log_path=root / "training.log")
+    log = open(root / "worker.log", "wb")  # noqa: SIM115
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "soma", "worker", "--queues", "soma.mining,soma.training"],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    yield {"root": root, "mining": mining.address, "training": training.address, "worker": worker}
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+    log.close()
+    for server in (training, mining, teacher):
+        server.stop()
+
+
+WARM = [
+    common_pb2.WarmTurn(
+        turn_index=0,
+        context=[common_pb2.Message(role=common_pb2.ROLE_USER, content="hello world python code")],
+        teacher_answer="the answer is code",
+    ),
+    common_pb2.WarmTurn(
+        turn_index=1,
+        context=[
+            common_pb2.Message(role=common_pb2.ROLE_USER, content="hello world python code"),
+            common_pb2.Message(role=common_pb2.ROLE_ASSISTANT, content="the answer is code"),
+            common_pb2.Message(role=common_pb2.ROLE_USER, content="print a list"),
+        ],
+        teacher_answer="print the list value",
+        teacher_finish_reason=common_pb2.FINISH_REASON_LENGTH,
+    ),
+    common_pb2.WarmTurn(
+        turn_index=2,
+        context=[common_pb2.Message(role=common_pb2.ROLE_USER, content="what is a dict")],
+        teacher_answer="a dict maps keys to values",
+    ),
+]
+
+
+def _watch(stream) -> list[common_pb2.JobStatus]:
+    return [r.job for r in stream]
+
+
+def test_mining_then_training_through_the_services(stack):
+    with grpc.insecure_channel(stack["mining"]) as m, grpc.insecure_channel(stack["training"]) as t:
+        mining, training = mining_pb2_grpc.MiningServiceStub(m), training_pb2_grpc.TrainingServiceStub(t)
+        job = mining.SubmitMiningJob(
+            mining_pb2.SubmitMiningJobRequest(session_id="sess-1", generation=1, warm_turns=WARM)
+        ).job
+        assert job.job_id == "mine-sess-1-1" and job.state in (
+            common_pb2.JOB_STATE_QUEUED,
+            common_pb2.JOB_STATE_RUNNING,
+        )
+        updates = _watch(mining.WatchMiningJob(mining_pb2.WatchMiningJobRequest(job_id=job.job_id), timeout=300))
+        assert updates[-1].state == common_pb2.JOB_STATE_SUCCEEDED, updates[-1].message
+        mined = mining.GetMiningJob(mining_pb2.GetMiningJobRequest(job_id=job.job_id))
+        assert mined.cases and len(mined.warm_hardness) == 3
+        again = mining.SubmitMiningJob(
+            mining_pb2.SubmitMiningJobRequest(session_id="sess-1", generation=1, warm_turns=WARM)
+        ).job
+        assert again.job_id == job.job_id and again.state == common_pb2.JOB_STATE_SUCCEEDED  # idempotent
+
+        request = training_pb2.SubmitTrainingJobRequest(
+            session_id="sess-1",
+            generation=1,
+            warm_turns=WARM,
+            mined_cases=mined.cases,
+            warm_hardness=mined.warm_hardness,
+        )
+        tjob = training.SubmitTrainingJob(request).job
+        updates = _watch(
+            training.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(job_id=tjob.job_id), timeout=300)
+        )
+        assert updates[-1].state == common_pb2.JOB_STATE_SUCCEEDED, updates[-1].message
+        assert any(u.state == common_pb2.JOB_STATE_RUNNING and "training step" in u.stage for u in updates)
+        progress = [u.progress for u in updates]
+        assert progress == sorted(progress) and progress[-1] == 1.0
+        result = training.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=tjob.job_id))
+        stored = LocalAdapterStore(stack["root"] / "adapters").get("sess-1", 1)
+        assert result.adapter.sha256 == stored.manifest.files["adapter_model.safetensors"]["sha256"]
+        assert result.adapter.metrics["steps"] == 300 and len(result.acceptance) >= 1
+
+
+def test_a_killed_worker_child_gets_its_job_again(stack):
+    with grpc.insecure_channel(stack["training"]) as t:
+        training = training_pb2_grpc.TrainingServiceStub(t)
+        job = training.SubmitTrainingJob(
+            training_pb2.SubmitTrainingJobRequest(session_id="sess-kill", generation=1, warm_turns=WARM)
+        ).job
+        deadline = time.monotonic() + 120
+        while True:
+            status = training.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job.job_id)).job
+            if status.state == common_pb2.JOB_STATE_RUNNING and "training step" in status.stage:
+                break
+            assert time.monotonic() < deadline, f"job never started training: {status}"
+            time.sleep(0.05)
+        children = _children(stack["worker"].pid)
+        assert children, "the prefork worker has no child process"
+        for pid in children:
+            os.kill(pid, signal.SIGKILL)  # the job dies mid-training
+        final = _watch(training.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(job_id=job.job_id), timeout=300))
+        assert final[-1].state == common_pb2.JOB_STATE_SUCCEEDED, final[-1].message
+        assert LocalAdapterStore(stack["root"] / "adapters").get("sess-kill", 1).manifest.metrics["steps"] == 300
+
+
+def test_bad_job_requests_get_clear_errors(stack):
+    with grpc.insecure_channel(stack["mining"]) as m:
+        mining = mining_pb2_grpc.MiningServiceStub(m)
+        with pytest.raises(grpc.RpcError) as info:
+            mining.SubmitMiningJob(mining_pb2.SubmitMiningJobRequest(session_id="s", generation=1))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "warm_turns" in info.value.details()
+        with pytest.raises(grpc.RpcError) as info:
+            mining.SubmitMiningJob(mining_pb2.SubmitMiningJobRequest(session_id="../x", generation=1, warm_turns=WARM))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "session id" in info.value.details()
+        with pytest.raises(grpc.RpcError) as info:
+            mining.GetMiningJob(mining_pb2.GetMiningJobRequest(job_id="mine-nobody-1"))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
