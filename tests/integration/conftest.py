@@ -31,6 +31,7 @@ def all_server(server_dir):
         **SERVER_ENV,
         "SOMA_DIALOGUE__SESSION_DB": str(server_dir / "sessions.db"),
         "SOMA_ADAPTERS__LOCAL_DIR": str(server_dir / "adapters"),
+        "SOMA_JOBS__LOCAL_DIR": str(server_dir / "jobs"),
     }
     server = start_server("all", env=env, log_path=server_dir / "all.log")
     yield server

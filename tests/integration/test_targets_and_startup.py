@@ -5,6 +5,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -91,8 +92,15 @@ def test_sigterm_drains_in_flight_turns(tmp_path):
     flight still completes, then the process exits 0."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    env = {**SERVER_ENV, "SOMA_DIALOGUE__SESSION_DB": str(tmp_path / "s.db"), "SOMA_SERVER__DRAIN_DELAY_S": "2"}
+    env = {
+        **SERVER_ENV,
+        "SOMA_DIALOGUE__SESSION_DB": str(tmp_path / "s.db"),
+        "SOMA_SERVER__DRAIN_DELAY_S": "2",
+        "SOMA_JOBS__LOCAL_DIR": str(tmp_path / "jobs"),
+    }
     server = start_server("all", env=env, log_path=tmp_path / "drain.log")
+    workers = _worker_children(server.proc.pid)
+    assert workers, "--target all should run its own job worker"
     result = {}
     first_chunk = threading.Event()
     with DialogueClient(server.address) as client:
@@ -120,8 +128,32 @@ def test_sigterm_drains_in_flight_turns(tmp_path):
             late.open_session()
         worker.join(300)
         assert server.proc.wait(120) == 0
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "the job worker outlived its server"
     assert "error" not in result, result.get("error")
     assert result["turn"].record.completion_tokens == 80
+
+
+def _worker_children(pid: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if ppid == pid and b"worker" in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def test_worker_refuses_unknown_queues():
+    out = subprocess.run(
+        [sys.executable, "-m", "soma", "worker", "--queues", "soma.nope"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2 and "unknown queue(s) soma.nope" in out.stderr
 
 
 def test_port_in_use_exits_naming_the_key():
