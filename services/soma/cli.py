@@ -27,6 +27,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    import os
+
+    # SIGTERM (what Kubernetes and `soma serve` send) starts Celery's soft shutdown: wait
+    # jobs.shutdown_wait_s for the running job, then stop it and put it back on the queue.
+    # billiard reads this when it is first imported, hence before the import below.
+    os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
     from soma.jobs.worker import run_worker
 
     return run_worker(_settings(args), args.queues, args.concurrency)

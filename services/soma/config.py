@@ -88,6 +88,10 @@ class JobsSettings(_Section):
     max_retries: int = Field(3, ge=0, description="Retries of a job whose dependency was unavailable.")
     retry_backoff_s: float = Field(2.0, gt=0, description="First retry delay; doubles on each retry.")
     teacher_address: str = Field("", description="host:port of the teacher service the mining jobs ask.")
+    max_deliveries: int = Field(3, ge=1, description="A job delivered more often (its worker died each time) fails.")
+    shutdown_wait_s: float = Field(
+        10.0, ge=0, description="On SIGTERM a worker waits this long, then requeues its job."
+    )
     worker_threads: int = Field(1, ge=1, description="torch threads of a job; keeps serving latency intact on CPU.")
     budget: Literal["tiny", "cpu", "paper"] = Field("cpu", description="Method config preset of the jobs. GPU: paper.")
     method: dict[str, Any] = Field(

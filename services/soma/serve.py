@@ -85,14 +85,20 @@ def build_server(target: str, settings: Settings) -> SomaServer:
     if "surrogate" in wanted:
         from soma.algo.config import LoraConfig  # noqa: PLC0415
         from soma.algo.lora_train import SessionAdapters  # noqa: PLC0415
+        from soma.errors import FailedPrecondition  # noqa: PLC0415
         from soma.storage.adapter_store import open_store  # noqa: PLC0415
         from soma.surrogate import service as surrogate  # noqa: PLC0415
         from soma.surrogate.adapter_cache import AdapterCache  # noqa: PLC0415
 
         backend = _chat_backend(paths["surrogate"], settings.surrogate, "surrogate")
+        try:
+            store = open_store(settings.adapters)
+        except FailedPrecondition as err:
+            raise ConfigError(f"adapters (env SOMA_ADAPTERS__*): {err}") from None
         cache = AdapterCache(
             SessionAdapters(backend.model, LoraConfig()),
-            open_store(settings.adapters),
+            store,
+            base_model=settings.surrogate.model,
             max_count=settings.surrogate.adapter_cache_count,
             max_bytes=settings.surrogate.adapter_cache_mb * 1024 * 1024,
         )
@@ -147,20 +153,27 @@ def start_embedded_worker(settings: Settings, teacher_address: str, config_path=
     ]
     if config_path:
         cmd += ["--config", str(config_path)]
-    return subprocess.Popen(cmd, env=env)
+    return subprocess.Popen(cmd, env=env, start_new_session=True)  # a process group: its pool goes with it
 
 
-def stop_worker(proc, timeout_s: float = 30.0) -> None:
+def stop_worker(proc, timeout_s: float = 60.0) -> None:
+    import os  # noqa: PLC0415
     import signal  # noqa: PLC0415
     import subprocess  # noqa: PLC0415
 
     if proc is None or proc.poll() is not None:
         return
-    proc.send_signal(signal.SIGTERM)  # Celery's warm shutdown: the running job finishes or is requeued
+    # soft shutdown: the worker waits jobs.shutdown_wait_s for its running job, then puts it back on
+    # the queue; if it is still around after timeout_s (Celery can hang in its cold shutdown once the
+    # job is back), the whole process group goes
+    proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout_s)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
         proc.wait()
 
 
@@ -175,7 +188,9 @@ def run(target: str, settings: Settings, config_path=None) -> int:
     start_metrics_server(settings.telemetry.metrics_port, settings.server.host)
     server.install_signal_handlers()
     server.start()
-    worker = start_embedded_worker(settings, server.address, config_path) if target == "all" else None
+    # the worker asks the teacher on the private socket, like the process's own services do
+    teacher = server.local_address or server.address
+    worker = start_embedded_worker(settings, teacher, config_path) if target == "all" else None
     names = ", ".join(SERVICES_OF[target])
     print(f"soma serving target={target} ({names}) on {server.address}", flush=True)
     try:

@@ -47,25 +47,16 @@ def stack(tmp_path_factory):
         "SOMA_JOBS__BUDGET": "tiny",
         # slow enough training (no holdout, so no early stop) to kill a worker in the middle of it
         "SOMA_JOBS__METHOD": json.dumps({"lora.steps": 300, "lora.holdout_fraction": 0.0, "gate.acceptance_size": 1}),
+        "SOMA_JOBS__SHUTDOWN_WAIT_S": "1",
     }
     teacher = start_server("teacher", env=env, log_path=root / "teacher.log")
     env["SOMA_JOBS__TEACHER_ADDRESS"] = teacher.address
     mining = start_server("mining", env=env, log_path=root / "mining.log")
     training = start_server("training", env=env, log_path=root / "training.log")
-    log = open(root / "worker.log", "wb")  # noqa: SIM115
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "soma", "worker", "--queues", "soma.mining,soma.training"],
-        env={**os.environ, **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    yield {"root": root, "mining": mining.address, "training": training.address, "worker": worker}
-    worker.send_signal(signal.SIGTERM)
-    try:
-        worker.wait(30)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-    log.close()
+    stack = {"root": root, "mining": mining.address, "training": training.address, "env": env}
+    stack["worker"] = _start_worker(stack, "worker.log")
+    yield stack
+    _stop(stack["worker"])
     for server in (training, mining, teacher):
         server.stop()
 
@@ -116,6 +107,9 @@ def test_mining_then_training_through_the_services(stack):
             mining_pb2.SubmitMiningJobRequest(session_id="sess-1", generation=1, warm_turns=WARM)
         ).job
         assert again.job_id == job.job_id and again.state == common_pb2.JOB_STATE_SUCCEEDED  # idempotent
+        time.sleep(1.0)
+        worker_log = (stack["root"] / "worker.log").read_text()
+        assert worker_log.count("mining sess-1/1") == 1  # the resubmission did not run the job again
 
         request = training_pb2.SubmitTrainingJobRequest(
             session_id="sess-1",
@@ -172,3 +166,50 @@ def test_bad_job_requests_get_clear_errors(stack):
         with pytest.raises(grpc.RpcError) as info:
             mining.GetMiningJob(mining_pb2.GetMiningJobRequest(job_id="mine-nobody-1"))
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as info:  # a training job's id is not a mining job
+            mining.GetMiningJob(mining_pb2.GetMiningJobRequest(job_id="train-sess-1-1"))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND and "no mining job" in info.value.details()
+
+
+def _start_worker(stack, name: str) -> subprocess.Popen:
+    log = open(stack["root"] / name, "wb")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(
+        [sys.executable, "-m", "soma", "worker", "--queues", "soma.mining,soma.training"],
+        env={**os.environ, **stack["env"]},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: stopping it takes its pool children too
+    )
+
+
+def _stop(proc: subprocess.Popen, grace: float = 30) -> None:
+    from soma.serve import stop_worker
+
+    stop_worker(proc, grace)
+
+
+def test_a_stopped_worker_puts_its_running_job_back(stack):
+    """SIGTERM mid-job: the worker waits jobs.shutdown_wait_s, requeues the job and exits; the next
+    worker finishes it (the filesystem broker has no visibility timeout to fall back on)."""
+    with grpc.insecure_channel(stack["training"]) as t:
+        training = training_pb2_grpc.TrainingServiceStub(t)
+        job = training.SubmitTrainingJob(
+            training_pb2.SubmitTrainingJobRequest(session_id="sess-stop", generation=1, warm_turns=WARM)
+        ).job
+        deadline = time.monotonic() + 120
+        while training.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job.job_id)).job.state != (
+            common_pb2.JOB_STATE_RUNNING
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        stack["worker"].send_signal(signal.SIGTERM)
+        log = stack["root"] / "worker.log"
+        deadline = time.monotonic() + 60
+        while "Restoring 1 unacknowledged message" not in log.read_text():
+            assert time.monotonic() < deadline, "the stopped worker did not put its job back"
+            time.sleep(0.2)
+        _stop(stack["worker"], grace=10)  # what `soma serve` and Kubernetes do: SIGKILL after the grace
+        stack["worker"] = _start_worker(stack, "worker2.log")
+        final = _watch(training.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(job_id=job.job_id), timeout=300))
+        assert final[-1].state == common_pb2.JOB_STATE_SUCCEEDED, final[-1].message
+        assert "training sess-stop/1" in (stack["root"] / "worker2.log").read_text()

@@ -161,3 +161,61 @@ def test_adapter_cache_is_lru_bounded_by_count_and_bytes(tmp_path, trained):
         cache.acquire("missing", 1)
     cache.drop_session("a")
     assert ("a", 1) not in cache and cache.name("a", 1) not in adapters.names
+
+
+def test_session_ids_with_dots_get_peft_safe_names_and_base_model_is_checked(tmp_path, trained):
+    from soma.errors import FailedPrecondition
+    from soma.surrogate.adapter_cache import AdapterCache
+
+    _, adapters, weights, cfg_bytes = trained
+    local = LocalAdapterStore(tmp_path)
+    local.put(_manifest("user.42.chat", 1, weights, cfg_bytes), weights, cfg_bytes)
+    cache = AdapterCache(adapters, local, max_count=4, max_bytes=10**9, base_model="tiny")
+    name = cache.acquire("user.42.chat", 1)
+    assert "." not in name and name in adapters.names
+    other = AdapterCache(adapters, local, max_count=4, max_bytes=10**9, base_model="another-model")
+    with pytest.raises(FailedPrecondition, match="trained on 'tiny'"):
+        other.acquire("user.42.chat", 1)
+
+
+def test_a_generation_is_written_once(store, trained):
+    _, _, weights, cfg_bytes = trained
+    first = _manifest("sess-once", 1, weights, cfg_bytes)
+    store.put(first, weights, cfg_bytes)
+    import dataclasses
+
+    second = dataclasses.replace(first, metrics={"loss": 9.9})
+    store.put(second, weights, cfg_bytes)  # a redelivered job: the stored generation stays
+    assert store.get("sess-once", 1).manifest.metrics == {"loss": 0.5}
+
+
+def test_stored_adapter_configs_are_reduced_to_plain_lora():
+    from soma.algo.lora_train import safe_lora_config
+
+    cfg = safe_lora_config(
+        {
+            "peft_type": "LORA",
+            "r": 4,
+            "lora_alpha": 8,
+            "target_modules": ["q_proj"],
+            "init_lora_weights": "pissa",
+            "modules_to_save": ["lm_head"],
+            "bias": "none",
+        }
+    )
+    assert cfg.r == 4 and cfg.init_lora_weights is True and cfg.modules_to_save is None
+    with pytest.raises(ValueError, match="not LoRA"):
+        safe_lora_config({"peft_type": "PREFIX_TUNING"})
+    with pytest.raises(ValueError, match="rank"):
+        safe_lora_config({"peft_type": "LORA", "r": 100000})
+    with pytest.raises(ValueError, match="bias"):
+        safe_lora_config({"peft_type": "LORA", "r": 4, "bias": "all"})
+
+
+def test_missing_bucket_is_a_configuration_error(s3, tmp_path):
+    from soma.storage.adapter_store import StoreMisconfigured
+
+    store, _ = s3
+    ghost = S3AdapterStore(store.client, "no-such-bucket")
+    with pytest.raises(StoreMisconfigured, match="NoSuchBucket"):
+        ghost.get("sess", 1)

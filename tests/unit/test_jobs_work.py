@@ -94,3 +94,23 @@ def test_bad_job_input_is_refused(resources):
     bad_case = [{"turn_index": 9, "verbalized_prompt": "v", "teacher_answer": "a", "hardness": 1.0}]
     with pytest.raises(ValueError, match="names warm turn 9"):
         work.run_training(resources, "s", 1, WARM, [], bad_case, lambda f, s: None)
+
+
+def test_a_refused_submission_leaves_no_marker(tmp_path):
+    from soma.config import JobsSettings
+    from soma.errors import Unavailable
+    from soma.jobs.app import make_celery
+    from soma.jobs.queue import JobQueue
+    from tests.servers import free_port
+
+    settings = JobsSettings(broker_url=f"redis://127.0.0.1:{free_port()}/0", local_dir=tmp_path)
+    app = make_celery(settings)  # file result backend, unreachable Redis broker
+    app.conf.task_publish_retry = False
+    app.conf.broker_connection_timeout = 1
+    queue = JobQueue(app, settings)
+    with pytest.raises(Unavailable, match="job queue is unreachable"):
+        queue.submit("mine", "sess-x", 1, [WARM])
+    from soma.errors import NotFound
+
+    with pytest.raises(NotFound):
+        queue.status("mine-sess-x-1")  # nothing was enqueued, so nothing claims to be queued

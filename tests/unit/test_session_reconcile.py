@@ -98,3 +98,32 @@ def test_gate_rejection_retries_and_drift_rolls_back():
     rolled = on_turn(rolled, 9, True, POLICY)
     rolled = on_turn(rolled, 10, True, POLICY)
     assert rolled.adaptation.phase is Phase.ADAPTING and rolled.adaptation.generation == 2
+
+
+def test_refused_submissions_are_retried_without_using_an_attempt():
+    from soma.session.reconcile import job_submit_failed
+
+    live, _ = reconcile(_adapting(), None, 0.0, POLICY)
+    live = job_submit_failed(live, "queue down", 0.0, POLICY)
+    assert live.step == "idle" and live.adaptation.attempts == 0 and live.not_before == 10.0
+    live, actions = reconcile(live, None, 10.0, POLICY)
+    assert actions == [SubmitMining(1)]
+    live = job_submitted(live, "m", 10.0)
+    live, actions = reconcile(live, JobObservation("m", "SUCCEEDED", {"cases": []}), 11.0, POLICY)
+    assert actions == [SubmitTraining(1, {"cases": []})]
+    live = job_submit_failed(live, "queue down", 11.0, POLICY)
+    assert reconcile(live, None, 15.0, POLICY)[1] == []
+    live, actions = reconcile(live, None, 21.0, POLICY)
+    assert actions == [SubmitTraining(1, {"cases": []})] and live.adaptation.attempts == 0
+
+
+def test_a_lost_gate_call_is_asked_again():
+    live, _ = reconcile(_adapting(), None, 0.0, POLICY)
+    live = job_submitted(live, "m", 0.0)
+    live, _ = reconcile(live, JobObservation("m", "SUCCEEDED", {}), 1.0, POLICY)
+    live = job_submitted(live, "t", 1.0)
+    live, actions = reconcile(live, JobObservation("t", "SUCCEEDED", {"uri": "u"}), 2.0, POLICY)
+    assert actions == [RunGate(1, {"uri": "u"})]
+    assert reconcile(live, None, 5.0, POLICY)[1] == []  # give the gate call time
+    live, actions = reconcile(live, None, 13.0, POLICY)
+    assert actions == [RunGate(1, {"uri": "u"})]  # no result came back: ask again

@@ -232,6 +232,18 @@ def mining_stage(
     )
 
 
+def training_split(
+    variant: Variant, warm: Sequence[Case], mined: Sequence[Case], cfg: MethodConfig, seed: int
+) -> tuple[list[Case], list[Case]]:
+    """(training set H, acceptance batch B), deterministic in the seed."""
+    cases = [*warm, *mined]
+    if variant.gate == "in_sample_threshold":
+        return list(cases), list(cases)
+    training, acceptance = split_acceptance(cases, cfg.gate.acceptance_size, random.Random(seed))
+    kept_warm = sorted((c for c in training if c.source == "warm"), key=lambda c: c.hardness, reverse=True)
+    return kept_warm[: cfg.lora.top_warm] + [c for c in training if c.source != "warm"], acceptance
+
+
 def training_stage(
     variant: Variant,
     warm: Sequence[Case],
@@ -244,14 +256,7 @@ def training_stage(
     progress: Callable[[int, float], None] | None = None,
 ) -> TrainedStage:
     """Hold out the acceptance batch (whole turns), then train a fresh adapter on the rest."""
-    rng = random.Random(seed)
-    cases = [*warm, *mined]
-    if variant.gate == "in_sample_threshold":
-        training, acceptance = list(cases), list(cases)
-    else:
-        training, acceptance = split_acceptance(cases, cfg.gate.acceptance_size, rng)
-    kept_warm = sorted((c for c in training if c.source == "warm"), key=lambda c: c.hardness, reverse=True)
-    training = kept_warm[: cfg.lora.top_warm] + [c for c in training if c.source != "warm"]
+    training, acceptance = training_split(variant, warm, mined, cfg, seed)
     report = lora_train.train(
         surrogate.adapters,
         adapter,

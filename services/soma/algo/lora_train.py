@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-from peft.config import PeftConfigMixin
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
@@ -126,7 +125,7 @@ class SessionAdapters:
 
     def load(self, name: str, weights: bytes, config: bytes) -> None:
         """Add adapter `name` from exported bytes (safetensors only: no pickle is ever read)."""
-        peft_config = PeftConfigMixin.from_peft_type(**json.loads(config))
+        peft_config = safe_lora_config(json.loads(config))
         state = safetensors_load(weights)
         with self.lock:
             if name in self.names:
@@ -141,6 +140,24 @@ class SessionAdapters:
         missing = [k for k in result.missing_keys if "lora_" in k and f".{name}." in k]
         if missing:
             raise RuntimeError(f"adapter {name!r}: state is missing {len(missing)} LoRA tensors, e.g. {missing[0]}")
+
+
+_SAFE_FIELDS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "task_type")
+
+
+def safe_lora_config(raw: dict) -> PeftLoraConfig:
+    """A stored adapter's config, reduced to plain LoRA: nothing in it may touch the shared base
+    weights (PiSSA/OLoRA inits rewrite them, modules_to_save replaces them) or grow without bound."""
+    if raw.get("peft_type") not in ("LORA", None):
+        raise ValueError(f"adapter type {raw.get('peft_type')!r} is not LoRA")
+    fields = {k: raw[k] for k in _SAFE_FIELDS if k in raw and raw[k] is not None}
+    rank = int(fields.get("r", 8))
+    if not 1 <= rank <= 256:
+        raise ValueError(f"adapter rank {rank} is outside 1..256")
+    if fields.get("bias", "none") != "none":
+        raise ValueError("adapter trains biases; only bias='none' adapters are accepted")
+    fields["target_modules"] = sorted(fields.get("target_modules") or [])
+    return PeftLoraConfig(**fields)
 
 
 @dataclass

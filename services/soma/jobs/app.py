@@ -4,8 +4,10 @@ Cluster mode uses Redis as broker and result backend; embedded mode uses Celery'
 transport and file result backend under `jobs.local_dir`, so `soma serve --target all` needs
 no broker process. The task code is the same in both.
 
-Delivery: `acks_late` + `reject_on_worker_lost` (a job whose worker dies is delivered again),
-prefetch 1 (a long job never holds a second one hostage), soft and hard time limits.
+Delivery: `acks_late` + `reject_on_worker_lost` (a job whose worker process dies is delivered
+again), a soft shutdown that requeues the running job when the worker is stopped, prefetch 1 (a
+long job never holds a second one hostage), soft and hard time limits, and a cap on deliveries
+(soma.jobs.tasks) so a job that keeps killing its worker ends FAILED instead of looping.
 """
 
 from __future__ import annotations
@@ -54,5 +56,10 @@ def make_celery(settings: JobsSettings) -> Celery:
         accept_content=["json"],
         result_extended=True,
         worker_hijack_root_logger=False,
+        # on SIGTERM a worker waits this long for its running job, then stops it and puts it back
+        # on the queue (acks_late): a job is never lost because its worker was stopped
+        worker_soft_shutdown_timeout=settings.shutdown_wait_s,
+        worker_enable_soft_shutdown_on_idle=True,
+        result_expires=7 * 24 * 3600,  # job status (and the submission marker) outlive any session's adaptation
     )
     return app

@@ -17,7 +17,7 @@ from celery.result import AsyncResult
 from opentelemetry import propagate
 
 from soma.config import JobsSettings
-from soma.errors import NotFound
+from soma.errors import NotFound, Unavailable
 from soma.jobs.app import MINE_TASK, TRAIN_TASK
 from soma.storage.adapter_store import check_key
 
@@ -55,30 +55,49 @@ class JobQueue:
     def _marker(self, jid: str) -> bytes:
         return f"soma-submitted-{jid}".encode()  # bytes: the file backend's key type; Redis takes either
 
+    def _read_marker(self, jid: str) -> dict | None:
+        raw = self.app.backend.get(self._marker(jid))
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:  # the file backend writes in place: a racing read may see it half written
+            time.sleep(0.05)
+            raw = self.app.backend.get(self._marker(jid))
+            return json.loads(raw) if raw else None
+
     def submit(self, kind: str, session_id: str, generation: int, args: list[Any]) -> JobView:
         task, queue_key = KINDS[kind]
         jid = job_id(kind, session_id, generation)
-        if self.app.backend.get(self._marker(jid)) is None:
+        if self._read_marker(jid) is None:
             marker = {"session_id": session_id, "generation": generation, "kind": kind, "submitted": time.time()}
             self.app.backend.set(self._marker(jid), json.dumps(marker))
             headers: dict[str, str] = {}
             propagate.inject(headers)  # the job's spans join the submitter's trace
-            self.app.send_task(
-                task,
-                args=[session_id, generation, *args],
-                task_id=jid,
-                queue=getattr(self.settings, queue_key),
-                headers=headers,
-            )
-        return self.status(jid)
+            try:
+                self.app.send_task(
+                    task,
+                    args=[session_id, generation, *args],
+                    task_id=jid,
+                    queue=getattr(self.settings, queue_key),
+                    headers=headers,
+                )
+            except Exception as err:  # noqa: BLE001 - the broker's errors vary by transport
+                self.app.backend.delete(self._marker(jid))  # not enqueued: a retry must enqueue it
+                raise Unavailable(f"the job queue is unreachable ({type(err).__name__}: {err}); retry later") from err
+        return self.status(jid, kind)
 
-    def status(self, jid: str) -> JobView:
-        raw = self.app.backend.get(self._marker(jid))
-        if raw is None:
-            raise NotFound(f"no job {jid!r}; submit it first")
-        marker = json.loads(raw)
+    def status(self, jid: str, kind: str | None = None) -> JobView:
+        marker = self._read_marker(jid)
+        if marker is None or (kind is not None and marker.get("kind") != kind):
+            what = {"mine": "mining ", "train": "training "}.get(kind or "", "")
+            raise NotFound(f"no {what}job {jid!r}; submit it first")
         result = AsyncResult(jid, app=self.app)
         state, info = result.state, result.info
+        if state == "PENDING":  # the file backend rewrites in place: a read mid-write looks PENDING
+            time.sleep(0.02)
+            result = AsyncResult(jid, app=self.app)
+            state, info = result.state, result.info
         attempt = int(getattr(result, "retries", 0) or 0) + 1
         common = {"job_id": jid, "session_id": marker["session_id"], "generation": int(marker["generation"])}
         if state == "PENDING":

@@ -63,10 +63,13 @@ def _check_ids(session_id: str, generation: int) -> None:
     job_id("x", session_id, generation)  # raises InvalidArgument for unsafe session ids
 
 
-def _watch(queue: JobQueue, jid: str, context: grpc.ServicerContext, make) -> Iterator:
+def _watch(queue: JobQueue, jid: str, kind: str, context: grpc.ServicerContext, make) -> Iterator:
     last = None
     while context.is_active():
-        view = queue.status(jid)
+        view = queue.status(jid, kind)
+        if view.state == "QUEUED" and last is not None and last[0] != "QUEUED":
+            time.sleep(WATCH_POLL_S)  # a started job never goes back to queued: a torn read, look again
+            continue
         key = (view.state, round(view.progress, 4), view.stage, view.message, view.attempt)
         if key != last:
             last = key
@@ -86,7 +89,7 @@ class MiningServicer(mining_pb2_grpc.MiningServiceServicer):
         return mining_pb2.SubmitMiningJobResponse(job=job_status(view))
 
     def GetMiningJob(self, request, context):
-        view = self.queue.status(request.job_id)
+        view = self.queue.status(request.job_id, "mine")
         response = mining_pb2.GetMiningJobResponse(job=job_status(view))
         if view.state == "SUCCEEDED" and view.result:
             for c in view.result["cases"]:
@@ -105,7 +108,9 @@ class MiningServicer(mining_pb2_grpc.MiningServiceServicer):
         return response
 
     def WatchMiningJob(self, request, context):
-        yield from _watch(self.queue, request.job_id, context, lambda job: mining_pb2.WatchMiningJobResponse(job=job))
+        yield from _watch(
+            self.queue, request.job_id, "mine", context, lambda job: mining_pb2.WatchMiningJobResponse(job=job)
+        )
 
 
 class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
@@ -136,7 +141,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         return training_pb2.SubmitTrainingJobResponse(job=job_status(view))
 
     def GetTrainingJob(self, request, context):
-        view = self.queue.status(request.job_id)
+        view = self.queue.status(request.job_id, "train")
         response = training_pb2.GetTrainingJobResponse(job=job_status(view))
         if view.state == "SUCCEEDED" and view.result:
             r = view.result
@@ -155,7 +160,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
 
     def WatchTrainingJob(self, request, context):
         yield from _watch(
-            self.queue, request.job_id, context, lambda job: training_pb2.WatchTrainingJobResponse(job=job)
+            self.queue, request.job_id, "train", context, lambda job: training_pb2.WatchTrainingJobResponse(job=job)
         )
 
 

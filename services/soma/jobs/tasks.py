@@ -63,6 +63,17 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         "max_retries": settings.jobs.max_retries,
     }
 
+    def count_delivery(task: Any) -> None:
+        """Fail a job delivered more than jobs.max_deliveries times (each time its worker died)."""
+        key = f"soma-deliveries-{task.request.id}".encode()
+        raw = task.backend.get(key)
+        count = (int(raw) if raw else 0) + 1
+        task.backend.set(key, str(count))
+        if count > settings.jobs.max_deliveries:
+            raise RuntimeError(
+                f"job {task.request.id} was delivered {count} times and its worker died each time; giving up"
+            )
+
     def reporter(task: Any, session_id: str, generation: int):
         def progress(fraction: float, stage: str) -> None:
             meta = {"progress": fraction, "stage": stage, "session_id": session_id, "generation": generation}
@@ -72,6 +83,8 @@ def register_tasks(app: Celery, settings: Settings) -> None:
 
     @app.task(name=MINE_TASK, bind=True, **retry)
     def mine(self, session_id: str, generation: int, warm_turns: list[dict]) -> dict:
+        if not self.request.retries:
+            count_delivery(self)
         log.info("mining %s/%s (attempt %s)", session_id, generation, self.request.retries + 1)
         return work.run_mining(resources(), session_id, generation, warm_turns, reporter(self, session_id, generation))
 
@@ -79,6 +92,8 @@ def register_tasks(app: Celery, settings: Settings) -> None:
     def train(
         self, session_id: str, generation: int, warm_turns: list[dict], warm_hardness: list[float], mined: list[dict]
     ) -> dict:
+        if not self.request.retries:
+            count_delivery(self)
         log.info("training %s/%s (attempt %s)", session_id, generation, self.request.retries + 1)
         return work.run_training(
             resources(),

@@ -17,12 +17,15 @@ from soma.algo.adaptation import (
     Surrogate,
     acceptance_answers,
     mining_stage,
+    training_split,
     training_stage,
 )
 from soma.algo.config import MethodConfig
 from soma.algo.mining import WarmTurn
 from soma.algo.teacher_client import TeacherClient, VerbalizedTeacher, prompted_messages
+from soma.errors import NotFound
 from soma.storage.adapter_store import AdapterStore, build_manifest
+from soma.surrogate.adapter_cache import adapter_name
 
 Progress = Callable[[float, str], None]
 
@@ -143,47 +146,71 @@ def run_training(
     """Train a fresh adapter, store it, and answer the held-out acceptance batch."""
     turns = warm_turns_from_json(warm_rows)
     warm, mined = cases_from_json(turns, warm_hardness, mined_rows)
-    name = f"job-{session_id}-{generation}"
+    name = "job" + adapter_name(session_id, generation)  # PEFT-safe even for session ids with '.'
+    seed = seed_of(session_id, generation)
     steps = res.cfg.lora.steps
-    progress(0.0, "training")
     try:
-        trained = training_stage(
-            VARIANTS["soma"],
-            warm,
-            mined,
-            surrogate=res.surrogate,
-            cfg=res.cfg,
-            adapter=name,
-            seed=seed_of(session_id, generation),
-            progress=lambda step, loss: progress(0.8 * step / steps, f"training step {step}/{steps} (loss={loss:.4f})"),
-        )
-        progress(0.85, "answering the acceptance batch")
-        examples = acceptance_answers(res.surrogate, name, trained.acceptance, res.cfg)
+        existing = res.store.get(session_id, generation)
+    except NotFound:
+        existing = None
+    try:
+        if existing is not None:
+            # a redelivered job whose adapter was already stored: answer the gate with *that* adapter
+            progress(0.85, "adapter already stored; answering the acceptance batch")
+            training, acceptance = training_split(VARIANTS["soma"], warm, mined, res.cfg, seed)
+            res.surrogate.adapters.load(name, existing.weights, existing.config)
+            metrics = dict(existing.manifest.metrics)
+        else:
+            progress(0.0, "training")
+            trained = training_stage(
+                VARIANTS["soma"],
+                warm,
+                mined,
+                surrogate=res.surrogate,
+                cfg=res.cfg,
+                adapter=name,
+                seed=seed,
+                progress=lambda step, loss: progress(
+                    0.8 * step / steps, f"training step {step}/{steps} (loss={loss:.4f})"
+                ),
+            )
+            training, acceptance = trained.training, trained.acceptance
+            report = trained.report
+            metrics = {
+                "train_loss": report.train_loss[-1] if report.train_loss else 0.0,
+                "best_holdout_loss": min((v for _, v in report.holdout_loss), default=0.0),
+                "steps": float(report.steps),
+                "best_step": float(report.best_step),
+                "examples": float(report.examples),
+                "seconds": report.seconds,
+            }
+            progress(0.85, "answering the acceptance batch")
+        examples = acceptance_answers(res.surrogate, name, acceptance, res.cfg)
         weights, config = res.surrogate.adapters.export(name)
     finally:
         res.surrogate.adapters.delete(name)
-    report = trained.report
-    metrics = {
-        "train_loss": report.train_loss[-1] if report.train_loss else 0.0,
-        "best_holdout_loss": min((v for _, v in report.holdout_loss), default=0.0),
-        "steps": float(report.steps),
-        "best_step": float(report.best_step),
-        "examples": float(report.examples),
-        "seconds": report.seconds,
-    }
-    manifest = build_manifest(
-        session_id, generation, weights, config, base_model=res.surrogate_model, rank=res.cfg.lora.rank, metrics=metrics
-    )
-    progress(0.95, "storing the adapter")
-    uri = res.store.put(manifest, weights, config)
+    if existing is None:
+        manifest = build_manifest(
+            session_id,
+            generation,
+            weights,
+            config,
+            base_model=res.surrogate_model,
+            rank=res.cfg.lora.rank,
+            metrics=metrics,
+        )
+        progress(0.95, "storing the adapter")
+        res.store.put(manifest, weights, config)
+    stored = res.store.get(session_id, generation).manifest  # a generation is written once: report what is stored
+    uri = res.store.uri(session_id, generation)
     progress(1.0, "trained")
     return {
         "uri": uri,
-        "sha256": manifest.files["adapter_model.safetensors"]["sha256"],
+        "sha256": stored.files["adapter_model.safetensors"]["sha256"],
         "base_model": res.surrogate_model,
         "rank": res.cfg.lora.rank,
-        "metrics": metrics,
+        "metrics": dict(stored.metrics),
         "acceptance": [{"teacher_answer": f, "old_answer": o, "new_answer": n} for f, o, n in examples],
-        "training_keys": [c.key for c in trained.training],
-        "acceptance_keys": [c.key for c in trained.acceptance],
+        "training_keys": [c.key for c in training],
+        "acceptance_keys": [c.key for c in acceptance],
     }

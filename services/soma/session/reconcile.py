@@ -91,6 +91,10 @@ def reconcile(
             SubmitMining(generation)
         ]
     if live.step in ("mining", "training") and phase in (Phase.ADAPTING, Phase.GATING):
+        if live.step == "training" and live.job_started is None:  # its submission failed: again, after backoff
+            if now < live.not_before:
+                return live, []
+            return replace(live, job_started=now), [SubmitTraining(generation, live.mined or {})]
         if observed is None or observed.job_id != live.job_id:
             if live.job_started is not None and now - live.job_started > policy.job_timeout_s:
                 return _failed(live, f"{live.step} job timed out after {policy.job_timeout_s:.0f} s", now, policy), []
@@ -101,14 +105,28 @@ def reconcile(
                     SubmitTraining(generation, observed.result or {})
                 ]
             adaptation = machine.on_training_done(live.adaptation, generation)
-            return replace(live, adaptation=adaptation, step="gating", trained=observed.result), [
+            return replace(live, adaptation=adaptation, step="gating", trained=observed.result, job_started=now), [
                 RunGate(generation, observed.result or {})
             ]
         if observed.state in ("FAILED", "CANCELLED", "MISSING"):
             return _failed(live, f"{live.step} job {observed.state.lower()}: {observed.message}", now, policy), []
         if live.job_started is not None and now - live.job_started > policy.job_timeout_s:
             return _failed(live, f"{live.step} job timed out after {policy.job_timeout_s:.0f} s", now, policy), []
+    if live.step == "gating" and phase is Phase.GATING:
+        # the gate call is idempotent: when no result came back (the gate was down), ask again
+        if live.job_started is None or now - live.job_started > max(policy.backoff_s, 1.0):
+            return replace(live, job_started=now), [RunGate(generation, live.trained or {})]
     return live, []
+
+
+def job_submit_failed(live: LiveSession, reason: str, now: float, policy: ReconcilePolicy) -> LiveSession:
+    """The queue refused a submission (it was never enqueued): try again after the backoff, no
+    attempt used up; submissions are idempotent per (session, generation)."""
+    if live.step == "mining":
+        return replace(live, step="idle", job_id=None, job_started=None, not_before=now + policy.backoff_s)
+    if live.step == "training":
+        return replace(live, job_started=None, not_before=now + policy.backoff_s, job_id=None)
+    return live
 
 
 def job_submitted(live: LiveSession, job_id: str, now: float) -> LiveSession:

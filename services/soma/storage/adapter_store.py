@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -23,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from soma.errors import DataLoss, InvalidArgument, NotFound, Unavailable
+from soma.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from soma.session.records import is_valid_session_id
 
 WEIGHTS = "adapter_model.safetensors"
@@ -42,6 +43,13 @@ class AdapterCorrupt(DataLoss):
 
 class StoreUnavailable(Unavailable):
     pass
+
+
+class StoreMisconfigured(FailedPrecondition):
+    """The store answers but refuses us (no such bucket, bad credentials): retrying will not help."""
+
+
+_CONFIG_ERRORS = {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,8 @@ def verify(manifest: AdapterManifest, weights: bytes, config: bytes) -> StoredAd
 
 
 class AdapterStore(Protocol):
+    def uri(self, session_id: str, generation: int) -> str: ...
+
     def put(self, manifest: AdapterManifest, weights: bytes, config: bytes) -> str: ...
 
     def get(self, session_id: str, generation: int) -> StoredAdapter: ...
@@ -160,18 +170,24 @@ class LocalAdapterStore:
         return (self.root / check_key(session_id, generation)).as_uri()
 
     def put(self, manifest: AdapterManifest, weights: bytes, config: bytes) -> str:
+        """Publish a generation with one atomic rename. A generation is written once: when it exists
+        already (a redelivered job), the stored one stays and is what readers keep getting."""
         key = check_key(manifest.session_id, manifest.generation)
         verify(manifest, weights, config)
         final = self.root / key
+        if (final / MANIFEST).is_file():
+            return final.as_uri()
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{manifest.generation}-", dir=final.parent))
         try:
             (staging / WEIGHTS).write_bytes(weights)
             (staging / CONFIG).write_bytes(config)
             (staging / MANIFEST).write_bytes(manifest.to_json())
-            if final.exists():  # same (session, generation) again: an idempotent retry replaces it
-                shutil.rmtree(final)
-            os.replace(staging, final)
+            try:
+                os.rename(staging, final)
+            except OSError:
+                if not (final / MANIFEST).is_file():  # not a concurrent writer that won: a real error
+                    raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return final.as_uri()
@@ -232,7 +248,7 @@ class S3AdapterStore:
         return cls(client, bucket, create_bucket=create_bucket)
 
     def _call(self, fn):
-        from minio.error import S3Error
+        from minio.error import MinioException, S3Error
         from urllib3.exceptions import HTTPError
 
         try:
@@ -240,7 +256,14 @@ class S3AdapterStore:
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchObject"):
                 raise
+            if exc.code in _CONFIG_ERRORS:
+                raise StoreMisconfigured(
+                    f"adapter store s3://{self.bucket} refuses access: {exc.code}: {exc.message}; check "
+                    "adapters.s3_bucket and the credentials"
+                ) from exc
             raise StoreUnavailable(f"adapter store s3://{self.bucket}: {exc.code}: {exc.message}") from exc
+        except MinioException as exc:  # ServerError (5xx), InvalidResponseError, ...
+            raise StoreUnavailable(f"adapter store s3://{self.bucket}: {type(exc).__name__}: {exc}") from exc
         except (HTTPError, OSError) as exc:
             raise StoreUnavailable(f"adapter store s3://{self.bucket} is unreachable: {exc}") from exc
 
@@ -263,9 +286,22 @@ class S3AdapterStore:
 
         return self._call(read)
 
+    def _exists(self, name: str) -> bool:
+        from minio.error import S3Error
+
+        try:
+            self._call(lambda: self.client.stat_object(self.bucket, name))
+            return True
+        except S3Error:
+            return False
+
     def put(self, manifest: AdapterManifest, weights: bytes, config: bytes) -> str:
+        """Files first, manifest last (the commit marker). A generation is written once: when its
+        manifest exists already (a redelivered job), the stored generation stays as it is."""
         key = check_key(manifest.session_id, manifest.generation)
         verify(manifest, weights, config)
+        if self._exists(f"{key}/{MANIFEST}"):
+            return self.uri(manifest.session_id, manifest.generation)
         self._put(f"{key}/{WEIGHTS}", weights, "application/octet-stream")
         self._put(f"{key}/{CONFIG}", config, "application/json")
         self._put(f"{key}/{MANIFEST}", manifest.to_json(), "application/json")  # last: the commit marker
@@ -310,11 +346,28 @@ class S3AdapterStore:
         return count
 
 
-def open_store(settings: Any) -> AdapterStore:
-    """The configured store (soma.config.AdapterStoreSettings)."""
+def open_store(settings: Any, *, create_bucket: bool = False) -> AdapterStore:
+    """The configured store (soma.config.AdapterStoreSettings); S3 checks its bucket right away."""
     if settings.backend == "local":
         return LocalAdapterStore(settings.local_dir)
     access, secret = settings.credentials()
-    return S3AdapterStore.connect(
-        settings.s3_endpoint, settings.s3_bucket, access, secret, secure=settings.s3_secure, region=settings.s3_region
+    store = S3AdapterStore.connect(
+        settings.s3_endpoint,
+        settings.s3_bucket,
+        access,
+        secret,
+        secure=settings.s3_secure,
+        region=settings.s3_region,
+        create_bucket=create_bucket,
     )
+    try:
+        exists = create_bucket or store._call(lambda: store.client.bucket_exists(settings.s3_bucket))
+    except StoreUnavailable as err:  # unreachable now: serve anyway; each adapter load reports it
+        logging.getLogger("soma.storage").warning("%s; adapter loads will fail until it is back", err)
+        return store
+    if not exists:
+        raise StoreMisconfigured(
+            f"adapter store bucket {settings.s3_bucket!r} does not exist at {settings.s3_endpoint}; create it "
+            "(the Helm chart's bucket job does) or fix adapters.s3_bucket"
+        )
+    return store
