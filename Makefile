@@ -21,6 +21,9 @@ MODEL_PACKAGES := \
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
+	# redis-server (Debian) for the tests that run a real Redis; sudo only when not root
+	command -v redis-server >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --quiet --upgrade pip
 	# torch 2.13.0 is the CPU build on local disk; pin it first so nothing pulls a CUDA build.

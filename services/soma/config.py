@@ -153,7 +153,11 @@ class GateSettings(_Section):
 
 class DialogueSettings(_Section):
     teacher_address: str = Field("", description="host:port of the teacher service; empty = this process (target all).")
+    session_store: Literal["sqlite", "redis"] = Field("sqlite", description="Where sessions live. Cluster: redis.")
     session_db: Path = Field(Path(".soma/sessions.db"), description="SQLite session store (embedded mode).")
+    redis_url: str = Field(
+        "", description="Redis of the session store, e.g. redis://redis:6379/2 (session_store redis)."
+    )
     max_query_chars: int = Field(16_000, ge=1, description="Longest user query accepted.")
     max_system_prompt_chars: int = Field(16_000, ge=0, description="Longest system prompt accepted.")
     max_labels: int = Field(32, ge=0, description="Most labels a session may carry.")
@@ -164,6 +168,12 @@ class DialogueSettings(_Section):
     max_history_chars: int = Field(
         400_000, ge=1000, description="History sent to the model per turn; older turns beyond it are left out."
     )
+
+    @model_validator(mode="after")
+    def _redis_url(self) -> DialogueSettings:
+        if self.session_store == "redis" and not self.redis_url:
+            raise ValueError("dialogue.redis_url is required when dialogue.session_store is redis")
+        return self
 
     @field_validator("teacher_address")
     @classmethod

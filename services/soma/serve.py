@@ -123,7 +123,12 @@ def build_server(target: str, settings: Settings) -> SomaServer:
         from soma.storage.session_store import SqliteSessionStore  # noqa: PLC0415
 
         teacher_address = settings.dialogue.teacher_address or internal_address
-        store = SqliteSessionStore(settings.dialogue.session_db)
+        if settings.dialogue.session_store == "redis":
+            from soma.storage.redis_session_store import RedisSessionStore  # noqa: PLC0415
+
+            store = RedisSessionStore(settings.dialogue.redis_url)
+        else:
+            store = SqliteSessionStore(settings.dialogue.session_db)
         server.add(
             dialogue.hosted(
                 store,

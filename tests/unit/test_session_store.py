@@ -1,4 +1,5 @@
-"""The SQLite session store: atomic turns, tombstones, no lost or interleaved turns."""
+"""The session stores (SQLite, and Redis on a real redis-server): atomic turns, tombstones, no lost
+or interleaved turns."""
 
 import sqlite3
 import threading
@@ -20,9 +21,22 @@ def _turn(index: int, answer: str = "a") -> Turn:
     return Turn(index, f"q{index}", answer, ServedBy.TEACHER, "test", Phase.WARMUP, 10, 5, 12.0, 10.0, "stop")
 
 
-@pytest.fixture
-def store(tmp_path):
-    return SqliteSessionStore(tmp_path / "s.db")
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    from tests.servers import redis_server
+
+    with redis_server(tmp_path_factory.mktemp("redis")) as (url, _):
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        return SqliteSessionStore(tmp_path / "s.db")
+    from soma.storage.redis_session_store import RedisSessionStore
+
+    url = request.getfixturevalue("redis_url")
+    return RedisSessionStore(url, prefix=f"t{time.monotonic_ns()}:")  # a fresh namespace per test
 
 
 def _open(store, sid="s1", system=""):
@@ -89,14 +103,55 @@ def test_close_deletes_transcript_keeps_tombstone(store, tmp_path):
     state = store.close("s1")
     assert state.phase is Phase.CLOSED
     assert store.turns("s1") == []
-    rows = sqlite3.connect(tmp_path / "s.db").execute("SELECT count(*) FROM turns WHERE session_id='s1'").fetchone()
-    assert rows == (0,)
+    if isinstance(store, SqliteSessionStore):
+        rows = sqlite3.connect(tmp_path / "s.db").execute("SELECT count(*) FROM turns WHERE session_id='s1'")
+        assert rows.fetchone() == (0,)
+    else:
+        assert not store.redis.exists(f"{store.prefix}turns:s1")  # the transcript is really gone
     with pytest.raises(SessionClosed):
         store.close("s1")
     with pytest.raises(SessionClosed):
         store.append_turn("s1", _turn(2), Phase.WARMUP)
     with pytest.raises(SessionMissing):
         store.close("other")
+
+
+def test_racing_redis_writers_store_exactly_one_turn(redis_url):
+    from soma.storage.redis_session_store import RedisSessionStore
+
+    prefix = f"race{time.monotonic_ns()}:"
+    _open(RedisSessionStore(redis_url, prefix=prefix))
+    outcomes = []
+
+    def writer(k):
+        try:
+            RedisSessionStore(redis_url, prefix=prefix).append_turn("s1", _turn(1, f"w{k}"), Phase.WARMUP)
+            outcomes.append("ok")
+        except TurnConflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("ok") == 1 and outcomes.count("conflict") == 7
+    assert len(RedisSessionStore(redis_url, prefix=prefix).turns("s1")) == 1
+
+
+def test_redis_restart_between_turns_keeps_the_session(tmp_path):
+    from soma.storage.redis_session_store import RedisSessionStore
+    from tests.servers import free_port, redis_server
+
+    port = free_port()
+    with redis_server(tmp_path / "r", port) as (url, _):
+        store = RedisSessionStore(url)
+        _open(store)
+        store.append_turn("s1", _turn(1, "before"), Phase.WARMUP)
+    with redis_server(tmp_path / "r", port) as (url, _):  # the same data directory and port
+        state = store.append_turn("s1", _turn(2, "after"), Phase.WARMUP)  # the same client reconnects
+        assert state.turn_count == 2
+        assert [t.answer for t in store.turns("s1")] == ["before", "after"]
 
 
 def test_full_history_messages():
