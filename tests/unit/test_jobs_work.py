@@ -114,3 +114,25 @@ def test_a_refused_submission_leaves_no_marker(tmp_path):
 
     with pytest.raises(NotFound):
         queue.status("mine-sess-x-1")  # nothing was enqueued, so nothing claims to be queued
+
+
+def test_job_spans_join_the_submitters_trace(resources, spans, tmp_path):
+    from opentelemetry import propagate, trace
+
+    from soma.config import Settings
+    from soma.jobs.app import MINE_TASK, make_celery
+    from soma.jobs.tasks import register_tasks
+
+    settings = Settings(jobs={"local_dir": tmp_path})
+    app = make_celery(settings.jobs)
+    register_tasks(app, settings, resources_factory=lambda _settings: resources)
+    with trace.get_tracer("test").start_as_current_span("OpenSession") as parent:
+        headers: dict[str, str] = {}
+        propagate.inject(headers)  # what JobQueue.submit puts in the Celery message
+    result = app.tasks[MINE_TASK].apply(args=["sess-t", 1, WARM], headers=headers, task_id="mine-sess-t-1")
+    assert result.successful(), result.traceback
+    job = next(s for s in spans.get_finished_spans() if s.name == "soma.job.mine")
+    assert job.context.trace_id == parent.get_span_context().trace_id
+    assert job.parent.span_id == parent.get_span_context().span_id
+    assert job.attributes["gen_ai.conversation.id"] == "sess-t" and job.attributes["soma.adapter.generation"] == 1
+    assert any(e.name == "progress" and "mining step" in e.attributes["soma.stage"] for e in job.events)

@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 from celery import Celery
+from opentelemetry import propagate, trace
 
 from soma.config import Settings
 from soma.errors import Unavailable
@@ -20,6 +21,34 @@ from soma.jobs import work
 from soma.jobs.app import MINE_TASK, TRAIN_TASK
 
 log = logging.getLogger("soma.jobs")
+tracer = trace.get_tracer("soma.jobs")
+
+
+def trace_context(request: Any):
+    """The submitter's trace context from the task's message headers (W3C traceparent)."""
+    carrier = {}
+    headers = getattr(request, "headers", None) or {}
+    for key in ("traceparent", "tracestate"):
+        value = headers.get(key) if isinstance(headers, dict) else None
+        value = value or getattr(request, key, None)
+        if value:
+            carrier[key] = value
+    return propagate.extract(carrier)
+
+
+def _job_span(task: Any, kind: str, session_id: str, generation: int):
+    return tracer.start_as_current_span(
+        f"soma.job.{kind}",
+        context=trace_context(task.request),
+        kind=trace.SpanKind.CONSUMER,
+        attributes={
+            "gen_ai.conversation.id": session_id,
+            "soma.adapter.generation": generation,
+            "soma.job.id": str(task.request.id),
+            "soma.job.attempt": task.request.retries + 1,
+            "messaging.system": "celery",
+        },
+    )
 
 
 def load_resources(settings: Settings) -> work.JobResources:
@@ -45,14 +74,14 @@ def load_resources(settings: Settings) -> work.JobResources:
     return work.JobResources(surrogate, settings.surrogate.model, teacher, open_store(settings.adapters), cfg)
 
 
-def register_tasks(app: Celery, settings: Settings) -> None:
+def register_tasks(app: Celery, settings: Settings, resources_factory=None) -> None:
     holder: dict[str, work.JobResources] = {}
     lock = threading.Lock()
 
     def resources() -> work.JobResources:
         with lock:
             if "r" not in holder:
-                holder["r"] = load_resources(settings)
+                holder["r"] = (resources_factory or load_resources)(settings)
             return holder["r"]
 
     retry = {
@@ -78,6 +107,7 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         def progress(fraction: float, stage: str) -> None:
             meta = {"progress": fraction, "stage": stage, "session_id": session_id, "generation": generation}
             task.update_state(state="PROGRESS", meta=meta)
+            trace.get_current_span().add_event("progress", {"soma.progress": fraction, "soma.stage": stage})
 
         return progress
 
@@ -86,7 +116,10 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         if not self.request.retries:
             count_delivery(self)
         log.info("mining %s/%s (attempt %s)", session_id, generation, self.request.retries + 1)
-        return work.run_mining(resources(), session_id, generation, warm_turns, reporter(self, session_id, generation))
+        with _job_span(self, "mine", session_id, generation):
+            return work.run_mining(
+                resources(), session_id, generation, warm_turns, reporter(self, session_id, generation)
+            )
 
     @app.task(name=TRAIN_TASK, bind=True, **retry)
     def train(
@@ -95,12 +128,16 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         if not self.request.retries:
             count_delivery(self)
         log.info("training %s/%s (attempt %s)", session_id, generation, self.request.retries + 1)
-        return work.run_training(
-            resources(),
-            session_id,
-            generation,
-            warm_turns,
-            warm_hardness,
-            mined,
-            reporter(self, session_id, generation),
-        )
+        with _job_span(self, "train", session_id, generation) as span:
+            out = work.run_training(
+                resources(),
+                session_id,
+                generation,
+                warm_turns,
+                warm_hardness,
+                mined,
+                reporter(self, session_id, generation),
+            )
+            span.set_attribute("soma.adapter.uri", out["uri"])
+            span.set_attribute("soma.adapter.sha256", out["sha256"])
+            return out

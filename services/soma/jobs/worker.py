@@ -29,6 +29,9 @@ def run_worker(settings: Settings, queues: str, concurrency: int = 1) -> int:
         )
         return 2
     _exit_with_parent()
+    from soma.telemetry.tracing import setup_tracing
+
+    setup_tracing(f"{settings.telemetry.service_name}-worker", settings.telemetry.otlp_endpoint)
     app = make_celery(settings.jobs)
     register_tasks(app, settings)
     print(f"soma worker consuming {', '.join(names)}", flush=True)
