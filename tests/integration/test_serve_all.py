@@ -25,7 +25,14 @@ from soma.v1 import (
 
 pytestmark = pytest.mark.integration
 
-SERVICES = ["soma.v1.DialogueService", "soma.v1.TeacherService", "soma.v1.SurrogateService", "soma.v1.GateService"]
+SERVICES = [
+    "soma.v1.DialogueService",
+    "soma.v1.TeacherService",
+    "soma.v1.SurrogateService",
+    "soma.v1.GateService",
+    "soma.v1.MiningService",
+    "soma.v1.TrainingService",
+]
 
 
 def test_health_reports_every_service(channel):
@@ -35,7 +42,7 @@ def test_health_reports_every_service(channel):
             stub.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
         )
     with pytest.raises(grpc.RpcError) as info:
-        stub.Check(health_pb2.HealthCheckRequest(service="soma.v1.MiningService"))
+        stub.Check(health_pb2.HealthCheckRequest(service="soma.v1.NoSuchService"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
