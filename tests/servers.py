@@ -32,6 +32,15 @@ def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | Non
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
+def _terminate(proc: subprocess.Popen, timeout: float = 10) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextmanager
 def s3_server(log_dir: Path):
     """(endpoint 'host:port', process) of a moto S3 server; stopped on exit."""
@@ -43,11 +52,7 @@ def s3_server(log_dir: Path):
         wait_for_port(port, proc=proc)
         yield f"127.0.0.1:{port}", proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _terminate(proc)
         log.close()
 
 
@@ -86,9 +91,5 @@ def redis_server(data_dir: Path, port: int | None = None):
         wait_for_port(port, proc=proc)
         yield f"redis://127.0.0.1:{port}/0", proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _terminate(proc)
         log.close()

@@ -163,20 +163,7 @@ class DialogueRun:
         if "history-ft" in wanted:
             self.note("history-ft")
             pairs = [TrainingPair(w.messages, w.answer, ended=w.ended) for w in warm]
-            report = train(
-                self.pair.surrogate.adapters,
-                "history-ft",
-                self.pair.surrogate.tokenizer,
-                pairs,
-                cfg.lora,
-                weighted=False,
-                seed=seed,
-            )
-            outs = self._surrogate_batch("history-ft", full_post)
-            out["answers"]["history-ft"] = {str(t + 1): o.text for t, o in zip(post, outs, strict=True)}
-            out["tokens"]["history-ft"] = _tokens(surrogate=[_outcome(o) for o in outs])
-            out["adaptation"]["history-ft"] = {"seconds": {"training": report.seconds}, "training": _report(report)}
-            self.pair.surrogate.adapters.delete("history-ft")
+            self._fine_tuned("history-ft", pairs, full_post, post, seed, out)
 
         encoder = self.pair.encoder
         warm_emb = encoder.encode([q for q in queries[:warm_n]])
@@ -243,21 +230,25 @@ class DialogueRun:
                 TrainingPair(warm[i].messages, warm[i].answer, ended=warm[i].ended)
                 for i in sorted(rng.sample(range(warm_n), size))
             ]
-            report = train(
-                self.pair.surrogate.adapters,
-                "random-ft",
-                self.pair.surrogate.tokenizer,
-                pairs,
-                cfg.lora,
-                weighted=False,
-                seed=seed,
-            )
-            outs = self._surrogate_batch("random-ft", compressed_post)
-            out["answers"]["random-ft"] = {str(t + 1): o.text for t, o in zip(post, outs, strict=True)}
-            out["tokens"]["random-ft"] = _tokens(surrogate=[_outcome(o) for o in outs])
-            out["adaptation"]["random-ft"] = {"seconds": {"training": report.seconds}, "training": _report(report)}
-            self.pair.surrogate.adapters.delete("random-ft")
+            self._fine_tuned("random-ft", pairs, compressed_post, post, seed, out)
         return out
+
+    def _fine_tuned(self, name: str, pairs, contexts, post, seed: int, out: dict) -> None:
+        """A LoRA baseline: train adapter `name` on pairs (uniform weights), answer every post-switch turn."""
+        report = train(
+            self.pair.surrogate.adapters,
+            name,
+            self.pair.surrogate.tokenizer,
+            pairs,
+            self.options.cfg.lora,
+            weighted=False,
+            seed=seed,
+        )
+        outs = self._surrogate_batch(name, contexts)
+        out["answers"][name] = {str(t + 1): o.text for t, o in zip(post, outs, strict=True)}
+        out["tokens"][name] = _tokens(surrogate=[_outcome(o) for o in outs])
+        out["adaptation"][name] = {"seconds": {"training": report.seconds}, "training": _report(report)}
+        self.pair.surrogate.adapters.delete(name)
 
     def _live_session(self, name, outcome, post, forced, original, locality, warm_n, seed) -> dict:
         """Drive soma.session + the drift monitor over the post-switch turns; who serves each turn."""

@@ -77,3 +77,38 @@ def chat_messages(state: SessionState, history: list[Turn], query: str) -> list[
         messages.append({"role": "assistant", "content": turn.answer})
     messages.append({"role": "user", "content": query})
     return messages
+
+
+def turn_to_dict(turn: Turn) -> dict:
+    """A turn as JSON-able data (how the session stores keep it)."""
+    return {
+        "turn_index": turn.turn_index,
+        "query": turn.query,
+        "answer": turn.answer,
+        "served_by": turn.served_by.value,
+        "route_reason": turn.route_reason,
+        "phase": turn.phase.value,
+        "prompt_tokens": turn.prompt_tokens,
+        "completion_tokens": turn.completion_tokens,
+        "latency_ms": turn.latency_ms,
+        "model_latency_ms": turn.model_latency_ms,
+        "finish_reason": turn.finish_reason,
+        "dropped_messages": turn.dropped_messages,
+    }
+
+
+def turn_from_dict(r: dict) -> Turn:
+    return Turn(
+        turn_index=r["turn_index"],
+        query=r["query"],
+        answer=r["answer"],
+        served_by=ServedBy(r["served_by"]),
+        route_reason=r["route_reason"],
+        phase=Phase(r["phase"]),
+        prompt_tokens=r["prompt_tokens"],
+        completion_tokens=r["completion_tokens"],
+        latency_ms=r["latency_ms"],
+        model_latency_ms=r["model_latency_ms"],
+        finish_reason=r["finish_reason"],
+        dropped_messages=r.get("dropped_messages", 0),
+    )

@@ -13,7 +13,7 @@ import json
 import time
 from typing import Any
 
-from soma.session.records import Phase, ServedBy, SessionState, Turn
+from soma.session.records import Phase, ServedBy, SessionState, Turn, turn_from_dict, turn_to_dict
 from soma.storage.session_store import SessionClosed, SessionExists, SessionMissing, TurnConflict
 
 _CREATE = """
@@ -61,41 +61,11 @@ def _state(raw: dict[str, str]) -> SessionState:
 
 
 def _turn_json(turn: Turn) -> str:
-    return json.dumps(
-        {
-            "turn_index": turn.turn_index,
-            "query": turn.query,
-            "answer": turn.answer,
-            "served_by": turn.served_by.value,
-            "route_reason": turn.route_reason,
-            "phase": turn.phase.value,
-            "prompt_tokens": turn.prompt_tokens,
-            "completion_tokens": turn.completion_tokens,
-            "latency_ms": turn.latency_ms,
-            "model_latency_ms": turn.model_latency_ms,
-            "finish_reason": turn.finish_reason,
-            "dropped_messages": turn.dropped_messages,
-        },
-        ensure_ascii=False,
-    )
+    return json.dumps(turn_to_dict(turn), ensure_ascii=False)
 
 
 def _turn(raw: str) -> Turn:
-    r = json.loads(raw)
-    return Turn(
-        turn_index=r["turn_index"],
-        query=r["query"],
-        answer=r["answer"],
-        served_by=ServedBy(r["served_by"]),
-        route_reason=r["route_reason"],
-        phase=Phase(r["phase"]),
-        prompt_tokens=r["prompt_tokens"],
-        completion_tokens=r["completion_tokens"],
-        latency_ms=r["latency_ms"],
-        model_latency_ms=r["model_latency_ms"],
-        finish_reason=r["finish_reason"],
-        dropped_messages=r.get("dropped_messages", 0),
-    )
+    return turn_from_dict(json.loads(raw))
 
 
 class RedisSessionStore:

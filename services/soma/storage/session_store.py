@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from soma.session.records import Phase, ServedBy, SessionState, Turn
+from soma.session.records import Phase, ServedBy, SessionState, Turn, turn_from_dict, turn_to_dict
 
 
 class SessionExists(Exception):
@@ -94,19 +94,10 @@ def _open_state(conn: sqlite3.Connection, session_id: str) -> SessionState:
 
 
 def _turn_record(turn: Turn) -> str:
-    return json.dumps(
-        {
-            "served_by": turn.served_by.value,
-            "route_reason": turn.route_reason,
-            "phase": turn.phase.value,
-            "prompt_tokens": turn.prompt_tokens,
-            "completion_tokens": turn.completion_tokens,
-            "latency_ms": turn.latency_ms,
-            "model_latency_ms": turn.model_latency_ms,
-            "finish_reason": turn.finish_reason,
-            "dropped_messages": turn.dropped_messages,
-        }
-    )
+    record = turn_to_dict(turn)
+    for key in ("turn_index", "query", "answer"):  # columns of their own
+        record.pop(key)
+    return json.dumps(record)
 
 
 class SqliteSessionStore:
@@ -170,26 +161,17 @@ class SqliteSessionStore:
         rows = (
             self._conn().execute("SELECT * FROM turns WHERE session_id=? ORDER BY turn_index", (session_id,)).fetchall()
         )
-        result = []
-        for row in rows:
-            rec = json.loads(row["record"])
-            result.append(
-                Turn(
-                    turn_index=row["turn_index"],
-                    query=row["query"],
-                    answer=row["answer"],
-                    served_by=ServedBy(rec["served_by"]),
-                    route_reason=rec["route_reason"],
-                    phase=Phase(rec["phase"]),
-                    prompt_tokens=rec["prompt_tokens"],
-                    completion_tokens=rec["completion_tokens"],
-                    latency_ms=rec["latency_ms"],
-                    model_latency_ms=rec["model_latency_ms"],
-                    finish_reason=rec["finish_reason"],
-                    dropped_messages=rec.get("dropped_messages", 0),
-                )
+        return [
+            turn_from_dict(
+                {
+                    **json.loads(row["record"]),
+                    "turn_index": row["turn_index"],
+                    "query": row["query"],
+                    "answer": row["answer"],
+                }
             )
-        return result
+            for row in rows
+        ]
 
     def append_turn(self, session_id: str, turn: Turn, new_phase: Phase) -> SessionState:
         """Store the next turn and update counters atomically.
