@@ -89,8 +89,14 @@ def test_report_schema_and_every_method_answered(bench):
         assert row["dialogues"] == 2, method
         assert 0.0 <= row["cosine_ci"][0] <= row["cosine"] <= row["cosine_ci"][1] <= 1.0 + 1e-6, method
         if method != "soma":
-            assert set(row["soma_minus"]) == {"mean", "ci", "dialogues"}
+            assert set(row["soma_minus"]) == {"mean", "ci", "dialogues", "reference"}
     assert report["summary"]["original"]["cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert report["summary"]["router"]["soma_minus"]["reference"] == "soma@served"  # same share of F turns
+    for variant in ("soma", "soma-no-antidegen", "soma-no-expweight", "soma-ref"):
+        served = report["summary"][f"{variant}@served"]
+        assert served["dialogues"] == 2 and 0.0 <= served["teacher_share"] <= 1.0
+    router = report["router"]
+    assert router["teacher_share"] == pytest.approx(router["target_share"], abs=0.5)
     per_turn = report["per_turn"]
     for dialogue in ("apples", "python"):
         for method in METHODS:
