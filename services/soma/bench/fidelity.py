@@ -181,6 +181,7 @@ def build_report(results, args, cfg: MethodConfig, methods, pair, fingerprint, w
         "seed": args.seed,
         "fingerprint": fingerprint,
         "wall_seconds": wall,
+        "dialogue_seconds": sum(d.get("wall_seconds") or 0.0 for d in results),
         "summary": summary,
         "targets": rep.targets(summary, shift, results, args.seed),
         "gate_bounds": rep.gate_counterfactuals(results, cfg),

@@ -325,7 +325,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"pair `{report['pair']}` (F = {report['teacher']}, G = {report['surrogate']}), "
         f"{report['dialogues']} dialogues from {', '.join(report['datasets'])}, min turns {report['min_turns']}, "
         f"W = {report['config']['warm_turns']}, answers of ≤ {report['answer_tokens']} tokens, seed {report['seed']}, "
-        f"budget `{report['budget']}`; wall time {report['wall_seconds'] / 60:.1f} min.",
+        f"budget `{report['budget']}`; {report.get('dialogue_seconds', report['wall_seconds']) / 60:.1f} min of "
+        f"compute for the dialogues ({report['wall_seconds'] / 60:.1f} min in this invocation).",
         "",
         "Similarity = MiniLM cosine of each post-switch answer to Original's at the same turn (paper C.3 protocol). "
         "`soma` rows are the adapted surrogate on every post-switch turn; `soma@served` is what a live session "
