@@ -96,7 +96,7 @@ def test_report_schema_and_every_method_answered(bench):
         served = report["summary"][f"{variant}@served"]
         assert served["dialogues"] == 2 and 0.0 <= served["teacher_share"] <= 1.0
     router = report["router"]
-    assert router["teacher_share"] == pytest.approx(router["target_share"], abs=0.5)
+    assert router["teacher_share"] == pytest.approx(router["target_share"])  # two turns: any share is exact
     per_turn = report["per_turn"]
     for dialogue in ("apples", "python"):
         for method in METHODS:

@@ -55,6 +55,7 @@ class Case:
     key: str  # unique within the session: warm:t or mined:m:t
     turn: int = 0  # the warm-start turn whose context S_t this case is built on
     ended: bool = True  # F finished the answer (it gets an EOS target)
+    verbalization: str = ""  # V(P) of a mined case (its messages are V(P) ⊕ S_t)
 
     def pair(self) -> TrainingPair:
         return TrainingPair(self.messages, self.answer, self.hardness, self.source, self.ended)
@@ -173,7 +174,16 @@ def mined_cases(
     out = []
     for (case, messages), (answer, ended) in zip(chosen, answers, strict=True):
         out.append(
-            Case(messages, answer, score(case), "mined", f"mined:{case.candidate}:{case.turn}", case.turn, ended)
+            Case(
+                messages,
+                answer,
+                score(case),
+                "mined",
+                f"mined:{case.candidate}:{case.turn}",
+                case.turn,
+                ended,
+                case.verbalization,
+            )
         )
     return out
 

@@ -62,17 +62,18 @@ class SessionAdapters:
         self.base = self.peft.get_base_model()
         # The active adapter is model-wide state: whoever selects one holds this until done with it.
         self.lock = threading.RLock()
+        # the layers PEFT injected, found once: selecting an adapter is on every request's path
+        self._lora_layers = [m for m in self.peft.modules() if hasattr(m, "lora_A")]
         self.names: set[str] = set()
         self._select(None)
 
     def _select(self, name: str | None) -> None:
         self.peft.base_model.set_adapter(_IDLE if name is None else name)
-        for module in self.peft.modules():  # PEFT's set_adapter makes the selected adapter trainable
-            if hasattr(module, "lora_A"):
-                for adapter in list(module.lora_A):
-                    grad = adapter == name and adapter != _IDLE
-                    module.lora_A[adapter].requires_grad_(grad)
-                    module.lora_B[adapter].requires_grad_(grad)
+        for module in self._lora_layers:  # PEFT's set_adapter makes the selected adapter trainable
+            for adapter in list(module.lora_A):
+                grad = adapter == name and adapter != _IDLE
+                module.lora_A[adapter].requires_grad_(grad)
+                module.lora_B[adapter].requires_grad_(grad)
 
     def new(self, name: str, cfg: LoraConfig) -> None:
         """A fresh, zero-effect adapter (B = 0); an existing one of that name is replaced."""
@@ -85,6 +86,7 @@ class SessionAdapters:
         if name in self.names:
             self.delete(name)
         self.peft.add_adapter(name, _peft_config(cfg))
+        self._lora_layers = [m for m in self.peft.modules() if hasattr(m, "lora_A")]
         self.names.add(name)
         self._select(None)
 
@@ -131,6 +133,7 @@ class SessionAdapters:
             if name in self.names:
                 self.delete(name)
             self.peft.add_adapter(name, peft_config)
+            self._lora_layers = [m for m in self.peft.modules() if hasattr(m, "lora_A")]
             self.names.add(name)
             self.load_state(name, state)
             self._select(None)

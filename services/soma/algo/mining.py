@@ -205,6 +205,6 @@ def mine(
     for r, (m, t) in enumerate(rows):
         a, b = spans[r]
         nll = -log_probs[a:b].gather(-1, targets[t][:, None]).mean()
-        turn_index = [i for i, (mm, _) in enumerate(rows) if mm == m].index(r)
-        cases.append(MinedCase(m, t, verbalizations[m], float(nll), float(per_candidate[m][turn_index].sem_exp)))
+        # rows run candidate-major, turn-minor, so per_candidate[m][t] is this row's terms
+        cases.append(MinedCase(m, t, verbalizations[m], float(nll), float(per_candidate[m][t].sem_exp)))
     return MiningResult(prompts.detach().clone(), verbalizations, cases, history, time.perf_counter() - t0)

@@ -29,10 +29,6 @@ from soma.bench.fidelity_run import DialogueRun, RunOptions
 from soma.bench.pair import load_pair
 
 
-def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text)
-
-
 def method_config(args: argparse.Namespace) -> MethodConfig:
     cfg = preset(args.budget)
     if args.config:
@@ -53,7 +49,7 @@ def method_config(args: argparse.Namespace) -> MethodConfig:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: use KEY=VALUE, e.g. mining.steps=12")
         key, value = item.split("=", 1)
-        changes[key.strip()] = _parse_value(value)
+        changes[key.strip()] = yaml.safe_load(value)  # 12 -> int, true -> bool, text stays text
     return cfg.with_changes(changes) if changes else cfg
 
 

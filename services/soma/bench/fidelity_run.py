@@ -22,8 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from soma.algo import gate_stats
 from soma.algo.adaptation import VARIANTS, adapt
 from soma.algo.compression import compressed_messages, teacher_summary
@@ -33,7 +31,6 @@ from soma.algo.lora_train import TrainingPair, train
 from soma.algo.mining import WarmTurn
 from soma.algo.teacher_client import VerbalizedTeacher
 from soma.bench.dialogues import Dialogue
-from soma.bench.fidelity_cli import METHODS  # noqa: F401 - re-exported
 from soma.bench.pair import BackendTeacher, LoadedPair
 from soma.models.chat_backend import SamplingParams
 from soma.session import machine
@@ -216,7 +213,7 @@ class DialogueRun:
                 **session,
             }
             if name == "soma" and opts.topic_shift:
-                out["topic_shift"] = self._topic_shift(queries, warm_emb, shift_queries, post, seed)
+                out["topic_shift"] = self._topic_shift(locality, warm_emb, shift_queries, post)
                 out["topic_shift"]["switched"] = session["switch_turn"] is not None
             self.pair.surrogate.adapters.delete(name)
 
@@ -297,23 +294,24 @@ class DialogueRun:
             "transitions": [f"{x.source.value}->{x.target.value}: {x.reason}" for x in state.history],
         }
 
-    def _topic_shift(self, queries, warm_emb, shift_queries, post, seed) -> dict:
+    def _topic_shift(self, locality, warm_emb, shift_queries, post) -> dict:
         """Drift monitor on the dialogue's own tail and on another dialogue's tail spliced after W."""
         cfg = self.options.cfg
-        encoder = self.pair.encoder
 
-        def rolls_back(tail: list[str]) -> tuple[bool, list[float]]:
-            if not tail:
-                return False, []
-            values = [gate_stats.locality(e, warm_emb) for e in encoder.encode(tail)]
+        def rolls_back(values: list[float]) -> bool:
             monitor = DriftMonitor(cfg.drift.consecutive, cfg.drift.window)
             fired = False
             for v in values:
                 fired = monitor.observe(TurnCheck(v, v >= cfg.drift.min_locality)) or fired
-            return fired, values
+            return fired
 
-        own, own_values = rolls_back([queries[t] for t in post])
-        shifted, shift_values = rolls_back(list(shift_queries))
+        own_values = [locality[t] for t in post]  # computed once for the whole dialogue
+        shift_values = (
+            [gate_stats.locality(e, warm_emb) for e in self.pair.encoder.encode(list(shift_queries))]
+            if shift_queries
+            else []
+        )
+        own, shifted = rolls_back(own_values), rolls_back(shift_values)
         return {
             "own_tail_rolled_back": own,
             "own_tail_locality": own_values,
@@ -347,8 +345,3 @@ def _report(report) -> dict | None:
         "train_loss": report.train_loss,
         "holdout_loss": report.holdout_loss,
     }
-
-
-def set_threads(count: int | None) -> None:
-    if count:
-        torch.set_num_threads(count)

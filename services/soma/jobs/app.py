@@ -12,14 +12,30 @@ long job never holds a second one hostage), soft and hard time limits, and a cap
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from celery import Celery
+from celery.backends.filesystem import FilesystemBackend
+from kombu.utils.encoding import ensure_bytes
 
 from soma.config import JobsSettings
 
 MINE_TASK = "soma.jobs.mine"
 TRAIN_TASK = "soma.jobs.train"
+
+
+class AtomicFilesystemBackend(FilesystemBackend):
+    """Celery's file result backend, but each write is a rename: a reader never sees a half-written
+    status (the stock backend rewrites in place, so a status read mid-write looked PENDING)."""
+
+    def set(self, key, value):
+        path = self._filename(key)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=b".tmp-")
+        with os.fdopen(fd, "wb") as out:
+            out.write(ensure_bytes(value))
+        os.replace(tmp, path)
 
 
 def _embedded_urls(local_dir: Path) -> tuple[str, str, dict]:
@@ -28,7 +44,7 @@ def _embedded_urls(local_dir: Path) -> tuple[str, str, dict]:
     for folder in (queue, processed, results):
         folder.mkdir(parents=True, exist_ok=True)
     options = {"data_folder_in": str(queue), "data_folder_out": str(queue), "processed_folder": str(processed)}
-    return "filesystem://", f"file://{results}", options
+    return "filesystem://", f"{__name__}:AtomicFilesystemBackend+file://{results}", options
 
 
 def make_celery(settings: JobsSettings) -> Celery:

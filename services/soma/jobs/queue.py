@@ -57,14 +57,7 @@ class JobQueue:
 
     def _read_marker(self, jid: str) -> dict | None:
         raw = self.app.backend.get(self._marker(jid))
-        if raw is None:
-            return None
-        try:
-            return json.loads(raw)
-        except ValueError:  # the file backend writes in place: a racing read may see it half written
-            time.sleep(0.05)
-            raw = self.app.backend.get(self._marker(jid))
-            return json.loads(raw) if raw else None
+        return json.loads(raw) if raw is not None else None
 
     def submit(self, kind: str, session_id: str, generation: int, args: list[Any]) -> JobView:
         task, queue_key = KINDS[kind]
@@ -94,10 +87,6 @@ class JobQueue:
             raise NotFound(f"no {what}job {jid!r}; submit it first")
         result = AsyncResult(jid, app=self.app)
         state, info = result.state, result.info
-        if state == "PENDING":  # the file backend rewrites in place: a read mid-write looks PENDING
-            time.sleep(0.02)
-            result = AsyncResult(jid, app=self.app)
-            state, info = result.state, result.info
         attempt = int(getattr(result, "retries", 0) or 0) + 1
         common = {"job_id": jid, "session_id": marker["session_id"], "generation": int(marker["generation"])}
         if state == "PENDING":

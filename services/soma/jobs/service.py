@@ -10,6 +10,7 @@ import grpc
 from soma.errors import InvalidArgument
 from soma.jobs.queue import JobQueue, JobView
 from soma.server.app import HostedService
+from soma.server.generation import messages_from_proto
 from soma.v1 import common_pb2, gate_pb2, mining_pb2, mining_pb2_grpc, training_pb2, training_pb2_grpc
 
 _STATES = {
@@ -19,7 +20,6 @@ _STATES = {
     "FAILED": common_pb2.JOB_STATE_FAILED,
     "CANCELLED": common_pb2.JOB_STATE_CANCELLED,
 }
-_ROLES = {common_pb2.ROLE_SYSTEM: "system", common_pb2.ROLE_USER: "user", common_pb2.ROLE_ASSISTANT: "assistant"}
 WATCH_POLL_S = 0.2
 
 
@@ -41,13 +41,10 @@ def warm_rows(turns) -> list[dict]:
         raise InvalidArgument("warm_turns is empty: a job needs the session's warm-start turns")
     rows = []
     for i, t in enumerate(turns):
-        context = []
-        for j, m in enumerate(t.context):
-            if m.role not in _ROLES:
-                raise InvalidArgument(f"warm_turns[{i}].context[{j}].role must be SYSTEM, USER or ASSISTANT")
-            context.append({"role": _ROLES[m.role], "content": m.content})
-        if not context or context[-1]["role"] != "user":
-            raise InvalidArgument(f"warm_turns[{i}].context must end with the user's query")
+        try:
+            context = messages_from_proto(t.context)  # the same checks as every Generate request
+        except InvalidArgument as err:
+            raise InvalidArgument(f"warm_turns[{i}].context: {err}") from None
         finished = t.teacher_finish_reason != common_pb2.FINISH_REASON_LENGTH
         rows.append(
             {"turn_index": t.turn_index, "context": context, "teacher_answer": t.teacher_answer, "finished": finished}
@@ -67,9 +64,6 @@ def _watch(queue: JobQueue, jid: str, kind: str, context: grpc.ServicerContext, 
     last = None
     while context.is_active():
         view = queue.status(jid, kind)
-        if view.state == "QUEUED" and last is not None and last[0] != "QUEUED":
-            time.sleep(WATCH_POLL_S)  # a started job never goes back to queued: a torn read, look again
-            continue
         key = (view.state, round(view.progress, 4), view.stage, view.message, view.attempt)
         if key != last:
             last = key

@@ -19,6 +19,7 @@ from soma.algo.adaptation import (
     mining_stage,
     training_split,
     training_stage,
+    warm_cases,
 )
 from soma.algo.config import MethodConfig
 from soma.algo.mining import WarmTurn
@@ -75,12 +76,12 @@ def run_mining(res: JobResources, session_id: str, generation: int, warm_rows: l
         "cases": [
             {
                 "turn_index": c.turn,
-                "verbalized_prompt": c.messages_prefix,
+                "verbalized_prompt": c.verbalization,
                 "teacher_answer": c.answer,
                 "hardness": c.hardness,
                 "finished": c.ended,
             }
-            for c in (_with_prefix(case, turns) for case in stage.mined)
+            for c in stage.mined
         ],
         "warm_hardness": [c.hardness for c in stage.warm],
         "verbalizations": stage.verbalizations,
@@ -89,31 +90,11 @@ def run_mining(res: JobResources, session_id: str, generation: int, warm_rows: l
     }
 
 
-@dataclass(frozen=True)
-class _Prefixed:
-    turn: int
-    messages_prefix: str
-    answer: str
-    hardness: float
-    ended: bool
-
-
-def _with_prefix(case: Case, turns: list[WarmTurn]) -> _Prefixed:
-    """Recover V(P) from a mined case: the text its first non-system message gained."""
-    original = next(m["content"] for m in turns[case.turn].messages if m["role"] != "system")
-    prompted = next(m["content"] for m in case.messages if m["role"] != "system")
-    prefix = prompted[: len(prompted) - len(original)].rstrip()
-    return _Prefixed(case.turn, prefix, case.answer, case.hardness, case.ended)
-
-
 def cases_from_json(turns: list[WarmTurn], warm_hardness: list[float], mined_rows: list[dict]) -> tuple[list, list]:
     hardness = list(warm_hardness) or [1.0] * len(turns)
     if len(hardness) != len(turns):
         raise ValueError(f"warm_hardness has {len(hardness)} values for {len(turns)} warm turns")
-    warm = [
-        Case(t.messages, t.answer, r, "warm", f"warm:{i}", i, t.ended)
-        for i, (t, r) in enumerate(zip(turns, hardness, strict=True))
-    ]
+    warm = warm_cases(turns, hardness)
     mined = []
     for j, row in enumerate(mined_rows):
         turn = int(row["turn_index"])
@@ -129,6 +110,7 @@ def cases_from_json(turns: list[WarmTurn], warm_hardness: list[float], mined_row
                 f"mined:{j}:{turn}",
                 turn,
                 bool(row.get("finished", True)),
+                row["verbalized_prompt"],
             )
         )
     return warm, mined
