@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import sys
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
+import attrs
+import kmock as kmock_lib
 import kopf
 import pytest
 from kmock import KubernetesEmulator
@@ -31,6 +36,48 @@ from soma.k8s.session_resource import GROUP, KIND, PLURAL, VERSION  # noqa: E402
 
 NAMESPACE = "soma-test"
 RESOURCE = f"{GROUP}/{VERSION}/{PLURAL}"
+
+
+_versions = itertools.count(2)
+
+
+@attrs.define(kw_only=True)
+class VersionedEmulator(KubernetesEmulator):
+    """kmock's emulator, plus the metadata a real API server writes: a uid and creationTimestamp
+    on create (kopf keys its per-object memory by uid) and a new resourceVersion on every create
+    and patch (kopf matches the versions its patches return against the watch stream; without
+    new versions it handles stale events again)."""
+
+    async def _handle(self, request):
+        if request.resource is not None and request.action in (kmock_lib.action.CREATE, kmock_lib.action.UPDATE):
+            version = str(next(_versions))
+            if isinstance(request.data, dict):
+                meta = request.data.setdefault("metadata", {})
+                meta["resourceVersion"] = version
+                if request.action == kmock_lib.action.CREATE:
+                    meta.setdefault("uid", str(uuid.uuid4()))
+                    meta.setdefault("creationTimestamp", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            elif isinstance(request.data, list):  # a JSON patch: its tests run against the old version first
+                self._check_version_test(request)
+                request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
+        return await super()._handle(request)
+
+    def _check_version_test(self, request) -> None:
+        """A failed `test` of the resourceVersion is a 422, as from a real API server (kopf then
+        waits for the newer event), not the 500 the emulator renders for any exception."""
+        key = (request.resource, request.namespace, request.name)
+        if key not in self.objects or self.objects[key].deleted:
+            return
+        current = self.objects[key].get("metadata", {}).get("resourceVersion")
+        for op in request.data:
+            if op.get("op") == "test" and op.get("path") == "/metadata/resourceVersion" and op.get("value") != current:
+                raise kmock_lib.KubernetesError(status=422, reason="Invalid", message="resourceVersion test failed")
+
+
+@pytest.fixture
+def kmock_options(kmock_options):
+    """kmock's pytest plugin builds its `kmock` fixture from these options."""
+    return {**kmock_options, "cls": VersionedEmulator}
 
 
 @pytest.fixture
@@ -63,7 +110,9 @@ def session_object(name: str, session_id: str, ttl_seconds: int = 86400, **extra
             "name": name,
             "namespace": NAMESPACE,
             "generation": 1,
-            "resourceVersion": "1",  # kopf's JSON patches test it; the emulator never bumps it
+            "uid": str(uuid.uuid4()),
+            "resourceVersion": "1",
+            "creationTimestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             **extra.pop("metadata", {}),
         },
         "spec": {
