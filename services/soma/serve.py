@@ -28,11 +28,21 @@ SERVICES_OF = {
 
 
 def _check_addresses(target: str, settings: Settings) -> None:
-    if target == "dialogue" and not settings.dialogue.teacher_address:
-        raise ConfigError(
-            "dialogue.teacher_address (env SOMA_DIALOGUE__TEACHER_ADDRESS) is required with "
-            "--target dialogue: the host:port of a teacher service"
-        )
+    if target != "dialogue":
+        return
+    d = settings.dialogue
+    needed = ["teacher"]
+    if d.adaptation != "off":
+        needed += ["surrogate", "gate"]
+    if d.adaptation == "embedded":
+        needed += ["mining", "training"]
+    for key in needed:
+        if not getattr(d, f"{key}_address"):
+            raise ConfigError(
+                f"dialogue.{key}_address (env SOMA_DIALOGUE__{key.upper()}_ADDRESS) is required with "
+                f"--target dialogue and dialogue.adaptation={d.adaptation}: the host:port of a {key} service"
+                + ("" if key == "teacher" else " (or set dialogue.adaptation=off)")
+            )
 
 
 def _chat_backend(path: str, section: ModelSettings, key: str):
@@ -119,25 +129,92 @@ def build_server(target: str, settings: Settings) -> SomaServer:
         if "training" in wanted:
             server.add(jobs.hosted_training(queue))
     if "dialogue" in wanted:
-        from soma.dialogue import service as dialogue  # noqa: PLC0415
-        from soma.storage.session_store import SqliteSessionStore  # noqa: PLC0415
-
-        teacher_address = settings.dialogue.teacher_address or internal_address
-        if settings.dialogue.session_store == "redis":
-            from soma.storage.redis_session_store import RedisSessionStore  # noqa: PLC0415
-
-            store = RedisSessionStore(settings.dialogue.redis_url)
-        else:
-            store = SqliteSessionStore(settings.dialogue.session_db)
-        server.add(
-            dialogue.hosted(
-                store,
-                teacher_address,
-                settings.dialogue,
-                lambda address: traced_channel(address, max_message_mb=settings.server.max_message_mb),
-            )
-        )
+        server.add(_dialogue(settings, internal_address))
     return server
+
+
+def _session_store(settings: Settings):
+    from soma.storage.session_store import SqliteSessionStore  # noqa: PLC0415
+
+    if settings.dialogue.session_store == "redis":
+        from soma.storage.redis_session_store import RedisSessionStore  # noqa: PLC0415
+
+        return RedisSessionStore(settings.dialogue.redis_url)
+    return SqliteSessionStore(settings.dialogue.session_db)
+
+
+def _dialogue(settings: Settings, internal_address: str | None):
+    """The dialogue service, with live adaptation wired to the other services' addresses."""
+    from soma.dialogue import service as dialogue  # noqa: PLC0415
+
+    d = settings.dialogue
+    store = _session_store(settings)
+
+    def channel(address: str):
+        return traced_channel(address, max_message_mb=settings.server.max_message_mb)
+
+    teacher_address = d.teacher_address or internal_address
+    if d.adaptation == "off":
+        return dialogue.hosted(store, teacher_address, d, channel)
+    from soma.dialogue.live_adaptation import LiveAdaptation, ReconcileLoop  # noqa: PLC0415
+    from soma.v1 import gate_pb2_grpc  # noqa: PLC0415
+
+    def address(key: str) -> str:
+        return getattr(d, f"{key}_address") or internal_address
+
+    method = settings.jobs.method_config()
+    policy = d.policy(method.warm_turns)
+    channels = {key: channel(address(key)) for key in ("gate", "mining", "training")}
+    gate = gate_pb2_grpc.GateServiceStub(channels["gate"])
+    live = LiveAdaptation(store, gate, method, policy, channels=channels)
+    on_open = on_close = loop = None
+    if d.adaptation == "embedded":
+        from soma.session.driver import AdaptationClients, AdaptationDriver  # noqa: PLC0415
+        from soma.storage.adapter_store import open_store  # noqa: PLC0415
+        from soma.v1 import mining_pb2_grpc, training_pb2_grpc  # noqa: PLC0415
+
+        adapters = open_store(settings.adapters)
+        clients = AdaptationClients(
+            mining_pb2_grpc.MiningServiceStub(channels["mining"]),
+            training_pb2_grpc.TrainingServiceStub(channels["training"]),
+            gate,
+        )
+        driver = AdaptationDriver(store, clients, method, policy, adapter_store=adapters)
+        loop = ReconcileLoop(driver, store, d.reconcile_interval_s).start()
+        live.on_adapting = loop.wake
+
+        def on_close(session_id: str) -> None:
+            adapters.delete_session(session_id)  # every generation; the transcript went with close()
+
+    else:  # operator: the SomaSession operator runs the driver; this service creates the objects
+        from soma.k8s.session_resource import SessionResources  # noqa: PLC0415
+
+        resources = SessionResources(d.kubernetes_namespace or None)
+
+        def on_open(state) -> None:
+            resources.create(
+                state.session_id,
+                state.labels.get("tenant", "default"),
+                settings.teacher.model,
+                settings.surrogate.model,
+                method.warm_turns,
+                d.session_ttl_s,
+            )
+
+        def on_close(session_id: str) -> None:
+            resources.delete(session_id)  # its finalizer deletes the adapters and the transcript
+
+    return dialogue.hosted(
+        store,
+        teacher_address,
+        d,
+        channel,
+        live=live,
+        surrogate_address=address("surrogate"),
+        on_open=on_open,
+        on_close=on_close,
+        loop=loop,
+    )
 
 
 def start_embedded_worker(settings: Settings, teacher_address: str, config_path=None):

@@ -203,9 +203,13 @@ def test_trace_context_flows_from_dialogue_to_teacher(tmp_path, spans):
         server.stop(0)
     by_name = {s.name: s for s in spans.get_finished_spans()}
     chat, generate = by_name["/soma.v1.DialogueService/Chat"], by_name["/soma.v1.TeacherService/Generate"]
+    turn = by_name["soma.turn"]
     assert generate.context.trace_id == chat.context.trace_id
-    assert generate.parent.span_id == chat.context.span_id
+    # live adaptation off: the turn span is the Chat RPC's child and the teacher call the turn's
+    assert turn.parent.span_id == chat.context.span_id
+    assert generate.parent.span_id == turn.context.span_id
     assert chat.attributes["gen_ai.conversation.id"] == sid
+    assert turn.attributes["soma.served_by"] == "TEACHER"
 
 
 def test_turn_index_makes_retries_safe(stack):

@@ -17,7 +17,8 @@ from opentelemetry import trace
 
 from soma.config import DialogueSettings
 from soma.dialogue.convert import session_to_proto, turn_record_to_proto
-from soma.dialogue.routing import route_turn
+from soma.dialogue.live_adaptation import LiveAdaptation
+from soma.dialogue.routing import RouteDecision, drift_rerouted, route_turn
 from soma.errors import (
     Aborted,
     AlreadyExists,
@@ -31,7 +32,7 @@ from soma.errors import (
 )
 from soma.server.app import HostedService
 from soma.server.generation import messages_to_proto
-from soma.session.records import SessionState, Turn, chat_messages, is_valid_session_id
+from soma.session.records import Phase, ServedBy, SessionState, Turn, chat_messages, is_valid_session_id
 from soma.storage.session_store import (
     SessionClosed,
     SessionExists,
@@ -39,8 +40,17 @@ from soma.storage.session_store import (
     SessionStore,
     TurnConflict,
 )
-from soma.telemetry.metrics import SESSIONS_CLOSED, SESSIONS_OPEN, TURNS
-from soma.v1 import common_pb2, dialogue_pb2, dialogue_pb2_grpc, teacher_pb2, teacher_pb2_grpc
+from soma.telemetry.metrics import SESSIONS_CLOSED, SESSIONS_OPEN, SURROGATE_FALLBACKS, TURNS
+from soma.telemetry.session_trace import current_ids, session_span
+from soma.v1 import (
+    common_pb2,
+    dialogue_pb2,
+    dialogue_pb2_grpc,
+    surrogate_pb2,
+    surrogate_pb2_grpc,
+    teacher_pb2,
+    teacher_pb2_grpc,
+)
 
 log = logging.getLogger("soma.dialogue")
 tracer = trace.get_tracer("soma.dialogue")
@@ -68,29 +78,53 @@ class _SessionLocks:
             self._busy.discard(session_id)
 
 
-def _teacher_error(err: grpc.RpcError, address: str) -> SomaError:
+class _BeforeFirstChunk(Exception):
+    def __init__(self, err: grpc.RpcError):
+        self.err = err
+
+
+def _model_error(role: str, err: grpc.RpcError, address: str) -> SomaError:
     code, details = err.code(), err.details()
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidArgument(f"the teacher refused the turn: {details}")
+        return InvalidArgument(f"the {role} refused the turn: {details}")
     if code == grpc.StatusCode.FAILED_PRECONDITION:
-        return FailedPrecondition(f"the teacher refused the turn: {details}")
+        return FailedPrecondition(f"the {role} refused the turn: {details}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceeded(f"the teacher at {address} did not finish in time ({details}); the turn was not stored")
+        return DeadlineExceeded(f"the {role} at {address} did not finish in time ({details}); the turn was not stored")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return ResourceExhausted(f"the teacher at {address} is overloaded ({details}); retry the turn later")
+        return ResourceExhausted(f"the {role} at {address} is overloaded ({details}); retry the turn later")
     return Unavailable(
-        f"teacher service at {address} failed ({code.name}: {details}); the turn was not stored, retry it"
+        f"{role} service at {address} failed ({code.name}: {details}); the turn was not stored, retry it"
     )
 
 
 class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
-    def __init__(self, store: SessionStore, teacher_address: str, settings: DialogueSettings, channel_factory):
+    def __init__(
+        self,
+        store: SessionStore,
+        teacher_address: str,
+        settings: DialogueSettings,
+        channel_factory,
+        *,
+        live: LiveAdaptation | None = None,
+        surrogate_address: str = "",
+        on_close=None,
+        on_open=None,
+    ):
         self.store = store
         self.settings = settings
         self.teacher_address = teacher_address
-        # Keep the channel itself: a grpc.Channel closes when garbage-collected, and stubs do not hold it.
+        self.surrogate_address = surrogate_address
+        self.live = live  # None: live adaptation off, the teacher serves every turn
+        self._on_open = on_open  # cluster mode: create the SomaSession object
+        self._on_close = on_close  # delete the session's adapters (embedded) or its SomaSession (cluster)
+        # Keep the channels themselves: a grpc.Channel closes when garbage-collected, and stubs do not hold it.
         self._channel = channel_factory(teacher_address)
         self._teacher = teacher_pb2_grpc.TeacherServiceStub(self._channel)
+        self._surrogate_channel = channel_factory(surrogate_address) if live and surrogate_address else None
+        self._surrogate = (
+            surrogate_pb2_grpc.SurrogateServiceStub(self._surrogate_channel) if self._surrogate_channel else None
+        )
         self._locks = _SessionLocks()
         self._turn_slots = threading.BoundedSemaphore(settings.max_concurrent_turns)
 
@@ -148,7 +182,12 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
         except SessionExists:
             raise AlreadyExists(f"session {session_id} already exists; pick another id") from None
         SESSIONS_OPEN.inc()
-        trace.get_current_span().set_attribute("gen_ai.conversation.id", session_id)
+        span = trace.get_current_span()
+        span.set_attribute("gen_ai.conversation.id", session_id)
+        if self.live:
+            self.live.start(session_id, current_ids())  # the session's trace is the OpenSession span's
+        if self._on_open is not None:
+            self._on_open(state)
         return dialogue_pb2.OpenSessionResponse(session=session_to_proto(state))
 
     def Chat(
@@ -190,75 +229,160 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
         return history[len(history) - kept :]
 
     def _chat(self, session_id, query, chat_request, context, started) -> Iterator[dialogue_pb2.ChatResponse]:
-        params = chat_request.params
         state = self._open_session(session_id)
         if chat_request.turn_index and chat_request.turn_index != state.turn_count + 1:
             raise Aborted(
                 f"turn_index={chat_request.turn_index} but session {session_id} is at turn {state.turn_count + 1}"
                 f" ({state.turn_count} stored); read it with GetSession before retrying"
             )
+        turn_index = state.turn_count + 1
         history = self._history(session_id)
-        decision = route_turn(state)
-        span = trace.get_current_span()
-        span.set_attribute("gen_ai.conversation.id", session_id)
-        span.set_attribute("soma.turn_index", state.turn_count + 1)
-        span.set_attribute("soma.served_by", decision.served_by.value)
-        messages = chat_messages(state, history, query)
-        request = teacher_pb2.TeacherServiceGenerateRequest(
-            messages=messages_to_proto(messages),
-            params=params,
-            request_id=f"{session_id}/{state.turn_count + 1}",
+        live = self.live.record(session_id) if self.live else None
+        decision = route_turn(state, live, live=self.live is not None)
+        drift = None
+        phase = live.phase if live else Phase.WARMUP
+        if decision.served_by is ServedBy.SURROGATE:
+            drift = self.live.drift(session_id, live, query)
+            if drift.rollback_reason:
+                decision, phase = drift_rerouted(decision, drift.rollback_reason), Phase.ROLLED_BACK
+        trace.get_current_span().set_attribute("gen_ai.conversation.id", session_id)  # the Chat RPC's span
+        with session_span(session_id, live, "soma.turn", turn_index=turn_index) as span:
+            result = None
+            if decision.served_by is ServedBy.SURROGATE:
+                outcome = yield from self._surrogate_turn(
+                    session_id, state, history, query, decision, chat_request, context
+                )
+                if isinstance(outcome, str):  # the surrogate failed before its first chunk: the teacher serves
+                    decision = RouteDecision(ServedBy.TEACHER, outcome)
+                else:
+                    result = outcome
+            if result is None:
+                messages = chat_messages(state, history, query)
+                result = yield from self._model_turn(
+                    "teacher", session_id, turn_index, messages, chat_request, context, fallback_ok=False
+                )
+            if result is None:
+                return  # the client left
+            span.set_attributes(
+                {
+                    "soma.served_by": decision.served_by.value,
+                    "soma.route_reason": decision.reason,
+                    "soma.phase": phase.value,
+                    "soma.completion_tokens": result.completion_tokens,
+                }
+            )
+            turn = Turn(
+                turn_index=turn_index,
+                query=query,
+                answer=result.text,
+                served_by=decision.served_by,
+                route_reason=decision.reason,
+                phase=phase,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                latency_ms=(time.perf_counter() - started) * 1000.0,
+                model_latency_ms=result.model_latency_ms,
+                finish_reason=_FINISH_NAMES.get(result.finish_reason, "unspecified"),
+                dropped_messages=result.dropped_messages,
+            )
+            if not context.is_active():
+                return  # the client cancelled: a turn it never received is not stored
+            try:
+                stored = self.store.append_turn(session_id, turn, None if self.live else Phase.WARMUP)
+            except SessionClosed:
+                raise FailedPrecondition(f"session {session_id} was closed while this turn was generated") from None
+            except SessionMissing:
+                raise NotFound(f"session {session_id} disappeared while this turn was generated") from None
+            except TurnConflict as err:
+                raise Aborted(f"session {session_id} changed while this turn was generated ({err}); retry") from None
+            TURNS.labels(decision.served_by.value.lower()).inc()
+            if self.live:
+                after = self.live.commit_turn(
+                    session_id, stored.turn_count, decision.served_by is ServedBy.TEACHER, drift
+                )
+                if after is not None:
+                    turn.phase = after.phase
+            yield dialogue_pb2.ChatResponse(turn=turn_record_to_proto(turn))
+
+    def _surrogate_turn(self, session_id, state, history, query, decision, chat_request, context):
+        """Serve with the session's adapter and S̃_t; a failure before the first chunk (adapter
+        missing or corrupt, store or surrogate down) returns the reason, and the teacher serves."""
+        try:
+            messages = self.live.surrogate_messages(state, history, query)
+        except grpc.RpcError as err:
+            return self._fallback(session_id, "compress", err)
+        adapter = surrogate_pb2.AdapterRef(session_id=session_id, generation=decision.generation)
+        try:
+            return (
+                yield from self._model_turn(
+                    "surrogate",
+                    session_id,
+                    state.turn_count + 1,
+                    messages,
+                    chat_request,
+                    context,
+                    fallback_ok=True,
+                    adapter=adapter,
+                )
+            )
+        except _BeforeFirstChunk as failed:
+            return self._fallback(session_id, "surrogate", failed.err)
+
+    def _fallback(self, session_id: str, where: str, err: grpc.RpcError) -> str:
+        code = err.code().name if err.code() else "UNKNOWN"
+        reason = (
+            f"the {'gate' if where == 'compress' else 'surrogate'} failed ({code}: {err.details()}); "
+            "the teacher served this turn with the full history"
         )
+        log.warning("session %s: %s", session_id, reason)
+        SURROGATE_FALLBACKS.labels(code.lower()).inc()
+        trace.get_current_span().add_event("soma.surrogate_fallback", {"soma.code": code, "soma.reason": reason})
+        return reason
+
+    def _model_turn(self, role, session_id, turn_index, messages, chat_request, context, *, fallback_ok, adapter=None):
+        """Stream one model's answer to the client; returns its GenerationResult (None: client gone)."""
+        if role == "teacher":
+            stub, address = self._teacher, self.teacher_address
+            request = teacher_pb2.TeacherServiceGenerateRequest(
+                messages=messages_to_proto(messages),
+                params=chat_request.params,
+                request_id=f"{session_id}/{turn_index}",
+            )
+        else:
+            stub, address = self._surrogate, self.surrogate_address
+            request = surrogate_pb2.SurrogateServiceGenerateRequest(
+                messages=messages_to_proto(messages),
+                params=chat_request.params,
+                request_id=f"{session_id}/{turn_index}",
+                adapter=adapter,
+            )
         remaining = context.time_remaining()
         timeout = (
             self.settings.teacher_timeout_s if remaining is None else min(remaining, self.settings.teacher_timeout_s)
         )
-        call = self._teacher.Generate(request, timeout=timeout)
-        context.add_callback(call.cancel)  # the client left: stop the teacher at once, not at the next chunk
-        result = None
+        call = stub.Generate(request, timeout=timeout)
+        context.add_callback(call.cancel)  # the client left: stop the model at once, not at the next chunk
+        result, started = None, False
         try:
             for response in call:
                 if response.HasField("chunk"):
+                    started = True
                     yield dialogue_pb2.ChatResponse(chunk=response.chunk)
                 elif response.HasField("result"):
                     result = response.result
         except grpc.RpcError as err:
             if not context.is_active():
-                return
-            raise _teacher_error(err, self.teacher_address) from None
+                return None
+            if fallback_ok and not started:
+                raise _BeforeFirstChunk(err) from None
+            raise _model_error(role, err, address) from None
         finally:
-            call.cancel()  # no-op when the stream is done; stops the teacher if this handler is closed early
+            call.cancel()  # no-op when the stream is done; stops the model if this handler is closed early
         if result is None:
             raise Unavailable(
-                f"teacher service at {self.teacher_address} ended the stream without a result; "
-                "the turn was not stored, retry it"
+                f"{role} service at {address} ended the stream without a result; the turn was not stored, retry it"
             )
-        turn = Turn(
-            turn_index=state.turn_count + 1,
-            query=query,
-            answer=result.text,
-            served_by=decision.served_by,
-            route_reason=decision.reason,
-            phase=decision.phase_after,
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            latency_ms=(time.perf_counter() - started) * 1000.0,
-            model_latency_ms=result.model_latency_ms,
-            finish_reason=_FINISH_NAMES.get(result.finish_reason, "unspecified"),
-            dropped_messages=result.dropped_messages,
-        )
-        if not context.is_active():
-            return  # the client cancelled: a turn it never received is not stored
-        try:
-            self.store.append_turn(session_id, turn, decision.phase_after)
-        except SessionClosed:
-            raise FailedPrecondition(f"session {session_id} was closed while this turn was generated") from None
-        except SessionMissing:
-            raise NotFound(f"session {session_id} disappeared while this turn was generated") from None
-        except TurnConflict as err:
-            raise Aborted(f"session {session_id} changed while this turn was generated ({err}); retry") from None
-        TURNS.labels(decision.served_by.value.lower()).inc()
-        yield dialogue_pb2.ChatResponse(turn=turn_record_to_proto(turn))
+        return result
 
     def GetSession(
         self, request: dialogue_pb2.GetSessionRequest, context: grpc.ServicerContext
@@ -281,12 +405,21 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
         except SessionClosed:
             raise FailedPrecondition(f"session {session_id} is already closed") from None
         SESSIONS_CLOSED.inc()
+        if self._on_close is not None:
+            try:
+                self._on_close(session_id)
+            except Exception as err:  # noqa: BLE001 - the session is closed; cleanup is retried by its owner
+                log.warning("session %s closed, but its cleanup failed: %s", session_id, err)
         return dialogue_pb2.CloseSessionResponse(session=session_to_proto(state))
 
 
-def hosted(store: SessionStore, teacher_address: str, settings: DialogueSettings, channel_factory) -> HostedService:
-    servicer = DialogueServicer(store, teacher_address, settings, channel_factory)
+def hosted(
+    store: SessionStore, teacher_address: str, settings: DialogueSettings, channel_factory, *, loop=None, **live
+) -> HostedService:
+    """`loop`: the embedded reconcile loop, stopped when the server starts draining."""
+    servicer = DialogueServicer(store, teacher_address, settings, channel_factory, **live)
     return HostedService(
+        drain=loop.stop if loop is not None else (lambda: None),
         name=dialogue_pb2.DESCRIPTOR.services_by_name["DialogueService"].full_name,
         register=lambda server: dialogue_pb2_grpc.add_DialogueServiceServicer_to_server(servicer, server),
     )

@@ -5,9 +5,11 @@ from __future__ import annotations
 import grpc
 
 from soma.algo import gate_stats
+from soma.algo.compression import compressed_messages
 from soma.config import GateSettings
 from soma.errors import InvalidArgument
 from soma.server.app import HostedService
+from soma.server.generation import messages_to_proto
 from soma.v1 import gate_pb2, gate_pb2_grpc
 
 _BOUNDS = {
@@ -97,6 +99,26 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
             response.gap = gap
             response.gap_ok = request.max_gap <= 0 or gap <= request.max_gap
         return response
+
+    def Compress(self, request: gate_pb2.CompressRequest, context: grpc.ServicerContext) -> gate_pb2.CompressResponse:
+        if not request.query:
+            raise InvalidArgument("query is empty")
+        history = [(t.a, t.b) for t in request.turns]
+        self._check_texts("turns", [text for pair in history for text in pair] + [request.query])
+        if len(history) > self.settings.max_pairs:
+            raise InvalidArgument(f"turns has {len(history)} items; the limit is {self.settings.max_pairs}")
+        messages = compressed_messages(
+            history,
+            request.query,
+            recent_turns=request.recent_turns,
+            summary_chars=request.summary_chars,
+            encode=self.encoder.encode,
+            system_prompt=request.system_prompt,
+        )
+        return gate_pb2.CompressResponse(
+            messages=messages_to_proto(messages),
+            summarized_turns=max(0, len(history) - request.recent_turns),
+        )
 
 
 def hosted(encoder: object, settings: GateSettings) -> HostedService:

@@ -36,6 +36,8 @@ class HostedService:
     name: str
     register: Callable[[grpc.Server], None]
     close: Callable[[], None] = field(default=lambda: None)
+    # called when draining starts, before the servers stop (background loops that call other services)
+    drain: Callable[[], None] = field(default=lambda: None)
 
 
 class SomaServer:
@@ -124,6 +126,11 @@ class SomaServer:
         grace = self.settings.grace_period_s if grace is None else grace
         log.info("draining (grace %.0fs)", grace)
         self.health.enter_graceful_shutdown()
+        for service in self._services:
+            try:
+                service.drain()
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                log.exception("draining %s failed", service.name)
         if self.settings.drain_delay_s:
             time.sleep(self.settings.drain_delay_s)  # let load balancers see NOT_SERVING first
         self._grpc.stop(grace).wait()

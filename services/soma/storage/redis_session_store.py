@@ -4,17 +4,20 @@ Same contract as SqliteSessionStore. Each write is one Lua script, which Redis r
 a turn is appended together with the counters only if the session is open and the turn index
 is the next one, so racing replicas can neither interleave nor lose a turn.
 
-Keys: `{prefix}session:{id}` (a hash of the state) and `{prefix}turns:{id}` (a list of JSON turns).
+Keys: `{prefix}session:{id}` (a hash of the state and the live-adaptation record),
+`{prefix}turns:{id}` (a list of JSON turns) and `{prefix}adapting` (a set of the sessions whose
+adaptation is in progress, for the reconcile loop).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from soma.session.records import Phase, ServedBy, SessionState, Turn, turn_from_dict, turn_to_dict
-from soma.storage.session_store import SessionClosed, SessionExists, SessionMissing, TurnConflict
+from soma.storage.session_store import ACTIVE_PHASES, SessionClosed, SessionExists, SessionMissing, TurnConflict
 
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -31,9 +34,23 @@ if count ~= tonumber(ARGV[1]) then return {'conflict', tostring(count)} end
 redis.call('HINCRBY', KEYS[1], 'turn_count', 1)
 redis.call('HINCRBY', KEYS[1], 'teacher_turns', tonumber(ARGV[2]))
 redis.call('HINCRBY', KEYS[1], 'surrogate_turns', 1 - tonumber(ARGV[2]))
-redis.call('HSET', KEYS[1], 'phase', ARGV[3], 'updated_at', ARGV[4])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'phase', ARGV[3]) end
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
 redis.call('RPUSH', KEYS[2], ARGV[5])
 return {'ok'}
+"""
+
+# KEYS: session, active set. ARGV: expected version, record JSON, phase, generation, now, CLOSED, active?(0/1)
+_PUT_LIVE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
+if redis.call('HGET', KEYS[1], 'phase') == ARGV[6] then return 'closed' end
+local version = tonumber(redis.call('HGET', KEYS[1], 'live_version') or '0')
+if version ~= tonumber(ARGV[1]) then return 'conflict' end
+redis.call('HSET', KEYS[1], 'live', ARGV[2], 'live_version', version + 1, 'phase', ARGV[3],
+           'adapter_generation', ARGV[4], 'updated_at', ARGV[5])
+local id = redis.call('HGET', KEYS[1], 'session_id')
+if ARGV[7] == '1' then redis.call('SADD', KEYS[2], id) else redis.call('SREM', KEYS[2], id) end
+return 'ok'
 """
 
 _CLOSE = """
@@ -41,6 +58,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
 if redis.call('HGET', KEYS[1], 'phase') == ARGV[1] then return 'closed' end
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[1], 'phase', ARGV[1], 'updated_at', ARGV[2])
+redis.call('SREM', KEYS[3], redis.call('HGET', KEYS[1], 'session_id'))
 return 'ok'
 """
 
@@ -87,6 +105,8 @@ class RedisSessionStore:
         self._create = self.redis.register_script(_CREATE)
         self._append = self.redis.register_script(_APPEND)
         self._close = self.redis.register_script(_CLOSE)
+        self._put_live = self.redis.register_script(_PUT_LIVE)
+        self._active = f"{prefix}adapting"
 
     def _keys(self, session_id: str) -> list[str]:
         return [f"{self.prefix}session:{session_id}", f"{self.prefix}turns:{session_id}"]
@@ -115,14 +135,14 @@ class RedisSessionStore:
     def turns(self, session_id: str) -> list[Turn]:
         return [_turn(r) for r in self.redis.lrange(self._keys(session_id)[1], 0, -1)]
 
-    def append_turn(self, session_id: str, turn: Turn, new_phase: Phase) -> SessionState:
+    def append_turn(self, session_id: str, turn: Turn, new_phase: Phase | None = None) -> SessionState:
         teacher = 1 if turn.served_by is ServedBy.TEACHER else 0
         result = self._append(
             keys=self._keys(session_id),
             args=[
                 turn.turn_index - 1,
                 teacher,
-                new_phase.value,
+                new_phase.value if new_phase else "",
                 repr(time.time()),
                 _turn_json(turn),
                 Phase.CLOSED.value,
@@ -140,7 +160,9 @@ class RedisSessionStore:
         return state
 
     def close(self, session_id: str) -> SessionState:
-        status = self._close(keys=self._keys(session_id), args=[Phase.CLOSED.value, repr(time.time())])
+        status = self._close(
+            keys=[*self._keys(session_id), self._active], args=[Phase.CLOSED.value, repr(time.time())]
+        )
         if status == "missing":
             raise SessionMissing(session_id)
         if status == "closed":
@@ -148,3 +170,41 @@ class RedisSessionStore:
         state = self.get(session_id)
         assert state is not None
         return state
+
+    def delete(self, session_id: str) -> bool:
+        pipe = self.redis.pipeline()
+        pipe.delete(*self._keys(session_id))
+        pipe.srem(self._active, session_id)
+        return bool(pipe.execute()[0])
+
+    def get_live(self, session_id: str) -> tuple[dict | None, int]:
+        raw, version = self.redis.hmget(self._keys(session_id)[0], ["live", "live_version"])
+        if raw is None and version is None and not self.redis.exists(self._keys(session_id)[0]):
+            raise SessionMissing(session_id)
+        return (json.loads(raw) if raw else None), int(version or 0)
+
+    def put_live(self, session_id: str, record: dict, expected_version: int, phase: Phase, generation: int) -> bool:
+        status = self._put_live(
+            keys=[self._keys(session_id)[0], self._active],
+            args=[
+                expected_version,
+                json.dumps(record, ensure_ascii=False),
+                phase.value,
+                generation,
+                repr(time.time()),
+                Phase.CLOSED.value,
+                1 if phase in ACTIVE_PHASES else 0,
+            ],
+        )
+        if status == "missing":
+            raise SessionMissing(session_id)
+        if status == "closed":
+            raise SessionClosed(session_id)
+        return status == "ok"
+
+    def sessions_in(self, phases: Iterable[Phase]) -> list[str]:
+        wanted = set(phases)
+        if wanted <= ACTIVE_PHASES:
+            ids = sorted(self.redis.smembers(self._active))
+            return [i for i in ids if (s := self.get(i)) is not None and s.phase in wanted]
+        raise ValueError(f"sessions_in answers for {sorted(p.value for p in ACTIVE_PHASES)} only")

@@ -12,11 +12,14 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
 from soma.session.records import Phase, ServedBy, SessionState, Turn, turn_from_dict, turn_to_dict
+
+# phases in which a session's adaptation is under way: the reconcile loop visits these
+ACTIVE_PHASES = frozenset({Phase.ADAPTING, Phase.GATING})
 
 
 class SessionExists(Exception):
@@ -39,8 +42,12 @@ class SessionStore(Protocol):
     def create(self, state: SessionState) -> None: ...
     def get(self, session_id: str) -> SessionState | None: ...
     def turns(self, session_id: str) -> list[Turn]: ...
-    def append_turn(self, session_id: str, turn: Turn, new_phase: Phase) -> SessionState: ...
+    def append_turn(self, session_id: str, turn: Turn, new_phase: Phase | None = None) -> SessionState: ...
     def close(self, session_id: str) -> SessionState: ...
+    def delete(self, session_id: str) -> bool: ...
+    def get_live(self, session_id: str) -> tuple[dict | None, int]: ...
+    def put_live(self, session_id: str, record: dict, expected_version: int, phase: Phase, generation: int) -> bool: ...
+    def sessions_in(self, phases: Iterable[Phase]) -> list[str]: ...
 
 
 _SCHEMA = """
@@ -54,7 +61,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     turn_count INTEGER NOT NULL,
     teacher_turns INTEGER NOT NULL,
     surrogate_turns INTEGER NOT NULL,
-    adapter_generation INTEGER NOT NULL
+    adapter_generation INTEGER NOT NULL,
+    live TEXT NOT NULL DEFAULT '',
+    live_version INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS turns (
     session_id TEXT NOT NULL REFERENCES sessions(session_id),
@@ -65,6 +74,13 @@ CREATE TABLE IF NOT EXISTS turns (
     PRIMARY KEY (session_id, turn_index)
 );
 """
+
+# columns added after the first release: ALTER TABLE brings older files up to date
+_ADDED_COLUMNS = {"live": "TEXT NOT NULL DEFAULT ''", "live_version": "INTEGER NOT NULL DEFAULT 0"}
+_STATE_COLUMNS = (
+    "session_id, created_at, updated_at, phase, system_prompt, labels, turn_count, teacher_turns,"
+    " surrogate_turns, adapter_generation"
+)
 
 
 def _state_from_row(row: sqlite3.Row) -> SessionState:
@@ -109,6 +125,10 @@ class SqliteSessionStore:
         self._local = threading.local()
         with self._conn() as conn:
             conn.executescript(_SCHEMA)
+            columns = {row["name"] for row in conn.execute("PRAGMA table_info(sessions)")}
+            for name, decl in _ADDED_COLUMNS.items():  # a store written by an older soma
+                if name not in columns:
+                    conn.execute(f"ALTER TABLE sessions ADD COLUMN {name} {decl}")
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -136,7 +156,7 @@ class SqliteSessionStore:
     def create(self, state: SessionState) -> None:
         try:
             self._conn().execute(
-                "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO sessions ({_STATE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
                     state.session_id,
                     state.created_at,
@@ -173,8 +193,9 @@ class SqliteSessionStore:
             for row in rows
         ]
 
-    def append_turn(self, session_id: str, turn: Turn, new_phase: Phase) -> SessionState:
-        """Store the next turn and update counters atomically.
+    def append_turn(self, session_id: str, turn: Turn, new_phase: Phase | None = None) -> SessionState:
+        """Store the next turn and update counters atomically (the phase too, unless None: with
+        live adaptation the phase moves only with the live record, see put_live).
 
         The counters move with a conditional UPDATE (open session, expected turn index), so the
         common case is one UPDATE and one INSERT in a single transaction; only a refused write
@@ -184,12 +205,12 @@ class SqliteSessionStore:
         with self._write() as conn:
             updated = conn.execute(
                 "UPDATE sessions SET turn_count=turn_count+1, teacher_turns=teacher_turns+?,"
-                " surrogate_turns=surrogate_turns+?, phase=?, updated_at=?"
+                " surrogate_turns=surrogate_turns+?, phase=COALESCE(?, phase), updated_at=?"
                 " WHERE session_id=? AND phase!=? AND turn_count=?",
                 (
                     teacher,
                     1 - teacher,
-                    new_phase.value,
+                    new_phase.value if new_phase else None,
                     time.time(),
                     session_id,
                     Phase.CLOSED.value,
@@ -218,3 +239,48 @@ class SqliteSessionStore:
                 (state.phase.value, state.updated_at, session_id),
             )
         return state
+
+    def delete(self, session_id: str) -> bool:
+        """Remove the session entirely (the operator's finalizer and TTL); False when unknown."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM turns WHERE session_id=?", (session_id,))
+            return conn.execute("DELETE FROM sessions WHERE session_id=?", (session_id,)).rowcount == 1
+
+    def get_live(self, session_id: str) -> tuple[dict | None, int]:
+        row = (
+            self._conn()
+            .execute("SELECT live, live_version FROM sessions WHERE session_id=?", (session_id,))
+            .fetchone()
+        )
+        if row is None:
+            raise SessionMissing(session_id)
+        return (json.loads(row["live"]) if row["live"] else None), row["live_version"]
+
+    def put_live(self, session_id: str, record: dict, expected_version: int, phase: Phase, generation: int) -> bool:
+        """Compare-and-set the live record (and the phase and generation shown to clients);
+        False when another writer got there first: re-read and re-apply."""
+        with self._write() as conn:
+            updated = conn.execute(
+                "UPDATE sessions SET live=?, live_version=live_version+1, phase=?, adapter_generation=?,"
+                " updated_at=? WHERE session_id=? AND live_version=? AND phase!=?",
+                (
+                    json.dumps(record),
+                    phase.value,
+                    generation,
+                    time.time(),
+                    session_id,
+                    expected_version,
+                    Phase.CLOSED.value,
+                ),
+            ).rowcount
+            if updated != 1:
+                _open_state(conn, session_id)  # SessionMissing / SessionClosed say why
+                return False
+        return True
+
+    def sessions_in(self, phases: Iterable[Phase]) -> list[str]:
+        values = [p.value for p in phases]
+        rows = self._conn().execute(
+            f"SELECT session_id FROM sessions WHERE phase IN ({','.join('?' * len(values))})", values
+        )
+        return [row["session_id"] for row in rows]

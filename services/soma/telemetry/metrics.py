@@ -33,3 +33,20 @@ def start_metrics_server(port: int, host: str = "0.0.0.0") -> None:
 ADAPTER_CACHE = prometheus_client.Counter(
     "soma_adapter_cache", "Surrogate adapter lookups by result (hit, miss, error).", ["result"]
 )
+SURROGATE_FALLBACKS = prometheus_client.Counter(
+    "soma_surrogate_fallbacks",
+    "Switched-session turns the teacher served because the surrogate or its adapter failed, by cause.",
+    ["reason"],
+)
+SWITCHES = prometheus_client.Counter("soma_switches", "Sessions handed from the teacher to their adapted surrogate.")
+ROLLBACKS = prometheus_client.Counter("soma_rollbacks", "Sessions rolled back to the teacher by the drift monitor.")
+ADAPTATIONS_FAILED = prometheus_client.Counter(
+    "soma_adaptations_failed", "Sessions whose adaptation gave up (FAILED; the teacher keeps serving)."
+)
+ADAPTATION_SECONDS = prometheus_client.Histogram(
+    "soma_adaptation_seconds",
+    "Wall time of each adaptation stage as the session saw it (mining, training, gate).",
+    ["stage"],
+    buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1200, 3600),
+)
+QUEUE_DEPTH = prometheus_client.Gauge("soma_queue_depth", "Jobs waiting in each queue.", ["queue"])

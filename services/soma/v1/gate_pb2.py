@@ -22,33 +22,38 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from soma.v1 import common_pb2 as soma_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12soma/v1/gate.proto\x12\x07soma.v1\"\"\n\nAnswerPair\x12\t\n\x01\x61\x18\x01 \x01(\t\x12\t\n\x01\x62\x18\x02 \x01(\t\"0\n\nGapRequest\x12\"\n\x05pairs\x18\x01 \x03(\x0b\x32\x13.soma.v1.AnswerPair\"\x1b\n\x0bGapResponse\x12\x0c\n\x04gaps\x18\x01 \x03(\x01\"S\n\x11\x41\x63\x63\x65ptanceExample\x12\x16\n\x0eteacher_answer\x18\x01 \x01(\t\x12\x12\n\nold_answer\x18\x02 \x01(\t\x12\x12\n\nnew_answer\x18\x03 \x01(\t\"\xe6\x01\n\rAcceptRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12)\n\x05\x62\x61tch\x18\x02 \x03(\x0b\x32\x1a.soma.v1.AcceptanceExample\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x01\x12\x1d\n\x05\x62ound\x18\x05 \x01(\x0e\x32\x0e.soma.v1.Bound\x12\x14\n\x0cmax_mean_gap\x18\x06 \x01(\x01\x12\x15\n\rcurrent_query\x18\x07 \x01(\t\x12\x14\n\x0cwarm_queries\x18\x08 \x03(\t\x12\x14\n\x0cmin_locality\x18\t \x01(\x01\"\x83\x01\n\x0e\x41\x63\x63\x65ptResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x18\n\x10mean_improvement\x18\x02 \x01(\x01\x12\r\n\x05\x62ound\x18\x03 \x01(\x01\x12\x14\n\x0cmean_gap_new\x18\x04 \x01(\x01\x12\x10\n\x08locality\x18\x05 \x01(\x01\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\x99\x01\n\x12ObserveTurnRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x14\n\x0cwarm_queries\x18\x03 \x03(\t\x12\x14\n\x0cmin_locality\x18\x04 \x01(\x01\x12#\n\x06shadow\x18\x05 \x01(\x0b\x32\x13.soma.v1.AnswerPair\x12\x0f\n\x07max_gap\x18\x06 \x01(\x01\"v\n\x13ObserveTurnResponse\x12\x10\n\x08locality\x18\x01 \x01(\x01\x12\x13\n\x0blocality_ok\x18\x02 \x01(\x08\x12\x10\n\x03gap\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x06gap_ok\x18\x04 \x01(\x08H\x01\x88\x01\x01\x42\x06\n\x04_gapB\t\n\x07_gap_ok*X\n\x05\x42ound\x12\x15\n\x11\x42OUND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x42OUND_HOEFFDING\x10\x01\x12\x13\n\x0f\x42OUND_BERNSTEIN\x10\x02\x12\x0e\n\nBOUND_NONE\x10\x03\x32\xc4\x01\n\x0bGateService\x12\x30\n\x03Gap\x12\x13.soma.v1.GapRequest\x1a\x14.soma.v1.GapResponse\x12\x39\n\x06\x41\x63\x63\x65pt\x12\x16.soma.v1.AcceptRequest\x1a\x17.soma.v1.AcceptResponse\x12H\n\x0bObserveTurn\x12\x1b.soma.v1.ObserveTurnRequest\x1a\x1c.soma.v1.ObserveTurnResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12soma/v1/gate.proto\x12\x07soma.v1\x1a\x14soma/v1/common.proto\"\"\n\nAnswerPair\x12\t\n\x01\x61\x18\x01 \x01(\t\x12\t\n\x01\x62\x18\x02 \x01(\t\"0\n\nGapRequest\x12\"\n\x05pairs\x18\x01 \x03(\x0b\x32\x13.soma.v1.AnswerPair\"\x1b\n\x0bGapResponse\x12\x0c\n\x04gaps\x18\x01 \x03(\x01\"S\n\x11\x41\x63\x63\x65ptanceExample\x12\x16\n\x0eteacher_answer\x18\x01 \x01(\t\x12\x12\n\nold_answer\x18\x02 \x01(\t\x12\x12\n\nnew_answer\x18\x03 \x01(\t\"\xe6\x01\n\rAcceptRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12)\n\x05\x62\x61tch\x18\x02 \x03(\x0b\x32\x1a.soma.v1.AcceptanceExample\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x01\x12\x1d\n\x05\x62ound\x18\x05 \x01(\x0e\x32\x0e.soma.v1.Bound\x12\x14\n\x0cmax_mean_gap\x18\x06 \x01(\x01\x12\x15\n\rcurrent_query\x18\x07 \x01(\t\x12\x14\n\x0cwarm_queries\x18\x08 \x03(\t\x12\x14\n\x0cmin_locality\x18\t \x01(\x01\"\x83\x01\n\x0e\x41\x63\x63\x65ptResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x18\n\x10mean_improvement\x18\x02 \x01(\x01\x12\r\n\x05\x62ound\x18\x03 \x01(\x01\x12\x14\n\x0cmean_gap_new\x18\x04 \x01(\x01\x12\x10\n\x08locality\x18\x05 \x01(\x01\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\x99\x01\n\x12ObserveTurnRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x14\n\x0cwarm_queries\x18\x03 \x03(\t\x12\x14\n\x0cmin_locality\x18\x04 \x01(\x01\x12#\n\x06shadow\x18\x05 \x01(\x0b\x32\x13.soma.v1.AnswerPair\x12\x0f\n\x07max_gap\x18\x06 \x01(\x01\"v\n\x13ObserveTurnResponse\x12\x10\n\x08locality\x18\x01 \x01(\x01\x12\x13\n\x0blocality_ok\x18\x02 \x01(\x08\x12\x10\n\x03gap\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x06gap_ok\x18\x04 \x01(\x08H\x01\x88\x01\x01\x42\x06\n\x04_gapB\t\n\x07_gap_ok\"\x88\x01\n\x0f\x43ompressRequest\x12\x15\n\rsystem_prompt\x18\x01 \x01(\t\x12\"\n\x05turns\x18\x02 \x03(\x0b\x32\x13.soma.v1.AnswerPair\x12\r\n\x05query\x18\x03 \x01(\t\x12\x14\n\x0crecent_turns\x18\x04 \x01(\r\x12\x15\n\rsummary_chars\x18\x05 \x01(\r\"P\n\x10\x43ompressResponse\x12\"\n\x08messages\x18\x01 \x03(\x0b\x32\x10.soma.v1.Message\x12\x18\n\x10summarized_turns\x18\x02 \x01(\r*X\n\x05\x42ound\x12\x15\n\x11\x42OUND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x42OUND_HOEFFDING\x10\x01\x12\x13\n\x0f\x42OUND_BERNSTEIN\x10\x02\x12\x0e\n\nBOUND_NONE\x10\x03\x32\x85\x02\n\x0bGateService\x12\x30\n\x03Gap\x12\x13.soma.v1.GapRequest\x1a\x14.soma.v1.GapResponse\x12\x39\n\x06\x41\x63\x63\x65pt\x12\x16.soma.v1.AcceptRequest\x1a\x17.soma.v1.AcceptResponse\x12H\n\x0bObserveTurn\x12\x1b.soma.v1.ObserveTurnRequest\x1a\x1c.soma.v1.ObserveTurnResponse\x12?\n\x08\x43ompress\x12\x18.soma.v1.CompressRequest\x1a\x19.soma.v1.CompressResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'soma.v1.gate_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BOUND']._serialized_start=874
-  _globals['_BOUND']._serialized_end=962
-  _globals['_ANSWERPAIR']._serialized_start=31
-  _globals['_ANSWERPAIR']._serialized_end=65
-  _globals['_GAPREQUEST']._serialized_start=67
-  _globals['_GAPREQUEST']._serialized_end=115
-  _globals['_GAPRESPONSE']._serialized_start=117
-  _globals['_GAPRESPONSE']._serialized_end=144
-  _globals['_ACCEPTANCEEXAMPLE']._serialized_start=146
-  _globals['_ACCEPTANCEEXAMPLE']._serialized_end=229
-  _globals['_ACCEPTREQUEST']._serialized_start=232
-  _globals['_ACCEPTREQUEST']._serialized_end=462
-  _globals['_ACCEPTRESPONSE']._serialized_start=465
-  _globals['_ACCEPTRESPONSE']._serialized_end=596
-  _globals['_OBSERVETURNREQUEST']._serialized_start=599
-  _globals['_OBSERVETURNREQUEST']._serialized_end=752
-  _globals['_OBSERVETURNRESPONSE']._serialized_start=754
-  _globals['_OBSERVETURNRESPONSE']._serialized_end=872
-  _globals['_GATESERVICE']._serialized_start=965
-  _globals['_GATESERVICE']._serialized_end=1161
+  _globals['_BOUND']._serialized_start=1117
+  _globals['_BOUND']._serialized_end=1205
+  _globals['_ANSWERPAIR']._serialized_start=53
+  _globals['_ANSWERPAIR']._serialized_end=87
+  _globals['_GAPREQUEST']._serialized_start=89
+  _globals['_GAPREQUEST']._serialized_end=137
+  _globals['_GAPRESPONSE']._serialized_start=139
+  _globals['_GAPRESPONSE']._serialized_end=166
+  _globals['_ACCEPTANCEEXAMPLE']._serialized_start=168
+  _globals['_ACCEPTANCEEXAMPLE']._serialized_end=251
+  _globals['_ACCEPTREQUEST']._serialized_start=254
+  _globals['_ACCEPTREQUEST']._serialized_end=484
+  _globals['_ACCEPTRESPONSE']._serialized_start=487
+  _globals['_ACCEPTRESPONSE']._serialized_end=618
+  _globals['_OBSERVETURNREQUEST']._serialized_start=621
+  _globals['_OBSERVETURNREQUEST']._serialized_end=774
+  _globals['_OBSERVETURNRESPONSE']._serialized_start=776
+  _globals['_OBSERVETURNRESPONSE']._serialized_end=894
+  _globals['_COMPRESSREQUEST']._serialized_start=897
+  _globals['_COMPRESSREQUEST']._serialized_end=1033
+  _globals['_COMPRESSRESPONSE']._serialized_start=1035
+  _globals['_COMPRESSRESPONSE']._serialized_end=1115
+  _globals['_GATESERVICE']._serialized_start=1208
+  _globals['_GATESERVICE']._serialized_end=1469
 # @@protoc_insertion_point(module_scope)

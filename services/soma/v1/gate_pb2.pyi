@@ -1,3 +1,4 @@
+from soma.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -113,3 +114,25 @@ class ObserveTurnResponse(_message.Message):
     gap: float
     gap_ok: bool
     def __init__(self, locality: _Optional[float] = ..., locality_ok: _Optional[bool] = ..., gap: _Optional[float] = ..., gap_ok: _Optional[bool] = ...) -> None: ...
+
+class CompressRequest(_message.Message):
+    __slots__ = ("system_prompt", "turns", "query", "recent_turns", "summary_chars")
+    SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    TURNS_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    RECENT_TURNS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_CHARS_FIELD_NUMBER: _ClassVar[int]
+    system_prompt: str
+    turns: _containers.RepeatedCompositeFieldContainer[AnswerPair]
+    query: str
+    recent_turns: int
+    summary_chars: int
+    def __init__(self, system_prompt: _Optional[str] = ..., turns: _Optional[_Iterable[_Union[AnswerPair, _Mapping]]] = ..., query: _Optional[str] = ..., recent_turns: _Optional[int] = ..., summary_chars: _Optional[int] = ...) -> None: ...
+
+class CompressResponse(_message.Message):
+    __slots__ = ("messages", "summarized_turns")
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    SUMMARIZED_TURNS_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.Message]
+    summarized_turns: int
+    def __init__(self, messages: _Optional[_Iterable[_Union[_common_pb2.Message, _Mapping]]] = ..., summarized_turns: _Optional[int] = ...) -> None: ...

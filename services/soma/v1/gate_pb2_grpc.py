@@ -50,6 +50,11 @@ class GateServiceStub:
                 request_serializer=soma_dot_v1_dot_gate__pb2.ObserveTurnRequest.SerializeToString,
                 response_deserializer=soma_dot_v1_dot_gate__pb2.ObserveTurnResponse.FromString,
                 _registered_method=True)
+        self.Compress = channel.unary_unary(
+                '/soma.v1.GateService/Compress',
+                request_serializer=soma_dot_v1_dot_gate__pb2.CompressRequest.SerializeToString,
+                response_deserializer=soma_dot_v1_dot_gate__pb2.CompressResponse.FromString,
+                _registered_method=True)
 
 
 class GateServiceServicer:
@@ -77,6 +82,14 @@ class GateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Compress(self, request, context):
+        """The compressed prefix S~_t a switched session is served with: a summary of the older turns
+        (central sentences by the encoder) in the system message, the last turns verbatim, the query.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +107,11 @@ def add_GateServiceServicer_to_server(servicer, server):
                     servicer.ObserveTurn,
                     request_deserializer=soma_dot_v1_dot_gate__pb2.ObserveTurnRequest.FromString,
                     response_serializer=soma_dot_v1_dot_gate__pb2.ObserveTurnResponse.SerializeToString,
+            ),
+            'Compress': grpc.unary_unary_rpc_method_handler(
+                    servicer.Compress,
+                    request_deserializer=soma_dot_v1_dot_gate__pb2.CompressRequest.FromString,
+                    response_serializer=soma_dot_v1_dot_gate__pb2.CompressResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +196,33 @@ class GateService:
             '/soma.v1.GateService/ObserveTurn',
             soma_dot_v1_dot_gate__pb2.ObserveTurnRequest.SerializeToString,
             soma_dot_v1_dot_gate__pb2.ObserveTurnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Compress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/soma.v1.GateService/Compress',
+            soma_dot_v1_dot_gate__pb2.CompressRequest.SerializeToString,
+            soma_dot_v1_dot_gate__pb2.CompressResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,352 @@
+"""The adaptation driver: carries out what `soma.session.reconcile` decides, over gRPC.
+
+One `tick` reads a session's live record from the session store, asks the mining or training
+service about the session's current job, runs the pure reconcile step, carries out its actions
+(submit a job, ask GateService.Accept) and writes the record back with compare-and-set. The
+dialogue service's background loop ticks its sessions in embedded mode; the Kubernetes operator
+ticks each SomaSession in cluster mode. Both run this code, so the two modes cannot diverge.
+
+Submissions are idempotent per (session, generation) and the gate is a pure computation, so a
+tick that loses a compare-and-set race is simply run again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import grpc
+from opentelemetry import trace
+
+from soma.algo.config import MethodConfig
+from soma.server.generation import messages_to_proto
+from soma.session import live as live_record
+from soma.session.live import LiveRecord
+from soma.session.reconcile import (
+    JobObservation,
+    ReconcilePolicy,
+    RunGate,
+    SubmitMining,
+    SubmitTraining,
+    describe,
+    job_submit_failed,
+    job_submitted,
+    on_gate_result,
+    reconcile,
+)
+from soma.session.records import Phase, ServedBy, SessionState, Turn, chat_messages
+from soma.storage.session_store import SessionClosed, SessionMissing, SessionStore
+from soma.telemetry import metrics
+from soma.telemetry.session_trace import session_span
+from soma.v1 import common_pb2, gate_pb2, mining_pb2, training_pb2
+
+log = logging.getLogger("soma.adaptation")
+
+_JOB_STATES = {
+    common_pb2.JOB_STATE_QUEUED: "QUEUED",
+    common_pb2.JOB_STATE_RUNNING: "RUNNING",
+    common_pb2.JOB_STATE_SUCCEEDED: "SUCCEEDED",
+    common_pb2.JOB_STATE_FAILED: "FAILED",
+    common_pb2.JOB_STATE_CANCELLED: "CANCELLED",
+}
+WARN_EVERY_S = 30.0
+_BOUNDS = {"hoeffding": gate_pb2.BOUND_HOEFFDING, "bernstein": gate_pb2.BOUND_BERNSTEIN, "none": gate_pb2.BOUND_NONE}
+
+
+@dataclass
+class AdaptationClients:
+    """gRPC stubs of the services the chain runs on (their channels stay open with the stubs' owner)."""
+
+    mining: Any  # MiningServiceStub
+    training: Any  # TrainingServiceStub
+    gate: Any  # GateServiceStub
+
+
+def warm_turn_indices(turns: list[Turn], limit: int) -> list[int]:
+    """The teacher-served turns the next generation adapts on: the most recent `limit` of them."""
+    served = [t.turn_index for t in turns if t.served_by is ServedBy.TEACHER]
+    return served[-limit:]
+
+
+def warm_turns_proto(state: SessionState, turns: list[Turn], indices: list[int]) -> list[common_pb2.WarmTurn]:
+    """(S_t, a_t^F) of each chosen turn: the full history before it, as the teacher saw it."""
+    by_index = {t.turn_index: t for t in turns}
+    out = []
+    for i in indices:
+        turn = by_index[i]
+        history = [t for t in turns if t.turn_index < i]
+        out.append(
+            common_pb2.WarmTurn(
+                turn_index=i,
+                context=messages_to_proto(chat_messages(state, history, turn.query)),
+                teacher_answer=turn.answer,
+                teacher_finish_reason=common_pb2.FINISH_REASON_LENGTH
+                if turn.finish_reason == "length"
+                else common_pb2.FINISH_REASON_STOP,
+            )
+        )
+    return out
+
+
+class AdaptationDriver:
+    def __init__(
+        self,
+        store: SessionStore,
+        clients: AdaptationClients,
+        method: MethodConfig,
+        policy: ReconcilePolicy,
+        *,
+        adapter_store: Any = None,
+        rpc_timeout_s: float = 30.0,
+        max_warm_turns: int | None = None,
+    ):
+        self.store = store
+        self.clients = clients
+        self.method = method
+        self.policy = policy
+        self.adapter_store = adapter_store
+        self.rpc_timeout_s = rpc_timeout_s
+        self.max_warm_turns = max_warm_turns or max(policy.machine.warm_turns, method.lora.top_warm)
+        self._warned: dict[str, float] = {}
+
+    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+        """A dependency that stays down is logged every WARN_EVERY_S, not on every tick."""
+        now = time.monotonic()
+        if now - self._warned.get(key, -WARN_EVERY_S) >= WARN_EVERY_S:
+            self._warned[key] = now
+            log.warning(message, *args)
+        if len(self._warned) > 10_000:
+            self._warned.clear()
+
+    # -- one step -------------------------------------------------------------------------
+    def tick(self, session_id: str, now: float | None = None) -> dict | None:
+        """One reconcile step; returns the session's summary (see `summary`), None when it is gone."""
+        for _ in range(5):
+            try:
+                state = self.store.get(session_id)
+                if state is None or state.closed:
+                    return None
+                raw, version = self.store.get_live(session_id)
+            except SessionMissing:
+                return None
+            record = live_record.from_dict(raw)
+            new = self._step(session_id, state, record, time.time() if now is None else now)
+            if new == record:
+                return summary(new, state)
+            try:
+                if self.store.put_live(session_id, live_record.to_dict(new), version, new.phase, new.generation):
+                    self._record_changes(session_id, record, new)
+                    return summary(new, state)
+            except (SessionMissing, SessionClosed):
+                return None
+        log.warning("session %s: the live record kept changing under the driver; next tick", session_id)
+        return None
+
+    def _step(self, session_id: str, state: SessionState, record: LiveRecord, now: float) -> LiveRecord:
+        live = record.live
+        observed = self._observe(live) if live.job_id and live.step in ("mining", "training") else None
+        new_live, actions = reconcile(live, observed, now, self.policy)
+        record = replace(record, live=new_live)
+        for action in actions:
+            with session_span(
+                session_id, record, f"soma.adaptation.{type(action).__name__}", generation=action.generation
+            ):
+                if isinstance(action, SubmitMining):
+                    record = self._submit_mining(session_id, state, record, now)
+                elif isinstance(action, SubmitTraining):
+                    record = self._submit_training(session_id, state, record, action, now)
+                elif isinstance(action, RunGate):
+                    record = self._run_gate(session_id, state, record, action, now)
+        return record
+
+    # -- jobs -------------------------------------------------------------------------------
+    def _observe(self, live) -> JobObservation | None:
+        kind = live.step
+        try:
+            if kind == "mining":
+                r = self.clients.mining.GetMiningJob(
+                    mining_pb2.GetMiningJobRequest(job_id=live.job_id), timeout=self.rpc_timeout_s
+                )
+                result = None
+                if r.job.state == common_pb2.JOB_STATE_SUCCEEDED:
+                    result = {
+                        "cases": [
+                            {
+                                "turn_index": c.turn_index,
+                                "verbalized_prompt": c.verbalized_prompt,
+                                "teacher_answer": c.teacher_answer,
+                                "hardness": c.hardness,
+                                "finish_reason": c.finish_reason,
+                            }
+                            for c in r.cases
+                        ],
+                        "warm_hardness": list(r.warm_hardness),
+                    }
+            else:
+                r = self.clients.training.GetTrainingJob(
+                    training_pb2.GetTrainingJobRequest(job_id=live.job_id), timeout=self.rpc_timeout_s
+                )
+                result = None
+                if r.job.state == common_pb2.JOB_STATE_SUCCEEDED:
+                    result = {
+                        "uri": r.adapter.uri,
+                        "sha256": r.adapter.sha256,
+                        "metrics": dict(r.adapter.metrics),
+                        "acceptance": [[e.teacher_answer, e.old_answer, e.new_answer] for e in r.acceptance],
+                    }
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return JobObservation(live.job_id, "MISSING", None, err.details() or "")
+            self._warn_once(
+                live.job_id,
+                "job %s: status unavailable (%s: %s); asking again",
+                live.job_id,
+                err.code().name,
+                err.details(),
+            )
+            return None  # unknown: reconcile waits (and times the job out eventually)
+        return JobObservation(live.job_id, _JOB_STATES.get(r.job.state, "QUEUED"), result, r.job.message)
+
+    def _warm(self, session_id: str, state: SessionState, indices: list[int] | None):
+        turns = self.store.turns(session_id)
+        if indices is None:
+            indices = warm_turn_indices(turns, self.max_warm_turns)
+        by_index = {t.turn_index: t for t in turns}
+        return indices, warm_turns_proto(state, turns, indices), [by_index[i].query for i in indices]
+
+    def _submit_mining(self, session_id: str, state: SessionState, record: LiveRecord, now: float) -> LiveRecord:
+        gen = record.generation
+        indices, warm, queries = self._warm(session_id, state, None)
+        request = mining_pb2.SubmitMiningJobRequest(session_id=session_id, generation=gen, warm_turns=warm)
+        try:
+            job = self.clients.mining.SubmitMiningJob(request, timeout=self.rpc_timeout_s).job
+        except grpc.RpcError as err:
+            log.warning("session %s gen %d: mining submission failed (%s)", session_id, gen, err.details())
+            return replace(record, live=job_submit_failed(record.live, str(err.details()), now, self.policy))
+        log.info("session %s gen %d: mining job %s on turns %s", session_id, gen, job.job_id, indices)
+        return replace(
+            record,
+            live=job_submitted(record.live, job.job_id, now),
+            warm_turns=tuple(indices),
+            warm_queries=tuple(queries),
+            stage_started=now,
+        )
+
+    def _submit_training(self, session_id, state, record: LiveRecord, action: SubmitTraining, now) -> LiveRecord:
+        gen = record.generation
+        _, warm, _ = self._warm(session_id, state, list(record.warm_turns))
+        mined = action.mined or {}
+        request = training_pb2.SubmitTrainingJobRequest(
+            session_id=session_id,
+            generation=gen,
+            warm_turns=warm,
+            mined_cases=[mining_pb2.MinedCase(**c) for c in mined.get("cases", [])],
+            warm_hardness=mined.get("warm_hardness", []),
+        )
+        try:
+            job = self.clients.training.SubmitTrainingJob(request, timeout=self.rpc_timeout_s).job
+        except grpc.RpcError as err:
+            log.warning("session %s gen %d: training submission failed (%s)", session_id, gen, err.details())
+            return replace(record, live=job_submit_failed(record.live, str(err.details()), now, self.policy))
+        log.info("session %s gen %d: training job %s", session_id, gen, job.job_id)
+        if record.stage_started is not None:  # mining: from its submission until training is queued
+            metrics.ADAPTATION_SECONDS.labels("mining").observe(max(0.0, now - record.stage_started))
+        return replace(record, live=job_submitted(record.live, job.job_id, now), stage_started=now)
+
+    def _run_gate(self, session_id, state, record: LiveRecord, action: RunGate, now) -> LiveRecord:
+        gen, g = record.generation, self.method.gate
+        if record.live.step == "gating" and record.stage_started is not None and "gate_from" not in record.extra:
+            metrics.ADAPTATION_SECONDS.labels("training").observe(max(0.0, now - record.stage_started))
+            record = replace(record, extra={**record.extra, "gate_from": now})
+        trained = action.trained or {}
+        turns = self.store.turns(session_id)
+        request = gate_pb2.AcceptRequest(
+            session_id=session_id,
+            batch=[
+                gate_pb2.AcceptanceExample(teacher_answer=t, old_answer=o, new_answer=n)
+                for t, o, n in trained.get("acceptance", [])
+            ],
+            epsilon=g.epsilon,
+            delta=g.delta,
+            bound=_BOUNDS[g.bound],
+            max_mean_gap=g.max_mean_gap,
+            current_query=turns[-1].query if turns else "",
+            warm_queries=list(record.warm_queries),
+            min_locality=g.min_locality if turns and record.warm_queries else 0.0,
+        )
+        try:
+            decision = self.clients.gate.Accept(request, timeout=self.rpc_timeout_s)
+        except grpc.RpcError as err:
+            self._warn_once(
+                f"gate:{session_id}",
+                "session %s gen %d: gate unavailable (%s); asking again",
+                session_id,
+                gen,
+                err.details(),
+            )
+            return record
+        metrics.ADAPTATION_SECONDS.labels("gate").observe(max(0.0, now - record.extra.get("gate_from", now)))
+        trace.get_current_span().set_attributes(
+            {
+                "soma.gate.accepted": decision.accepted,
+                "soma.gate.mean_improvement": decision.mean_improvement,
+                "soma.gate.bound": decision.bound,
+                "soma.gate.mean_gap_new": decision.mean_gap_new,
+                "soma.gate.locality": decision.locality,
+                "soma.gate.batch_size": len(request.batch),
+            }
+        )
+        log.info(
+            "session %s gen %d: gate %s (%s)",
+            session_id,
+            gen,
+            "accepted" if decision.accepted else "rejected",
+            decision.reason,
+        )
+        live = on_gate_result(record.live, gen, decision.accepted, decision.reason, now, self.policy)
+        extra = {k: v for k, v in record.extra.items() if k != "gate_from"}
+        return replace(
+            record,
+            live=live,
+            stage_started=None,
+            extra=extra,
+            switches=record.switches + (1 if live.adaptation.phase is Phase.SURROGATE else 0),
+            drift=() if live.adaptation.phase is Phase.SURROGATE else record.drift,
+        )
+
+    def _record_changes(self, session_id: str, before: LiveRecord, after: LiveRecord) -> None:
+        """Spans and metrics for the transitions this tick made (written once the record is stored)."""
+        known = len(before.live.adaptation.history)
+        new_transitions = after.live.adaptation.history[known:] if after.live.adaptation.history else ()
+        for t in new_transitions:
+            with session_span(session_id, after, "soma.session.transition", generation=t.generation) as span:
+                span.set_attributes({"soma.from": t.source.value, "soma.to": t.target.value, "soma.reason": t.reason})
+            if t.target is Phase.SURROGATE:
+                metrics.SWITCHES.inc()
+            elif t.target is Phase.FAILED:
+                metrics.ADAPTATIONS_FAILED.inc()
+
+    # -- the end of a session ---------------------------------------------------------------
+    def forget(self, session_id: str) -> None:
+        """Delete the session's transcript and state, and every adapter generation it has."""
+        if self.adapter_store is not None:
+            removed = self.adapter_store.delete_session(session_id)
+            log.info("session %s: %d adapter objects deleted", session_id, removed)
+        self.store.delete(session_id)
+
+
+def summary(record: LiveRecord, state: SessionState) -> dict:
+    """describe() plus counters and the last activity: what the operator mirrors into the status."""
+    return {
+        **describe(record.live),
+        "counters": {
+            "turns": state.turn_count,
+            "teacherTurns": state.teacher_turns,
+            "surrogateTurns": state.surrogate_turns,
+            "switches": record.switches,
+            "rollbacks": record.rollbacks,
+        },
+        "lastActivity": state.updated_at,
+    }
