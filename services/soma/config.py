@@ -168,6 +168,41 @@ class DialogueSettings(_Section):
     max_history_chars: int = Field(
         400_000, ge=1000, description="History sent to the model per turn; older turns beyond it are left out."
     )
+    adaptation: Literal["off", "embedded", "operator"] = Field(
+        "embedded",
+        description="Who drives live adaptation: this process (embedded), the SomaSession operator, or off "
+        "(the teacher serves every turn). Cluster: operator.",
+    )
+    surrogate_address: str = Field("", description="host:port of the surrogate service; empty = this process.")
+    gate_address: str = Field("", description="host:port of the gate service; empty = this process.")
+    mining_address: str = Field("", description="host:port of the mining service; empty = this process.")
+    training_address: str = Field("", description="host:port of the training service; empty = this process.")
+    reconcile_interval_s: float = Field(
+        1.0, gt=0, description="How often the embedded reconcile loop looks at sessions that are adapting."
+    )
+    rewarm_turns: int = Field(2, ge=1, description="Teacher turns after a rollback before re-adapting.")
+    max_attempts: int = Field(
+        3, ge=1, description="Failed adaptations (job failure or gate rejection) before a session gives up (FAILED)."
+    )
+    job_timeout_s: float = Field(1800.0, gt=0, description="An adaptation job running longer counts as failed.")
+    retry_backoff_s: float = Field(5.0, ge=0, description="Wait before re-adapting after a failure; doubles each time.")
+    session_ttl_s: int = Field(
+        86_400, ge=60, description="SomaSession ttlSeconds (operator mode): idle sessions are deleted after it."
+    )
+    kubernetes_namespace: str = Field(
+        "", description="Namespace of the SomaSession objects (adaptation operator); empty = the pod's own."
+    )
+
+    def policy(self, warm_turns: int):
+        """The reconcile policy of live sessions (W comes from the method config)."""
+        from soma.session.machine import Policy  # noqa: PLC0415
+        from soma.session.reconcile import ReconcilePolicy  # noqa: PLC0415
+
+        return ReconcilePolicy(
+            Policy(warm_turns=warm_turns, rewarm_turns=self.rewarm_turns, max_attempts=self.max_attempts),
+            job_timeout_s=self.job_timeout_s,
+            backoff_s=self.retry_backoff_s,
+        )
 
     @model_validator(mode="after")
     def _redis_url(self) -> DialogueSettings:
@@ -175,7 +210,7 @@ class DialogueSettings(_Section):
             raise ValueError("dialogue.redis_url is required when dialogue.session_store is redis")
         return self
 
-    @field_validator("teacher_address")
+    @field_validator("teacher_address", "surrogate_address", "gate_address", "mining_address", "training_address")
     @classmethod
     def _address(cls, value: str) -> str:
         if value and not re.fullmatch(r"(unix:.+|[A-Za-z0-9.\-]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5})", value):
