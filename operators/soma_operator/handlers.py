@@ -106,9 +106,7 @@ def register(
         except Exception as err:  # noqa: BLE001 - any driver failure is retried by kopf
             metrics.ticks_failed.inc()
             report, failure = None, err
-        last_activity = (
-            report.get("lastActivity") if report is not None else st.parse_time(current.get("lastActivity"))
-        )
+        last_activity = report.get("lastActivity") if report is not None else st.parse_time(current.get("lastActivity"))
         if st.ttl_expired(spec.get("ttlSeconds"), last_activity, st.parse_time(meta.get("creationTimestamp")), now):
             try:
                 deleter(namespace).delete_named(name)

@@ -20,23 +20,31 @@ class OperatorMetrics:
             "soma_operator_reconciles_total", "Ticks that ran the adaptation driver.", registry=self.registry
         )
         self.ticks_failed = Counter(
-            "soma_operator_ticks_failed_total", "Ticks whose driver call raised (retried after a backoff).",
+            "soma_operator_ticks_failed_total",
+            "Ticks whose driver call raised (retried after a backoff).",
             registry=self.registry,
         )
         self.status_patches = Counter(
-            "soma_operator_status_patches_total", "Status patches written, by cause.", ["cause"],
+            "soma_operator_status_patches_total",
+            "Status patches written, by cause.",
+            ["cause"],
             registry=self.registry,
         )
         self.ttl_deletions = Counter(
-            "soma_operator_ttl_deletions_total", "SomaSessions deleted because their TTL expired.",
+            "soma_operator_ttl_deletions_total",
+            "SomaSessions deleted because their TTL expired.",
             registry=self.registry,
         )
         self.cleanups = Counter(
-            "soma_operator_cleanups_total", "Finalizer runs (driver.forget), by result.", ["result"],
+            "soma_operator_cleanups_total",
+            "Finalizer runs (driver.forget), by result.",
+            ["result"],
             registry=self.registry,
         )
         self.sessions = Gauge(
-            "soma_operator_sessions", "SomaSessions seen by this operator, by phase.", ["phase"],
+            "soma_operator_sessions",
+            "SomaSessions seen by this operator, by phase.",
+            ["phase"],
             registry=self.registry,
         )
         self._phases: dict[tuple[str, str], str] = {}

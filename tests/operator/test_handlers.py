@@ -11,10 +11,10 @@ import time
 import kopf
 import pytest
 from kubernetes import client
-
-from soma.k8s.session_resource import SessionResources
 from soma_operator.handlers import FINALIZER, kopf_settings, register
 from soma_operator.settings import OperatorSettings
+
+from soma.k8s.session_resource import SessionResources
 from tests.operator.conftest import NAMESPACE, RESOURCE, eventually, running_operator, session_object
 
 pytestmark = pytest.mark.asyncio
@@ -130,7 +130,10 @@ async def test_a_phase_change_is_patched_with_its_condition(k8s):
         "GateAccepted",
         "gate accepted generation 1",
     )
-    assert (condition(failed, "Failed")["status"], condition(failed, "Failed")["reason"]) == ("True", "AttemptsExhausted")
+    assert (condition(failed, "Failed")["status"], condition(failed, "Failed")["reason"]) == (
+        "True",
+        "AttemptsExhausted",
+    )
     assert condition(failed, "Adapted")["status"] == "False"
     assert metrics.status_patches.labels("change")._value.get() >= 2
 
@@ -199,7 +202,9 @@ async def test_a_failing_cleanup_keeps_the_object_until_it_succeeds(k8s):
     api = api_for(k8s)
     async with running_operator(k8s, registry, ks):
         await eventually(lambda: FINALIZER in k8s.objects[RESOURCE, NAMESPACE, "s6"]["metadata"].get("finalizers", []))
-        await asyncio.to_thread(api.delete_namespaced_custom_object, "soma.dev", "v1alpha1", NAMESPACE, "somasessions", "s6")
+        await asyncio.to_thread(
+            api.delete_namespaced_custom_object, "soma.dev", "v1alpha1", NAMESPACE, "somasessions", "s6"
+        )
         await eventually(lambda: len(calls) >= 1)
         assert not gone(k8s, "s6")  # held by the finalizer while cleanup fails
         await eventually(lambda: gone(k8s, "s6"))

@@ -44,7 +44,8 @@ def current_namespace(default: str = "default") -> str:
         return default
 
 
-def _default_api() -> Any:
+def kubernetes_api() -> Any:
+    """A CustomObjectsApi configured from the pod's service account, else the local kubeconfig."""
     from kubernetes import client, config  # noqa: PLC0415 - only cluster mode needs the client
 
     try:
@@ -67,7 +68,7 @@ class SessionResources:
 
     def __init__(self, namespace: str, api: Any = None):
         self.namespace = namespace
-        self.api = api if api is not None else _default_api()
+        self.api = api if api is not None else kubernetes_api()
 
     def create(
         self,
