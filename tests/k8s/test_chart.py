@@ -417,6 +417,8 @@ BAD_VALUES = {
         },
         "/teacher/gpu/enabled",
     ),
+    "vLLM teacher without a GPU": ({"teacher": {"backend": "vllm"}}, "/teacher/gpu/enabled"),
+    "vLLM surrogate without a GPU": ({"surrogate": {"backend": "vllm"}}, "/surrogate/gpu/enabled"),
     "external redis without host": ({"redis": {"enabled": False}}, "/redis/external/host"),
     "external S3 without secret": (
         {"minio": {"enabled": False, "external": {"endpoint": "s3:443"}}},
@@ -436,3 +438,12 @@ def test_values_schema_rejects_bad_values(values, where):
 def test_embedded_mode_needs_no_external_stores():
     """The external-store rules apply to cluster mode only: minimal disables both stores."""
     assert render({"mode": "embedded", "redis": {"enabled": False}, "minio": {"enabled": False}})
+
+
+def test_gpu_runtime_class_goes_to_gpu_pods_only():
+    values = load_values("gpu")
+    values["gpu"] = {"runtimeClassName": "nvidia"}
+    docs = render(values)
+    for owner, spec in pod_specs(docs):
+        gpu = _gpu_limit(spec["containers"][0]) > 0
+        assert (spec.get("runtimeClassName") == "nvidia") == gpu, owner["metadata"]["name"]

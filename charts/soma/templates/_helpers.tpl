@@ -192,6 +192,9 @@ tolerations: {{- toYaml . | nindent 2 }}
 {{- with $cfg.affinity }}
 affinity: {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- if and $gpu $v.gpu.runtimeClassName }}
+runtimeClassName: {{ $v.gpu.runtimeClassName }}
+{{- end }}
 containers:
   - name: {{ .component }}
     {{- include "soma.image" (list $root $gpu) | nindent 4 }}
