@@ -18,6 +18,7 @@ import pytest
 from tests.k8s.manifests import (
     CHART,
     KUBE_VERSION,
+    REPO,
     VALUE_SETS,
     component,
     env_of,
@@ -196,6 +197,13 @@ def test_the_chart_configuration_is_accepted_by_soma_config(rendered, value_set,
         settings = load_settings()
         assert settings.server.host == "0.0.0.0", owner["metadata"]["name"]
         assert settings.adapters.backend == "s3"
+        if component(owner) == "operator":  # and its own SOMA_OPERATOR_* settings
+            monkeypatch.syspath_prepend(str(REPO / "operators"))
+            from soma_operator.settings import OperatorSettings
+
+            operator = OperatorSettings()
+            assert (operator.namespace, operator.peering) == ("soma", "soma-operator")
+            assert (operator.health_port, operator.metrics_port) == (8080, 9464)
 
 
 # --- GPU value set --------------------------------------------------------------------------------
@@ -315,7 +323,18 @@ def test_external_renders_no_redis_or_minio_and_uses_the_existing_secrets(render
 
 def test_operator_rbac_is_namespaced_and_minimal(rendered):
     docs = rendered("default")
-    assert not of_kind(docs, "ClusterRole") and not of_kind(docs, "ClusterRoleBinding")
+    # cluster-wide: reading CRDs only (kopf notices CRD changes), bound to the operator alone
+    (cluster_role,) = of_kind(docs, "ClusterRole")
+    assert cluster_role["rules"] == [
+        {
+            "apiGroups": ["apiextensions.k8s.io"],
+            "resources": ["customresourcedefinitions"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    (cluster_binding,) = of_kind(docs, "ClusterRoleBinding")
+    assert cluster_binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
+    assert cluster_binding["subjects"] == [{"kind": "ServiceAccount", "name": "soma-operator", "namespace": "soma"}]
     role = named(docs, "Role", "soma-operator")
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
     assert rules == {
@@ -344,6 +363,8 @@ def test_operator_with_cluster_scope_gets_a_cluster_role():
     role = named(docs, "ClusterRole", "soma-operator")
     resources = {res for rule in role["rules"] for res in rule["resources"]}
     assert "clusterkopfpeerings" in resources and "kopfpeerings" not in resources
+    assert {"namespaces", "customresourcedefinitions", "somasessions"} <= resources
+    assert [r["metadata"]["name"] for r in of_kind(docs, "Role")] == ["soma-dialogue"]
     assert named(docs, "ClusterKopfPeering", "soma-operator")
     assert env_values(_container(named(docs, "Deployment", "soma-operator")))["SOMA_OPERATOR_NAMESPACE"] == ""
 
@@ -351,13 +372,7 @@ def test_operator_with_cluster_scope_gets_a_cluster_role():
 def test_dialogue_may_create_and_delete_somasessions_only(rendered):
     docs = rendered("default")
     role = named(docs, "Role", "soma-dialogue")
-    assert role["rules"] == [
-        {
-            "apiGroups": ["soma.dev"],
-            "resources": ["somasessions"],
-            "verbs": ["get", "list", "watch", "create", "delete"],
-        }
-    ]
+    assert role["rules"] == [{"apiGroups": ["soma.dev"], "resources": ["somasessions"], "verbs": ["create", "delete"]}]
     assert (
         named(docs, "Deployment", "soma-dialogue")["spec"]["template"]["spec"]["serviceAccountName"] == "soma-dialogue"
     )
