@@ -235,7 +235,11 @@ def test_gpu_teacher_and_surrogate_run_vllm_on_gpus(rendered):
         assert env[f"SOMA_{role}__BACKEND"] == "vllm"
         assert env[f"SOMA_{role}__DTYPE"] == "bfloat16"
         assert _gpu_limit(container) == 1
+        assert container["image"].startswith("soma-cuda:")
         assert A100.items() <= doc["spec"]["template"]["spec"]["nodeSelector"].items()
+        assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in doc["spec"]["template"]["spec"][
+            "tolerations"
+        ]
     # services without a GPU stay off the GPU pool
     for name in ("soma-dialogue", "soma-gate", "soma-operator"):
         doc = named(docs, "Deployment", name)
