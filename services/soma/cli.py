@@ -154,6 +154,12 @@ def cmd_bench_fidelity(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_bench_live(args: argparse.Namespace) -> int:
+    from soma.bench.live import run_bench_live
+
+    return run_bench_live(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="soma", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -209,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(bfid)
     bfid.set_defaults(func=cmd_bench_fidelity)
+    blive = bench_sub.add_parser("live", help="live adaptation: switch turn, latency under jobs, adapter cache")
+    from soma.bench.live import add_arguments as add_live_arguments
+
+    add_live_arguments(blive)
+    blive.add_argument("--config", type=Path)
+    blive.set_defaults(func=cmd_bench_live)
     return parser
 
 

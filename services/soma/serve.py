@@ -124,6 +124,7 @@ def build_server(target: str, settings: Settings) -> SomaServer:
         from soma.jobs.queue import JobQueue  # noqa: PLC0415
 
         queue = JobQueue(make_celery(settings.jobs), settings.jobs)
+        jobs.register_queue_depth(queue)
         if "mining" in wanted:
             server.add(jobs.hosted_mining(queue))
         if "training" in wanted:

@@ -40,10 +40,15 @@ class AtomicFilesystemBackend(FilesystemBackend):
 
 def _embedded_urls(local_dir: Path) -> tuple[str, str, dict]:
     root = local_dir.expanduser().resolve()
-    queue, processed, results = root / "queue", root / "processed", root / "results"
-    for folder in (queue, processed, results):
+    queue, processed, results, control = root / "queue", root / "processed", root / "results", root / "control"
+    for folder in (queue, processed, results, control):
         folder.mkdir(parents=True, exist_ok=True)
-    options = {"data_folder_in": str(queue), "data_folder_out": str(queue), "processed_folder": str(processed)}
+    options = {
+        "data_folder_in": str(queue),
+        "data_folder_out": str(queue),
+        "processed_folder": str(processed),
+        "control_folder": str(control),  # kombu's default is ./control in the working directory
+    }
     return "filesystem://", f"{__name__}:AtomicFilesystemBackend+file://{results}", options
 
 

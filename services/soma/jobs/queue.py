@@ -52,6 +52,11 @@ class JobQueue:
         self.app = app
         self.settings = settings
 
+    def depth(self, queue: str) -> int:
+        """Messages waiting in a queue (the broker's own count: files, or a Redis list's length)."""
+        with self.app.connection_for_read() as conn:
+            return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
+
     def _marker(self, jid: str) -> bytes:
         return f"soma-submitted-{jid}".encode()  # bytes: the file backend's key type; Redis takes either
 

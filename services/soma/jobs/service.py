@@ -158,6 +158,36 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         )
 
 
+class QueueDepthCollector:
+    """soma_queue_depth{queue}, read from the broker when Prometheus scrapes (KEDA scales on the same count)."""
+
+    def __init__(self, queue: JobQueue):
+        self.queue = queue
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415
+
+        family = GaugeMetricFamily("soma_queue_depth", "Jobs waiting in each queue.", labels=["queue"])
+        for name in (self.queue.settings.mining_queue, self.queue.settings.training_queue):
+            try:
+                family.add_metric([name], self.queue.depth(name))
+            except Exception:  # noqa: BLE001 - a broker that is down has no depth to report
+                continue
+        yield family
+
+
+_depth_registered = False
+
+
+def register_queue_depth(queue: JobQueue) -> None:
+    global _depth_registered
+    if not _depth_registered:
+        import prometheus_client  # noqa: PLC0415
+
+        prometheus_client.REGISTRY.register(QueueDepthCollector(queue))
+        _depth_registered = True
+
+
 def hosted_mining(queue: JobQueue) -> HostedService:
     servicer = MiningServicer(queue)
     return HostedService(

@@ -49,4 +49,3 @@ ADAPTATION_SECONDS = prometheus_client.Histogram(
     ["stage"],
     buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1200, 3600),
 )
-QUEUE_DEPTH = prometheus_client.Gauge("soma_queue_depth", "Jobs waiting in each queue.", ["queue"])
