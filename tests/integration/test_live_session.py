@@ -19,7 +19,6 @@ import time
 import urllib.request
 from concurrent import futures
 from contextlib import contextmanager
-from pathlib import Path
 
 import grpc
 import pytest

@@ -185,3 +185,64 @@ def test_full_history_messages():
 )
 def test_session_ids_are_path_safe(sid, ok):
     assert is_valid_session_id(sid) is ok
+
+
+# -- the live-adaptation record ------------------------------------------------------------
+
+
+def test_live_record_is_compare_and_set(store):
+    _open(store)
+    assert store.get_live("s1") == (None, 0)
+    assert store.put_live("s1", {"v": 1}, 0, Phase.ADAPTING, 1)
+    assert store.get_live("s1") == ({"v": 1}, 1)
+    # a writer that read version 0 lost the race: refused, nothing changed
+    assert not store.put_live("s1", {"v": "stale"}, 0, Phase.WARMUP, 0)
+    assert store.get_live("s1") == ({"v": 1}, 1)
+    state = store.get("s1")
+    assert (state.phase, state.adapter_generation) == (Phase.ADAPTING, 1)  # what clients see moves with it
+    assert store.sessions_in([Phase.ADAPTING, Phase.GATING]) == ["s1"]
+    assert store.put_live("s1", {"v": 2}, 1, Phase.SURROGATE, 1)
+    assert store.sessions_in([Phase.ADAPTING, Phase.GATING]) == []
+    with pytest.raises(SessionMissing):
+        store.put_live("nope", {}, 0, Phase.WARMUP, 0)
+
+
+def test_turns_keep_the_phase_the_live_record_set(store):
+    _open(store)
+    store.put_live("s1", {"v": 1}, 0, Phase.SURROGATE, 1)
+    store.append_turn("s1", _turn(1), None)
+    assert store.get("s1").phase is Phase.SURROGATE and store.get("s1").turn_count == 1
+
+
+def test_closed_sessions_take_no_live_writes_and_leave_the_active_set(store):
+    _open(store)
+    store.put_live("s1", {"v": 1}, 0, Phase.ADAPTING, 1)
+    store.close("s1")
+    assert store.sessions_in([Phase.ADAPTING]) == []
+    with pytest.raises(SessionClosed):
+        store.put_live("s1", {"v": 2}, 1, Phase.GATING, 1)
+
+
+def test_delete_removes_the_session_and_its_transcript(store):
+    _open(store)
+    store.append_turn("s1", _turn(1), Phase.WARMUP)
+    store.put_live("s1", {"v": 1}, 0, Phase.ADAPTING, 1)
+    assert store.delete("s1")
+    assert store.get("s1") is None and store.turns("s1") == []
+    assert store.sessions_in([Phase.ADAPTING]) == []
+    assert not store.delete("s1")
+
+
+def test_an_older_sqlite_file_gets_the_live_columns(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the schema before live adaptation
+        conn.executescript(
+            "CREATE TABLE sessions (session_id TEXT PRIMARY KEY, created_at REAL NOT NULL, updated_at REAL NOT NULL,"
+            " phase TEXT NOT NULL, system_prompt TEXT NOT NULL, labels TEXT NOT NULL, turn_count INTEGER NOT NULL,"
+            " teacher_turns INTEGER NOT NULL, surrogate_turns INTEGER NOT NULL, adapter_generation INTEGER NOT NULL);"
+            "INSERT INTO sessions VALUES ('old', 1, 1, 'WARMUP', '', '{}', 0, 0, 0, 0);"
+        )
+    store = SqliteSessionStore(path)
+    assert store.get("old").phase is Phase.WARMUP
+    assert store.get_live("old") == (None, 0)
+    assert store.put_live("old", {"v": 1}, 0, Phase.ADAPTING, 1)

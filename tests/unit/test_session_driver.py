@@ -1,0 +1,172 @@
+"""The adaptation driver over a real session store and scripted job and gate services: what it
+submits, in which order, and how the session moves (the services themselves are tested in
+tests/integration)."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from soma.algo.config import preset
+from soma.session import live as live_record
+from soma.session import machine
+from soma.session.driver import AdaptationClients, AdaptationDriver
+from soma.session.live import LiveRecord
+from soma.session.reconcile import ReconcilePolicy
+from soma.session.records import Phase, ServedBy, SessionState, Turn
+from soma.storage.session_store import SqliteSessionStore
+from soma.v1 import common_pb2, gate_pb2, mining_pb2, training_pb2
+
+POLICY = ReconcilePolicy(machine.Policy(warm_turns=2, max_attempts=2), job_timeout_s=100.0, backoff_s=10.0)
+
+
+class RpcError(grpc.RpcError):
+    def __init__(self, code, details):
+        self._code, self._details = code, details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
+class Jobs:
+    """Mining or training service: submissions recorded, job states scripted by the test."""
+
+    def __init__(self, kind):
+        self.kind, self.submitted, self.state, self.fail_submit = kind, [], common_pb2.JOB_STATE_QUEUED, None
+
+    def submit(self, request, timeout=None):
+        if self.fail_submit:
+            raise RpcError(grpc.StatusCode.UNAVAILABLE, self.fail_submit)
+        self.submitted.append(request)
+        return self._status(request.session_id, request.generation)
+
+    def _status(self, sid, gen):
+        return type("R", (), {"job": common_pb2.JobStatus(job_id=f"{self.kind}-{sid}-{gen}", state=self.state)})()
+
+    SubmitMiningJob = SubmitTrainingJob = submit
+
+    def GetMiningJob(self, request, timeout=None):
+        if self.state == "missing":
+            raise RpcError(grpc.StatusCode.NOT_FOUND, "no such job")
+        r = mining_pb2.GetMiningJobResponse(job=common_pb2.JobStatus(job_id=request.job_id, state=self.state))
+        if self.state == common_pb2.JOB_STATE_SUCCEEDED:
+            r.cases.append(mining_pb2.MinedCase(turn_index=0, verbalized_prompt="vp", teacher_answer="fa", hardness=2))
+            r.warm_hardness.extend([1.0, 3.0])
+        return r
+
+    def GetTrainingJob(self, request, timeout=None):
+        r = training_pb2.GetTrainingJobResponse(job=common_pb2.JobStatus(job_id=request.job_id, state=self.state))
+        if self.state == common_pb2.JOB_STATE_SUCCEEDED:
+            r.adapter.uri, r.adapter.sha256 = "file:///a/s/1", "0" * 64
+            r.acceptance.append(gate_pb2.AcceptanceExample(teacher_answer="t", old_answer="o", new_answer="n"))
+        return r
+
+
+class Gate:
+    def __init__(self, accept=True):
+        self.accept, self.requests = accept, []
+
+    def Accept(self, request, timeout=None):
+        self.requests.append(request)
+        return gate_pb2.AcceptResponse(accepted=self.accept, reason="scripted")
+
+
+@pytest.fixture
+def setup(tmp_path):
+    store = SqliteSessionStore(tmp_path / "s.db")
+    now = time.time()
+    store.create(SessionState("s1", now, now, system_prompt="be brief"))
+    for i in (1, 2):
+        store.append_turn(
+            "s1", Turn(i, f"q{i}", f"a{i}", ServedBy.TEACHER, "t", Phase.WARMUP, 1, 1, 1.0, 1.0, "stop"), None
+        )
+    record = LiveRecord()
+    for i in (1, 2):
+        record = live_record.after_turn(record, i, True, POLICY)
+    store.put_live("s1", live_record.to_dict(record), 0, record.phase, record.generation)
+    mining, training, gate = Jobs("mine"), Jobs("train"), Gate()
+    driver = AdaptationDriver(store, AdaptationClients(mining, training, gate), preset("tiny"), POLICY)
+    return store, driver, mining, training, gate
+
+
+def _record(store) -> LiveRecord:
+    return live_record.from_dict(store.get_live("s1")[0])
+
+
+def test_the_chain_runs_mining_training_gate_and_switches(setup):
+    store, driver, mining, training, gate = setup
+    summary = driver.tick("s1", now=1000.0)
+    assert summary["phase"] == "ADAPTING" and summary["step"] == "mining"
+    [sub] = mining.submitted
+    assert (sub.session_id, sub.generation) == ("s1", 1)
+    # S_t of warm turn 2 is the full history before it, as the teacher saw it
+    assert [m.content for m in sub.warm_turns[1].context] == ["be brief", "q1", "a1", "q2"]
+    assert [t.teacher_answer for t in sub.warm_turns] == ["a1", "a2"]
+    assert _record(store).warm_queries == ("q1", "q2")
+
+    driver.tick("s1", now=1001.0)  # still queued: nothing new
+    assert len(mining.submitted) == 1 and not training.submitted
+    mining.state = common_pb2.JOB_STATE_SUCCEEDED
+    summary = driver.tick("s1", now=1002.0)
+    [train] = training.submitted
+    assert summary["step"] == "training"
+    assert [c.verbalized_prompt for c in train.mined_cases] == ["vp"] and list(train.warm_hardness) == [1.0, 3.0]
+
+    training.state = common_pb2.JOB_STATE_SUCCEEDED
+    summary = driver.tick("s1", now=1003.0)
+    [accept] = gate.requests
+    assert [(e.teacher_answer, e.new_answer) for e in accept.batch] == [("t", "n")]
+    assert accept.current_query == "q2" and list(accept.warm_queries) == ["q1", "q2"]
+    assert summary["phase"] == "SURROGATE" and summary["adapter_uri"] == "file:///a/s/1"
+    assert summary["counters"]["switches"] == 1 and summary["counters"]["turns"] == 2
+    assert store.get("s1").phase is Phase.SURROGATE and store.sessions_in([Phase.ADAPTING, Phase.GATING]) == []
+
+
+def test_a_rejected_gate_retries_as_a_new_generation_after_the_backoff(setup):
+    store, driver, mining, training, gate = setup
+    gate.accept = False
+    mining.state = training.state = common_pb2.JOB_STATE_SUCCEEDED
+    driver.tick("s1", now=0.0)  # submit mining (it has already succeeded)
+    driver.tick("s1", now=1.0)  # mining done: submit training
+    summary = driver.tick("s1", now=2.0)  # training done: gate rejects
+    assert (summary["phase"], summary["generation"], summary["attempts"]) == ("ADAPTING", 2, 1)
+    driver.tick("s1", now=5.0)  # inside the backoff: nothing submitted
+    assert [s.generation for s in mining.submitted] == [1]
+    driver.tick("s1", now=13.0)
+    assert [s.generation for s in mining.submitted] == [1, 2]
+
+
+def test_an_unreachable_queue_costs_no_attempt_and_a_lost_job_does(setup):
+    store, driver, mining, training, gate = setup
+    mining.fail_submit = "connection refused"
+    summary = driver.tick("s1", now=0.0)
+    assert summary["step"] == "idle" and summary["attempts"] == 0 and not mining.submitted
+    mining.fail_submit = None
+    driver.tick("s1", now=20.0)
+    assert len(mining.submitted) == 1
+    mining.state = "missing"  # the job's record is gone (results expired, broker wiped)
+    summary = driver.tick("s1", now=21.0)
+    assert (summary["phase"], summary["attempts"], summary["generation"]) == ("ADAPTING", 1, 2)
+    assert "missing" in summary["last_reason"]
+
+
+def test_a_closed_session_is_left_alone_and_forget_deletes_everything(setup, tmp_path):
+    store, driver, mining, *_ = setup
+    store.close("s1")
+    assert driver.tick("s1", now=0.0) is None and not mining.submitted
+
+    class Adapters:
+        deleted = []
+
+        def delete_session(self, sid):
+            self.deleted.append(sid)
+            return 3
+
+    driver.adapter_store = Adapters()
+    driver.forget("s1")
+    assert Adapters.deleted == ["s1"] and store.get("s1") is None
