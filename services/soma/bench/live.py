@@ -46,9 +46,12 @@ def measure_cache(settings, target_mb: float, hits: int) -> dict:
 
     path = resolve_model(settings.surrogate.model, settings.model_cache)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    probe = SessionAdapters(model, LoraConfig(rank=1))
-    probe.new("probe", LoraConfig(rank=1))
-    per_rank = len(probe.export("probe")[0])
+    targets = set(LoraConfig().target_modules)
+    per_rank = sum(  # float32 A (r × in) and B (out × r) of every targeted projection
+        4 * (m.in_features + m.out_features)
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in targets
+    )
     rank = max(1, math.ceil(target_mb * 1e6 / per_rank))
     cfg = LoraConfig(rank=rank, alpha=2 * rank)
     adapters = SessionAdapters(model, cfg)
