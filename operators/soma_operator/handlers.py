@@ -31,7 +31,9 @@ ANNOTATIONS_PREFIX = "soma.dev"
 
 
 class Driver(Protocol):
-    """soma.session.driver.AdaptationDriver as the operator uses it (must be thread-safe)."""
+    """soma.session.driver.AdaptationDriver as the operator uses it. Ticks of different sessions
+    run in parallel threads (thread-safe), and kopf runs handlers at least once: `forget` may be
+    called again for a session it already forgot (idempotent)."""
 
     def tick(self, session_id: str, now: float) -> dict | None: ...
 
@@ -52,6 +54,9 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
         prefix=ANNOTATIONS_PREFIX, key="last-handled-configuration"
     )
     ks.execution.max_workers = settings.max_workers
+    # A tick runs in a thread and cannot be cancelled: when its object is deleted mid-tick (TTL
+    # expiry deletes from inside the tick), re-check within a second, not kopf's default minute.
+    ks.background.cancellation_polling = 1.0
     ks.posting.enabled = settings.post_events
     ks.posting.reporting_component = "soma-operator"
     ks.peering.name = settings.peering
@@ -107,7 +112,11 @@ def register(
             metrics.ticks_failed.inc()
             report, failure = None, err
         last_activity = report.get("lastActivity") if report is not None else st.parse_time(current.get("lastActivity"))
-        if st.ttl_expired(spec.get("ttlSeconds"), last_activity, st.parse_time(meta.get("creationTimestamp")), now):
+        expired = st.ttl_expired(
+            spec.get("ttlSeconds"), last_activity, st.parse_time(meta.get("creationTimestamp")), now
+        )
+        # only once our finalizer is on: deleting before it would skip the cleanup (timers start with the object)
+        if expired and FINALIZER in (meta.get("finalizers") or []):
             try:
                 deleter(namespace).delete_named(name)
             except Exception as err:

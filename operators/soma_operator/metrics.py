@@ -65,6 +65,8 @@ class OperatorMetrics:
             for value, count in counts.items():
                 self.sessions.labels(value).set(count)
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> None:
-        if port:
-            start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, port: int, host: str = "0.0.0.0"):
+        """Serve /metrics on `port` from a daemon thread (0: not at all); returns (server, thread)."""
+        if not port:
+            return None
+        return start_http_server(port, addr=host, registry=self.registry)

@@ -128,8 +128,13 @@ def session_object(name: str, session_id: str, ttl_seconds: int = 86400, **extra
 
 
 @contextlib.asynccontextmanager
-async def running_operator(k8s: KubernetesEmulator, registry: kopf.OperatorRegistry, settings: kopf.OperatorSettings):
-    """`kopf run -A --standalone` on `registry` in KopfRunner's thread, logged in to the emulator.
+async def running_operator(
+    k8s: KubernetesEmulator,
+    registry: kopf.OperatorRegistry,
+    settings: kopf.OperatorSettings,
+    args: tuple[str, ...] = ("--standalone",),
+):
+    """`kopf run -A <args>` on `registry` in KopfRunner's thread, logged in to the emulator.
 
     Entering and leaving happen in worker threads: leaving joins kopf's thread, whose last API
     calls the emulator must still answer from this loop."""
@@ -139,7 +144,7 @@ async def running_operator(k8s: KubernetesEmulator, registry: kopf.OperatorRegis
         return kopf.ConnectionInfo(server=str(k8s.url), insecure=True)
 
     settings.posting.enabled = False  # the emulator declares no events resource
-    runner = KopfRunner(["run", "-A", "--standalone", "--verbose"], registry=registry, settings=settings, timeout=30)
+    runner = KopfRunner(["run", "-A", "--verbose", *args], registry=registry, settings=settings, timeout=30)
     await asyncio.to_thread(runner.__enter__)
     try:
         yield runner
