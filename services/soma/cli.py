@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="serve a bundled demo dialogue through the real API")
     demo.add_argument("--script", type=Path, help="dialogue file (default: the bundled demo)")
     demo.add_argument("--max-new-tokens", type=int, default=64)
+    demo.add_argument(
+        "--wait-s", type=float, default=600.0, help="pause for the adaptation after turn W+1, at most this long"
+    )
     demo.add_argument("--config", type=Path)
     demo.set_defaults(func=cmd_demo)
 

@@ -9,6 +9,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
+import grpc
+
 from soma.client import DialogueClient, TurnResult, load_user_turns
 from soma.config import load_settings
 from soma.launcher import start_server
@@ -45,11 +47,55 @@ def format_table(results: list[TurnResult]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)])
 
 
+def _job_line(client: DialogueClient, session_id: str, generation: int) -> str:
+    """The running adaptation job's stage and progress, read from the mining and training services."""
+    from soma.v1 import mining_pb2, mining_pb2_grpc, training_pb2, training_pb2_grpc  # noqa: PLC0415
+
+    for kind, stub, request in (
+        ("training", training_pb2_grpc.TrainingServiceStub(client._channel), training_pb2.GetTrainingJobRequest),
+        ("mining", mining_pb2_grpc.MiningServiceStub(client._channel), mining_pb2.GetMiningJobRequest),
+    ):
+        job_id = f"{'train' if kind == 'training' else 'mine'}-{session_id}-{generation}"
+        try:
+            job = (
+                stub.GetMiningJob(request(job_id=job_id), timeout=5).job
+                if kind == "mining"
+                else stub.GetTrainingJob(request(job_id=job_id), timeout=5).job
+            )
+        except grpc.RpcError:
+            continue  # not submitted yet
+        state = common_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
+        return f"{kind} job {state} {job.progress * 100:3.0f}% {job.stage}"
+    return "waiting for the first job"
+
+
+def wait_for_adaptation(client: DialogueClient, session_id: str, timeout_s: float) -> str:
+    """Pause like a user reading the answers, showing the adaptation's progress, until it ends."""
+    started = time.perf_counter()
+    last = ""
+    while time.perf_counter() - started < timeout_s:
+        session = client.get_session(session_id).session
+        phase = common_pb2.SessionPhase.Name(session.phase).removeprefix("SESSION_PHASE_")
+        if phase not in ("ADAPTING", "GATING"):
+            print(f"\r    adaptation ended after {time.perf_counter() - started:.0f} s: phase {phase}".ljust(100))
+            return phase
+        line = f"    [{time.perf_counter() - started:4.0f} s] {phase} generation {session.adapter_generation}: " + (
+            "the gate is deciding" if phase == "GATING" else _job_line(client, session_id, session.adapter_generation)
+        )
+        if line != last:
+            print("\r" + line[:100].ljust(100), end="", flush=True)
+            last = line
+        time.sleep(1.0)
+    print(f"\n    still adapting after {timeout_s:.0f} s; going on with the teacher")
+    return "ADAPTING"
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from soma.models.prepare import prepare_model
 
     turns = load_user_turns(args.script or bundled_dialogue())
     settings = load_settings(args.config)
+    warm = settings.jobs.method_config().warm_turns
     started = time.perf_counter()
     for name in EMBEDDED_MODELS:
         prepare_model(name, settings.model_cache)
@@ -57,15 +103,25 @@ def run_demo(args: argparse.Namespace) -> int:
         log_path = Path(tmp) / "server.log"
         extra = ["--config", str(args.config)] if args.config else []
         print("starting soma serve --target all ...", flush=True)
-        env = {"SOMA_DIALOGUE__SESSION_DB": str(Path(tmp) / "sessions.db")}
+        env = {
+            "SOMA_DIALOGUE__SESSION_DB": str(Path(tmp) / "sessions.db"),
+            "SOMA_ADAPTERS__LOCAL_DIR": str(Path(tmp) / "adapters"),
+            "SOMA_JOBS__LOCAL_DIR": str(Path(tmp) / "jobs"),
+        }
         try:
             server = start_server("all", extra, env=env, log_path=log_path)
         except Exception:
             print(log_path.read_text()[-4000:] if log_path.exists() else "")
             raise
         with server:
-            print(f"server ready at {server.address} after {time.perf_counter() - started:.1f}s\n", flush=True)
+            print(f"server ready at {server.address} after {time.perf_counter() - started:.1f}s", flush=True)
+            print(
+                f"the teacher serves the first {warm} turns; then the session's surrogate is adapted in the "
+                "background while the teacher keeps serving\n",
+                flush=True,
+            )
             results: list[TurnResult] = []
+            waited = False
             with DialogueClient(server.address) as client:
                 session = client.open_session(labels={"source": "soma-demo"})
                 for i, query in enumerate(turns, 1):
@@ -77,14 +133,23 @@ def run_demo(args: argparse.Namespace) -> int:
                         max_new_tokens=args.max_new_tokens,
                         on_chunk=lambda t: print(t.replace("\n", "\n          "), end="", flush=True),
                     )
-                    print("\n")
+                    r = result.record
+                    served = common_pb2.ServedBy.Name(r.served_by).removeprefix("SERVED_BY_").lower()
+                    phase = common_pb2.SessionPhase.Name(r.phase).removeprefix("SESSION_PHASE_")
+                    print(f"\n    ({served}, {r.latency_ms / 1000:.1f} s; {r.route_reason}; now {phase})\n")
                     results.append(result)
+                    if phase in ("ADAPTING", "GATING") and i > warm and not waited and args.wait_s > 0:
+                        waited = True
+                        wait_for_adaptation(client, session.session_id, args.wait_s)
+                        print()
                 client.close_session(session.session_id)
             print(format_table(results))
             total_tokens = sum(r.record.completion_tokens for r in results)
+            by_g = sum(1 for r in results if r.record.served_by == common_pb2.SERVED_BY_SURROGATE)
             print(
                 textwrap.dedent(f"""
-                {len(results)} turns, {total_tokens} tokens generated; session closed and its transcript deleted.
+                {len(results)} turns ({by_g} by the adapted surrogate), {total_tokens} tokens generated; session
+                closed, its transcript and adapters deleted.
                 total time {time.perf_counter() - started:.1f}s (answers capped at {args.max_new_tokens} tokens)""")
             )
     return 0
