@@ -107,10 +107,10 @@ def register(
         current = dict(status or {})
         try:
             report = driver.tick(session_id, now)
-            failure = None
-        except Exception as err:  # noqa: BLE001 - any driver failure is retried by kopf
-            metrics.ticks_failed.inc()
-            report, failure = None, err
+        except Exception as err:  # kopf retries after the backoff. No TTL verdict without fresh activity:
+            metrics.ticks_failed.inc()  # the status's lastActivity lags by up to the counters interval
+            raise kopf.TemporaryError(f"tick of session {session_id!r} failed: {err}", delay=backoff) from err
+        # the driver knows the last activity; for a closed or unknown session the status is all there is
         last_activity = report.get("lastActivity") if report is not None else st.parse_time(current.get("lastActivity"))
         expired = st.ttl_expired(
             spec.get("ttlSeconds"), last_activity, st.parse_time(meta.get("creationTimestamp")), now
@@ -123,8 +123,6 @@ def register(
                 raise kopf.TemporaryError(f"TTL expiry of {name}: delete failed: {err}", delay=backoff) from err
             metrics.ttl_deletions.inc()
             return
-        if failure is not None:
-            raise kopf.TemporaryError(f"tick of session {session_id!r} failed: {failure}", delay=backoff)
         metrics.reconciles.inc()
         decision = st.decide(
             current,
