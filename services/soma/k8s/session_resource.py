@@ -13,6 +13,7 @@ raw id (so 'A' and 'a' never share an object), and the raw id travels in spec.se
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,8 @@ def kubernetes_api() -> Any:
 
     try:
         config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
+    except config.ConfigException:  # KUBECONFIG read now: the client reads it once, at its import
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     return client.CustomObjectsApi()
 
 
