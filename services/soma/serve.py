@@ -46,17 +46,9 @@ def _check_addresses(target: str, settings: Settings) -> None:
 
 
 def _chat_backend(path: str, section: ModelSettings, key: str):
-    from soma.models.chat_backend import TransformersChatBackend  # noqa: PLC0415
+    from soma.models.backends import make_chat_backend  # noqa: PLC0415
 
-    try:
-        return TransformersChatBackend(
-            path, name=section.model, dtype=section.dtype, max_context_tokens=section.max_context_tokens
-        )
-    except (OSError, ValueError) as err:
-        raise ConfigError(
-            f"{key}.model={section.model!r} could not be loaded ({type(err).__name__}: {err}); use a catalogue "
-            "name (soma models list), a local model folder, or a Hugging Face id reachable from here"
-        ) from None
+    return make_chat_backend(path, section, key)
 
 
 def build_server(target: str, settings: Settings) -> SomaServer:
