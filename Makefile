@@ -44,7 +44,7 @@ proto-check: setup
 
 lint: setup
 	cd $(PROTO_DIR) && ../$(VENV)/bin/buf lint
-	$(VENV)/bin/ruff check services tests
+	$(VENV)/bin/ruff check services operators tests
 
 test: setup models
 	$(VENV)/bin/pytest -q

@@ -200,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--wait-s", type=float, default=600.0, help="pause for the adaptation after turn W+1, at most this long"
     )
+    demo.add_argument(
+        "--gate-epsilon",
+        type=float,
+        default=-0.15,
+        help="the demo's gate.epsilon (default -0.15: an adapter at most 0.15 worse than the base surrogate on "
+        "its acceptance batch takes over, so the switch and the rollback show on the CPU pair)",
+    )
     demo.add_argument("--config", type=Path)
     demo.set_defaults(func=cmd_demo)
 

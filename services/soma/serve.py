@@ -126,22 +126,13 @@ def build_server(target: str, settings: Settings) -> SomaServer:
     return server
 
 
-def _session_store(settings: Settings):
-    from soma.storage.session_store import SqliteSessionStore  # noqa: PLC0415
-
-    if settings.dialogue.session_store == "redis":
-        from soma.storage.redis_session_store import RedisSessionStore  # noqa: PLC0415
-
-        return RedisSessionStore(settings.dialogue.redis_url)
-    return SqliteSessionStore(settings.dialogue.session_db)
-
-
 def _dialogue(settings: Settings, internal_address: str | None):
     """The dialogue service, with live adaptation wired to the other services' addresses."""
     from soma.dialogue import service as dialogue  # noqa: PLC0415
+    from soma.storage.session_store import open_session_store  # noqa: PLC0415
 
     d = settings.dialogue
-    store = _session_store(settings)
+    store = open_session_store(d)
 
     def channel(address: str):
         return traced_channel(address, max_message_mb=settings.server.max_message_mb)
@@ -157,32 +148,24 @@ def _dialogue(settings: Settings, internal_address: str | None):
 
     method = settings.jobs.method_config()
     policy = d.policy(method.warm_turns)
-    channels = {key: channel(address(key)) for key in ("gate", "mining", "training")}
+    channels = {"gate": channel(address("gate"))}
     gate = gate_pb2_grpc.GateServiceStub(channels["gate"])
     live = LiveAdaptation(store, gate, method, policy, channels=channels)
     on_open = on_close = loop = None
     if d.adaptation == "embedded":
-        from soma.session.driver import AdaptationClients, AdaptationDriver  # noqa: PLC0415
-        from soma.storage.adapter_store import open_store  # noqa: PLC0415
-        from soma.v1 import mining_pb2_grpc, training_pb2_grpc  # noqa: PLC0415
+        from soma.session.driver import build_driver  # noqa: PLC0415
 
-        adapters = open_store(settings.adapters)
-        clients = AdaptationClients(
-            mining_pb2_grpc.MiningServiceStub(channels["mining"]),
-            training_pb2_grpc.TrainingServiceStub(channels["training"]),
-            gate,
-        )
-        driver = AdaptationDriver(store, clients, method, policy, adapter_store=adapters)
-        loop = ReconcileLoop(driver, store, d.reconcile_interval_s).start()
+        driver = build_driver(settings, internal_address)
+        loop = ReconcileLoop(driver, driver.store, d.reconcile_interval_s).start()
         live.on_adapting = loop.wake
 
         def on_close(session_id: str) -> None:
-            adapters.delete_session(session_id)  # every generation; the transcript went with close()
+            driver.adapter_store.delete_session(session_id)  # every generation; the transcript went with close()
 
     else:  # operator: the SomaSession operator runs the driver; this service creates the objects
-        from soma.k8s.session_resource import SessionResources  # noqa: PLC0415
+        from soma.k8s.session_resource import SessionResources, current_namespace  # noqa: PLC0415
 
-        resources = SessionResources(d.kubernetes_namespace or None)
+        resources = SessionResources(d.kubernetes_namespace or current_namespace())
 
         def on_open(state) -> None:
             resources.create(

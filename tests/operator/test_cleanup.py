@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from kubernetes import client
 from safetensors.numpy import save
-from soma_operator.handlers import kopf_settings, register
-from soma_operator.settings import OperatorSettings
 
 from soma.k8s.session_resource import SessionResources, object_name
 from soma.session.records import Phase, ServedBy, SessionState, Turn
 from soma.storage.adapter_store import S3AdapterStore, build_manifest
 from soma.storage.session_store import SessionClosed, SessionMissing, SqliteSessionStore
+from soma_operator.handlers import kopf_settings, register
+from soma_operator.settings import OperatorSettings
 from tests.operator.conftest import NAMESPACE, RESOURCE, eventually, running_operator, session_object
 from tests.servers import s3_server
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from soma_operator import status as st
 
 from soma.k8s.session_resource import GROUP, KIND, PLURAL, VERSION, SessionResources
+from soma_operator import status as st
 
 CRD = Path(__file__).resolve().parents[2] / "charts/soma/crds/somasession.yaml"
 NOW = 1_800_000_000.0

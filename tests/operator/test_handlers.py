@@ -11,10 +11,10 @@ import time
 import kopf
 import pytest
 from kubernetes import client
-from soma_operator.handlers import FINALIZER, kopf_settings, register
-from soma_operator.settings import OperatorSettings
 
 from soma.k8s.session_resource import SessionResources
+from soma_operator.handlers import FINALIZER, kopf_settings, register
+from soma_operator.settings import OperatorSettings
 from tests.operator.conftest import NAMESPACE, RESOURCE, eventually, running_operator, session_object
 
 pytestmark = pytest.mark.asyncio

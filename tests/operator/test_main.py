@@ -14,10 +14,10 @@ from pathlib import Path
 import kopf
 import pytest
 import yaml
+
 from soma_operator.__main__ import main, run_options
 from soma_operator.handlers import FINALIZER
 from soma_operator.settings import OperatorSettings
-
 from tests.operator.conftest import NAMESPACE, RESOURCE, eventually, session_object
 from tests.operator.test_handlers import ScriptedDriver, gone, report, status_of
 from tests.servers import free_port

@@ -5,7 +5,6 @@ from __future__ import annotations
 import urllib.request
 
 from soma_operator.metrics import OperatorMetrics
-
 from tests.servers import free_port
 
 

@@ -8,9 +8,9 @@ import asyncio
 
 import kopf
 import pytest
+
 from soma_operator.handlers import kopf_settings, register
 from soma_operator.settings import OperatorSettings
-
 from tests.operator.conftest import NAMESPACE, RESOURCE, eventually, running_operator, session_object
 from tests.operator.test_handlers import ScriptedDriver, report, status_of
 

@@ -261,3 +261,32 @@ def test_busy_replica_refuses_extra_turns_and_keeps_answering_health(tmp_path):
             assert [list(c)[-1].turn.turn_index for c in calls] == [1, 1]
     finally:
         server.stop(0)
+
+
+def test_a_session_the_cluster_refused_is_not_kept(tmp_path):
+    """Cluster mode registers each session as a SomaSession; when that fails the client gets
+    UNAVAILABLE and no half-open session stays behind, so a retry with the same id works."""
+    settings = load_settings(overrides={"server": {"port": 0, "grace_period_s": 1}})
+    store = SqliteSessionStore(tmp_path / "sessions.db")
+    calls = []
+
+    def on_open(state):
+        calls.append(state.session_id)
+        if len(calls) == 1:
+            raise ConnectionError("the Kubernetes API is unreachable")
+
+    server = SomaServer(settings.server)
+    server.add(dialogue.hosted(store, server.address, settings.dialogue, grpc.insecure_channel, on_open=on_open))
+    server.start()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = dialogue_pb2_grpc.DialogueServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as err:
+                _open(stub, session_id="k8s-1")
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "retry OpenSession" in err.value.details() and "unreachable" in err.value.details()
+            assert store.get("k8s-1") is None
+            assert _open(stub, session_id="k8s-1") == "k8s-1"
+            assert calls == ["k8s-1", "k8s-1"]
+    finally:
+        server.stop(0)

@@ -99,7 +99,11 @@ class GateConfig(_Frozen):
 
     acceptance_size: int = Field(4, ge=1, json_schema_extra=_paper(6, 24))
     epsilon: float = Field(
-        0.05, ge=0, json_schema_extra=_paper(0.05, 0.12), description="ε: required mean improvement of Gap"
+        0.05,
+        ge=-1,
+        le=2,
+        json_schema_extra=_paper(0.05, 0.12),
+        description="ε: required mean improvement of Gap (below 0: an adapter that much worse than G still passes)",
     )
     delta: float = Field(0.1, gt=0, lt=1, description="δ: confidence level of γ_B(δ)")
     bound: BoundKind = Field(

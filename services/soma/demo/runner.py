@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import tempfile
 import textwrap
 import time
@@ -72,19 +74,22 @@ def _job_line(client: DialogueClient, session_id: str, generation: int) -> str:
 def wait_for_adaptation(client: DialogueClient, session_id: str, timeout_s: float) -> str:
     """Pause like a user reading the answers, showing the adaptation's progress, until it ends."""
     started = time.perf_counter()
-    last = ""
+    last, tty = "", sys.stdout.isatty()
     while time.perf_counter() - started < timeout_s:
         session = client.get_session(session_id).session
         phase = common_pb2.SessionPhase.Name(session.phase).removeprefix("SESSION_PHASE_")
         if phase not in ("ADAPTING", "GATING"):
-            print(f"\r    adaptation ended after {time.perf_counter() - started:.0f} s: phase {phase}".ljust(100))
+            ended = f"    adaptation ended after {time.perf_counter() - started:.0f} s: phase {phase}"
+            print(("\r" if tty else "") + ended.ljust(100))
             return phase
-        line = f"    [{time.perf_counter() - started:4.0f} s] {phase} generation {session.adapter_generation}: " + (
+        what = f"{phase} generation {session.adapter_generation}: " + (
             "the gate is deciding" if phase == "GATING" else _job_line(client, session_id, session.adapter_generation)
         )
-        if line != last:
-            print("\r" + line[:100].ljust(100), end="", flush=True)
-            last = line
+        if tty:  # one line, redrawn with the clock
+            print(f"\r    [{time.perf_counter() - started:4.0f} s] {what}"[:100].ljust(100), end="", flush=True)
+        elif what != last:  # a log: a line per change
+            print(f"    [{time.perf_counter() - started:4.0f} s] {what}", flush=True)
+        last = what
         time.sleep(1.0)
     print(f"\n    still adapting after {timeout_s:.0f} s; going on with the teacher")
     return "ADAPTING"
@@ -108,6 +113,17 @@ def run_demo(args: argparse.Namespace) -> int:
             "SOMA_ADAPTERS__LOCAL_DIR": str(Path(tmp) / "adapters"),
             "SOMA_JOBS__LOCAL_DIR": str(Path(tmp) / "jobs"),
         }
+        if args.gate_epsilon is not None:
+            # the demo's gate: see --gate-epsilon; every other knob is the configured one
+            method = {**settings.jobs.method, "gate.epsilon": args.gate_epsilon}
+            env["SOMA_JOBS__METHOD"] = json.dumps(method)
+            print(
+                f"demo gate: epsilon {args.gate_epsilon} (default {settings.jobs.method_config().gate.epsilon}): "
+                "an adapter up to that much worse than the base surrogate on its acceptance batch may take over, "
+                "so the whole life of a session shows on this small CPU pair; `soma bench fidelity` measures "
+                "the method with the default gate",
+                flush=True,
+            )
         try:
             server = start_server("all", extra, env=env, log_path=log_path)
         except Exception:

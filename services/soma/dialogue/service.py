@@ -187,7 +187,15 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
         if self.live:
             self.live.start(session_id, current_ids())  # the session's trace is the OpenSession span's
         if self._on_open is not None:
-            self._on_open(state)
+            try:
+                self._on_open(state)
+            except Exception as err:  # noqa: BLE001 - no half-open session: undo, tell the client to retry
+                self.store.delete(session_id)
+                log.error("session %s: creating its SomaSession failed: %s", session_id, err)
+                raise Unavailable(
+                    f"session {session_id} could not be registered with the cluster ({type(err).__name__}: {err}); "
+                    "nothing was kept, retry OpenSession"
+                ) from None
         return dialogue_pb2.OpenSessionResponse(session=session_to_proto(state))
 
     def Chat(

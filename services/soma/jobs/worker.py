@@ -29,6 +29,9 @@ def run_worker(settings: Settings, queues: str, concurrency: int = 1) -> int:
         )
         return 2
     _exit_with_parent()
+    if settings.jobs.worker_nice:
+        # jobs yield the CPU to serving: a turn's threads run first, the jobs use what is left
+        os.nice(settings.jobs.worker_nice)
     from soma.telemetry.tracing import setup_tracing
 
     setup_tracing(f"{settings.telemetry.service_name}-worker", settings.telemetry.otlp_endpoint)

@@ -110,6 +110,7 @@ class AdaptationDriver:
         self.rpc_timeout_s = rpc_timeout_s
         self.max_warm_turns = max_warm_turns or max(policy.machine.warm_turns, method.lora.top_warm)
         self._warned: dict[str, float] = {}
+        self.channels: dict = {}
 
     def _warn_once(self, key: str, message: str, *args: Any) -> None:
         """A dependency that stays down is logged every WARN_EVERY_S, not on every tick."""
@@ -350,3 +351,39 @@ def summary(record: LiveRecord, state: SessionState) -> dict:
         },
         "lastActivity": state.updated_at,
     }
+
+
+def build_driver(settings: Any, internal_address: str | None = None) -> AdaptationDriver:
+    """The driver over the configured session store, adapter store and service addresses
+    (`dialogue.*_address`; empty ones go to `internal_address`, the process's own services).
+    The operator builds it from the pod's SOMA_* settings; `soma serve` for embedded mode."""
+    from soma.storage.adapter_store import open_store  # noqa: PLC0415
+    from soma.storage.session_store import open_session_store  # noqa: PLC0415
+    from soma.telemetry.tracing import traced_channel  # noqa: PLC0415
+    from soma.v1 import gate_pb2_grpc, mining_pb2_grpc, training_pb2_grpc  # noqa: PLC0415
+
+    d = settings.dialogue
+    addresses = {k: getattr(d, f"{k}_address") or internal_address for k in ("mining", "training", "gate")}
+    missing = [k for k, v in addresses.items() if not v]
+    if missing:
+        from soma.config import ConfigError  # noqa: PLC0415
+
+        raise ConfigError(
+            ", ".join(f"dialogue.{k}_address (env SOMA_DIALOGUE__{k.upper()}_ADDRESS)" for k in missing)
+            + " must name the service(s) the adaptation driver calls"
+        )
+    channels = {k: traced_channel(v, max_message_mb=settings.server.max_message_mb) for k, v in addresses.items()}
+    method = settings.jobs.method_config()
+    driver = AdaptationDriver(
+        open_session_store(settings.dialogue),
+        AdaptationClients(
+            mining_pb2_grpc.MiningServiceStub(channels["mining"]),
+            training_pb2_grpc.TrainingServiceStub(channels["training"]),
+            gate_pb2_grpc.GateServiceStub(channels["gate"]),
+        ),
+        method,
+        d.policy(method.warm_turns),
+        adapter_store=open_store(settings.adapters),
+    )
+    driver.channels = channels  # stubs do not keep their channels open
+    return driver

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from soma.session.records import Phase, ServedBy, SessionState, Turn, turn_from_dict, turn_to_dict
 
@@ -284,3 +284,12 @@ class SqliteSessionStore:
             f"SELECT session_id FROM sessions WHERE phase IN ({','.join('?' * len(values))})", values
         )
         return [row["session_id"] for row in rows]
+
+
+def open_session_store(settings: Any) -> SessionStore:
+    """The configured store (soma.config.DialogueSettings): SQLite in embedded mode, Redis in a cluster."""
+    if settings.session_store == "redis":
+        from soma.storage.redis_session_store import RedisSessionStore  # noqa: PLC0415
+
+        return RedisSessionStore(settings.redis_url)
+    return SqliteSessionStore(settings.session_db)
