@@ -127,6 +127,12 @@ class JobsSettings(_Section):
         10.0, ge=0, description="On SIGTERM a worker waits this long, then requeues its job."
     )
     worker_threads: int = Field(1, ge=1, description="torch threads of a job; keeps serving latency intact on CPU.")
+    worker_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="OS niceness of the job processes: turns get the CPU first. Cluster (GPU worker pods): 0.",
+    )
     budget: Literal["tiny", "cpu", "paper"] = Field("cpu", description="Method config preset of the jobs. GPU: paper.")
     method: dict[str, Any] = Field(
         default_factory=dict, description='Method settings over the budget, dotted keys: {"lora.steps": 12}.'
