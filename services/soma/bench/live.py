@@ -161,6 +161,8 @@ def run_bench_live(args: argparse.Namespace) -> int:
                 "SOMA_DIALOGUE__ADAPTATION": adaptation,
                 "SOMA_JOBS__BUDGET": args.budget or settings.jobs.budget,
             }
+            if args.gate_epsilon is not None:
+                env["SOMA_JOBS__METHOD"] = json.dumps({**settings.jobs.method, "gate.epsilon": args.gate_epsilon})
             print(f"{name}: soma serve --target all (adaptation {adaptation}) ...", flush=True)
             with start_server("all", extra, env=env, log_path=out / f"server-{name}.log") as server:
                 started = time.perf_counter()
@@ -189,9 +191,10 @@ def summarize(runs: dict, cache: dict, w: int, args) -> dict:
     g_ratio = [r["latency_ms"] / base[r["turn"]]["latency_ms"] for r in g_turns]
     return {
         "warm_turns": w,
-        "budget": args.budget,
+        "budget": args.budget or "jobs.budget",
         "max_new_tokens": args.max_new_tokens,
         "think_s": args.think_s,
+        "gate_epsilon": args.gate_epsilon,
         "cache": cache,
         "runs": runs,
         "switch_turn": switch,
@@ -230,7 +233,7 @@ def to_markdown(r: dict) -> str:
     fd, sg = r["teacher_during_adaptation"], r["surrogate_vs_teacher"]
     lines = [
         f"# soma bench live (W = {r['warm_turns']}, budget {r['budget']}, answers ≤ {r['max_new_tokens']} tokens,"
-        f" think time {r['think_s']} s)",
+        f" think time {r['think_s']} s, gate.epsilon {_fmt(r['gate_epsilon'], 'g', 'default')})",
         "",
         "| measure | value | target | met |",
         "|---|---|---|---|",
@@ -265,6 +268,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--turns-after", type=int, default=6, help="turns after the warm window W (default 6)")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--think-s", type=float, default=0.0, help="pause between turns, like a user reading (default 0)")
+    p.add_argument(
+        "--gate-epsilon", type=float, default=None, help="gate.epsilon of the live run (default: the configured one)"
+    )
     p.add_argument("--adapter-mb", type=float, default=10.0)
     p.add_argument("--hits", type=int, default=200)
     p.add_argument("--out", type=Path, default=Path("bench-out/live"))
