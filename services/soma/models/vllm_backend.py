@@ -60,8 +60,9 @@ _GIB = 1024**3
 
 
 def _configure_environment(engine_process: bool) -> None:
-    """vLLM reads these when the engine is built; explicit settings in the environment win."""
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "1" if engine_process else "0")
+    """vLLM reads these when the engine is built. ``engine_process`` is soma's setting (each engine of
+    the process gets its own); for the others, explicit settings in the environment win."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if engine_process else "0"
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     # OpenMP threads bound to cores fight the gRPC threads and the job worker on a small machine;
     # a dedicated CPU inference node sets VLLM_CPU_OMP_THREADS_BIND=auto (or a core list) itself.
