@@ -18,6 +18,22 @@ from pathlib import Path
 
 from soma.client import wait_healthy
 
+
+def exit_with_parent(variable: str) -> None:
+    """A child started with its parent's pid in `variable` never outlives that parent: when the
+    parent is gone (even killed), the child sends itself SIGTERM and drains as usual."""
+    parent = os.environ.get(variable)
+    if not parent:
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 _READY = re.compile(r"soma serving target=(\S+) .* on (\S+:\d+)")
 
 
@@ -58,7 +74,12 @@ def start_server(
     stderr = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
     try:
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=stderr, env={**os.environ, **(env or {})}, text=True, bufsize=1
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env={**os.environ, **(env or {}), "SOMA_SERVE_PARENT_PID": str(os.getpid())},
+            text=True,
+            bufsize=1,
         )
     finally:
         if log_path:

@@ -10,6 +10,7 @@ import logging
 import sys
 
 from soma.config import TARGETS, ConfigError, ModelSettings, Settings
+from soma.launcher import exit_with_parent
 from soma.server.app import SomaServer
 from soma.telemetry.metrics import start_metrics_server
 from soma.telemetry.tracing import setup_tracing, shutdown_tracing, traced_channel
@@ -245,6 +246,7 @@ def run(target: str, settings: Settings, config_path=None) -> int:
     server = build_server(target, settings)
     start_metrics_server(settings.telemetry.metrics_port, settings.server.host)
     server.install_signal_handlers()
+    exit_with_parent("SOMA_SERVE_PARENT_PID")  # started by soma demo / bench / tests: go when they go
     server.start()
     # the worker asks the teacher on the private socket, like the process's own services do
     teacher = server.local_address or server.address

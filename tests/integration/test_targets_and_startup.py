@@ -192,3 +192,33 @@ def test_unloadable_model_exits_naming_the_key(tmp_path):
         env={"SOMA_SURROGATE__MODEL": str(tmp_path / "no-such-model"), "HF_HUB_OFFLINE": "1"},
     )
     assert out.returncode == 2 and "surrogate.model=" in out.stderr
+
+
+def test_a_server_goes_when_the_process_that_started_it_dies(tmp_path):
+    """`soma demo`, `soma bench` and the tests start servers with start_server: a parent killed without
+    cleanup (SIGKILL) must not leave its server running."""
+    import os
+
+    script = (
+        "import sys, time\n"
+        "from soma.launcher import start_server\n"
+        f"server = start_server('gate', log_path=__import__('pathlib').Path({str(tmp_path / 'gate.log')!r}))\n"
+        "print(server.proc.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    server_pid = int(parent.stdout.readline())
+    os.kill(server_pid, 0)  # running
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(server_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    else:
+        os.kill(server_pid, signal.SIGKILL)
+        raise AssertionError("the server outlived the process that started it")
+    assert "draining" in (tmp_path / "gate.log").read_text()  # it drained, it was not killed

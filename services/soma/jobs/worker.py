@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import threading
-import time
 
 from soma.config import Settings
 from soma.jobs.app import make_celery
 from soma.jobs.tasks import register_tasks
+from soma.launcher import exit_with_parent
 
 
 def run_worker(settings: Settings, queues: str, concurrency: int = 1) -> int:
@@ -28,7 +26,7 @@ def run_worker(settings: Settings, queues: str, concurrency: int = 1) -> int:
             file=sys.stderr,
         )
         return 2
-    _exit_with_parent()
+    exit_with_parent("SOMA_WORKER_PARENT_PID")
     if settings.jobs.worker_nice:
         # jobs yield the CPU to serving: a turn's threads run first, the jobs use what is left
         os.nice(settings.jobs.worker_nice)
@@ -57,18 +55,3 @@ def run_worker(settings: Settings, queues: str, concurrency: int = 1) -> int:
         ]
     )
     return 0
-
-
-def _exit_with_parent() -> None:
-    """An embedded worker (SOMA_WORKER_PARENT_PID set by `soma serve --target all`) never outlives
-    its server: when the parent is gone, it shuts down warmly (its running job is requeued)."""
-    parent = os.environ.get("SOMA_WORKER_PARENT_PID")
-    if not parent:
-        return
-
-    def watch() -> None:
-        while os.getppid() == int(parent):
-            time.sleep(1.0)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
