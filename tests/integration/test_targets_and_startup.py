@@ -31,6 +31,7 @@ def test_split_targets_talk_over_grpc(tmp_path):
             **SERVER_ENV,
             "SOMA_DIALOGUE__TEACHER_ADDRESS": teacher.address,
             "SOMA_DIALOGUE__SESSION_DB": str(tmp_path / "s.db"),
+            "SOMA_DIALOGUE__ADAPTATION": "off",  # a dialogue with a teacher only
         }
         with start_server("dialogue", env=env, log_path=tmp_path / "dialogue.log") as dlg:
             with DialogueClient(dlg.address) as client:
@@ -44,6 +45,7 @@ def test_teacher_down_is_unavailable_and_transcript_intact(tmp_path):
         "SOMA_DIALOGUE__TEACHER_ADDRESS": f"127.0.0.1:{_free_port()}",
         "SOMA_DIALOGUE__SESSION_DB": str(tmp_path / "s.db"),
         "SOMA_DIALOGUE__TEACHER_TIMEOUT_S": "5",
+        "SOMA_DIALOGUE__ADAPTATION": "off",
     }
     with start_server("dialogue", env=env, log_path=tmp_path / "dialogue.log") as dlg:
         with DialogueClient(dlg.address) as client:
@@ -75,6 +77,10 @@ def test_malformed_config_exits_naming_the_key(tmp_path):
     assert out.returncode == 2 and "teacher.max_new_tokens_limt" in out.stderr
     out = _serve(["--target", "dialogue", "--port", "0"])
     assert out.returncode == 2 and "dialogue.teacher_address" in out.stderr
+    # live adaptation needs the other services too, and says which key names each
+    out = _serve(["--target", "dialogue", "--port", "0"], env={"SOMA_DIALOGUE__TEACHER_ADDRESS": "teacher:50051"})
+    assert out.returncode == 2 and "dialogue.surrogate_address" in out.stderr
+    assert "dialogue.adaptation=off" in out.stderr
 
 
 def test_missing_model_package_exits_naming_the_package(tmp_path):
