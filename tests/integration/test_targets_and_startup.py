@@ -41,11 +41,14 @@ def test_split_targets_talk_over_grpc(tmp_path):
 
 
 def test_teacher_down_is_unavailable_and_transcript_intact(tmp_path):
+    """Live adaptation on, and nothing listening at any of the addresses the dialogue service uses."""
+    dead = f"127.0.0.1:{_free_port()}"
     env = {
-        "SOMA_DIALOGUE__TEACHER_ADDRESS": f"127.0.0.1:{_free_port()}",
+        "SOMA_DIALOGUE__TEACHER_ADDRESS": dead,
         "SOMA_DIALOGUE__SESSION_DB": str(tmp_path / "s.db"),
         "SOMA_DIALOGUE__TEACHER_TIMEOUT_S": "5",
-        "SOMA_DIALOGUE__ADAPTATION": "off",
+        "SOMA_ADAPTERS__LOCAL_DIR": str(tmp_path / "adapters"),
+        **{f"SOMA_DIALOGUE__{k}_ADDRESS": dead for k in ("SURROGATE", "GATE", "MINING", "TRAINING")},
     }
     with start_server("dialogue", env=env, log_path=tmp_path / "dialogue.log") as dlg:
         with DialogueClient(dlg.address) as client:
