@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import time
 import urllib.request
@@ -25,7 +24,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from soma.launcher import start_server
-from soma.v1 import common_pb2, dialogue_pb2, dialogue_pb2_grpc
+from soma.v1 import common_pb2, dialogue_pb2, dialogue_pb2_grpc, training_pb2, training_pb2_grpc
 from tests.integration.conftest import SERVER_ENV
 from tests.servers import free_port, redis_server, s3_server
 
@@ -140,6 +139,7 @@ def live_stack(tmp_path_factory):
         try:
             yield {
                 "stub": dialogue_pb2_grpc.DialogueServiceStub(channel),
+                "channel": channel,
                 "root": root,
                 "server": server,
                 "metrics_port": metrics_port,
@@ -227,16 +227,19 @@ def test_a_killed_worker_mid_training_gets_its_job_again_and_the_session_switche
     s = open_session(live_stack["stub"], "killed-1")
     s.turn(ON_TOPIC[0])
     s.turn(ON_TOPIC[1])
-    db = live_stack["root"] / "sessions.db"
+    # wait until the training job is really training (the worker's child has taken it and reports it)
+    training = training_pb2_grpc.TrainingServiceStub(live_stack["channel"])
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        with sqlite3.connect(db) as conn:
-            raw = conn.execute("SELECT live FROM sessions WHERE session_id='killed-1'").fetchone()[0]
-        if raw and json.loads(raw)["step"] == "training" and json.loads(raw)["job_id"]:
+        try:
+            job = training.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id="train-killed-1-1")).job
+        except grpc.RpcError:
+            job = None  # not submitted yet
+        if job is not None and job.state == common_pb2.JOB_STATE_RUNNING and job.stage.startswith("training"):
             break
-        time.sleep(0.1)
+        time.sleep(0.05)
     else:
-        raise AssertionError("the training job never started")
+        raise AssertionError("the training job never started training")
     killed = kill_pool_children(live_stack["server"].proc.pid)
     assert killed, "no worker pool process found"
     assert served(s.turn(ON_TOPIC[2])) == "SERVED_BY_TEACHER"  # served while the job is redelivered
