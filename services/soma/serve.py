@@ -170,19 +170,7 @@ def _dialogue(settings: Settings, internal_address: str | None):
         from soma.k8s.session_resource import SessionResources, current_namespace  # noqa: PLC0415
 
         resources = SessionResources(d.kubernetes_namespace or current_namespace())
-
-        def on_open(state) -> None:
-            resources.create(
-                state.session_id,
-                state.labels.get("tenant", "default"),
-                settings.teacher.model,
-                settings.surrogate.model,
-                method.warm_turns,
-                d.session_ttl_s,
-            )
-
-        def on_close(session_id: str) -> None:
-            resources.delete(session_id)  # its finalizer deletes the adapters and the transcript
+        on_open, on_close = somasession_hooks(resources, settings)
 
     return dialogue.hosted(
         store,
@@ -195,6 +183,27 @@ def _dialogue(settings: Settings, internal_address: str | None):
         on_close=on_close,
         loop=loop,
     )
+
+
+def somasession_hooks(resources, settings: Settings):
+    """Cluster mode: OpenSession creates the session's SomaSession (spec only, written once);
+    CloseSession deletes it, and the operator's finalizer removes its adapters and transcript."""
+    warm_turns = settings.jobs.method_config().warm_turns
+
+    def on_open(state) -> None:
+        resources.create(
+            state.session_id,
+            state.labels.get("tenant", "default"),
+            settings.teacher.model,
+            settings.surrogate.model,
+            warm_turns,
+            settings.dialogue.session_ttl_s,
+        )
+
+    def on_close(session_id: str) -> None:
+        resources.delete(session_id)
+
+    return on_open, on_close
 
 
 def start_embedded_worker(settings: Settings, teacher_address: str, config_path=None):
