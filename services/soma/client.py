@@ -64,6 +64,11 @@ class DialogueClient:
         )
         self.stub = dialogue_pb2_grpc.DialogueServiceStub(self._channel)
 
+    @property
+    def channel(self) -> grpc.Channel:
+        """The channel, for stubs of the server's other services (mining, training, ...)."""
+        return self._channel
+
     def close(self) -> None:
         self._channel.close()
 

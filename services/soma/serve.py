@@ -159,8 +159,8 @@ def _dialogue(settings: Settings, internal_address: str | None):
     if d.adaptation == "embedded":
         from soma.session.driver import build_driver  # noqa: PLC0415
 
-        driver = build_driver(settings, internal_address)
-        loop = ReconcileLoop(driver, driver.store, d.reconcile_interval_s).start()
+        driver = build_driver(settings, internal_address, store=store, channels=channels)  # one store, one gate channel
+        loop = ReconcileLoop(driver, store, d.reconcile_interval_s).start()
         live.on_adapting = loop.wake
 
         def on_close(session_id: str) -> None:

@@ -54,8 +54,8 @@ def _job_line(client: DialogueClient, session_id: str, generation: int) -> str:
     from soma.v1 import mining_pb2, mining_pb2_grpc, training_pb2, training_pb2_grpc  # noqa: PLC0415
 
     for kind, stub, request in (
-        ("training", training_pb2_grpc.TrainingServiceStub(client._channel), training_pb2.GetTrainingJobRequest),
-        ("mining", mining_pb2_grpc.MiningServiceStub(client._channel), mining_pb2.GetMiningJobRequest),
+        ("training", training_pb2_grpc.TrainingServiceStub(client.channel), training_pb2.GetTrainingJobRequest),
+        ("mining", mining_pb2_grpc.MiningServiceStub(client.channel), mining_pb2.GetMiningJobRequest),
     ):
         job_id = f"{'train' if kind == 'training' else 'mine'}-{session_id}-{generation}"
         try:

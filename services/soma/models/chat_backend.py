@@ -48,6 +48,18 @@ class GenerationOutcome:
     mean_logprob: float | None = None  # only from generate_batch(with_logprobs=True)
 
 
+def outcome_of(stream: Iterator[str | GenerationOutcome]) -> GenerationOutcome:
+    """Drain a backend's stream (text chunks, then one GenerationOutcome) and return the outcome:
+    `generate` for backends whose only way to generate is streaming."""
+    outcome = None
+    for item in stream:
+        if isinstance(item, GenerationOutcome):
+            outcome = item
+    if outcome is None:
+        raise RuntimeError("the stream ended without a GenerationOutcome")
+    return outcome
+
+
 class ReservedTokenInText(ValueError):
     """A message contains a control token of the model's tokenizer (e.g. <|im_start|>)."""
 

@@ -44,7 +44,7 @@ from soma.errors import (
     SomaError,
     Unavailable,
 )
-from soma.models.chat_backend import GenerationOutcome, Message, SamplingParams
+from soma.models.chat_backend import GenerationOutcome, Message, SamplingParams, outcome_of
 
 _DONE = object()
 _POLL_S = 0.1  # how often a waiting stream looks at is_cancelled()
@@ -172,12 +172,7 @@ class OpenAIChatBackend:
         return payload
 
     def generate(self, messages: Sequence[Message], params: SamplingParams) -> GenerationOutcome:
-        outcome = None
-        for item in self.stream(messages, params):
-            if isinstance(item, GenerationOutcome):
-                outcome = item
-        assert outcome is not None
-        return outcome
+        return outcome_of(self.stream(messages, params))
 
     def generate_batch(
         self, conversations: Sequence[Sequence[Message]], params: SamplingParams, *, with_logprobs: bool = False

@@ -53,6 +53,7 @@ from soma.models.chat_backend import (
     Message,
     SamplingParams,
     TransformersChatBackend,
+    outcome_of,
 )
 
 _POLL_S = 0.1  # how often a waiting stream looks at is_cancelled()
@@ -345,12 +346,7 @@ class VllmChatBackend:
     def generate(
         self, messages: Sequence[Message], params: SamplingParams, *, adapter: str | None = None
     ) -> GenerationOutcome:
-        outcome = None
-        for item in self.stream(messages, params, adapter=adapter):
-            if isinstance(item, GenerationOutcome):
-                outcome = item
-        assert outcome is not None
-        return outcome
+        return outcome_of(self.stream(messages, params, adapter=adapter))
 
     def generate_batch(
         self, conversations: Sequence[Sequence[Message]], params: SamplingParams, *, with_logprobs: bool = False
@@ -359,11 +355,7 @@ class VllmChatBackend:
         if with_logprobs:
             raise ValueError("generate_batch(with_logprobs=True) is only offered by the transformers backend")
         streams = [self.stream(m, params) for m in conversations]  # all added before any is read
-        outcomes = []
-        for stream in streams:
-            *_, outcome = stream
-            outcomes.append(outcome)
-        return outcomes
+        return [outcome_of(stream) for stream in streams]
 
 
 class VllmSessionAdapters:

@@ -44,15 +44,7 @@ from soma.v1 import common_pb2, gate_pb2, mining_pb2, training_pb2
 
 log = logging.getLogger("soma.adaptation")
 
-_JOB_STATES = {
-    common_pb2.JOB_STATE_QUEUED: "QUEUED",
-    common_pb2.JOB_STATE_RUNNING: "RUNNING",
-    common_pb2.JOB_STATE_SUCCEEDED: "SUCCEEDED",
-    common_pb2.JOB_STATE_FAILED: "FAILED",
-    common_pb2.JOB_STATE_CANCELLED: "CANCELLED",
-}
 WARN_EVERY_S = 30.0
-_BOUNDS = {"hoeffding": gate_pb2.BOUND_HOEFFDING, "bernstein": gate_pb2.BOUND_BERNSTEIN, "none": gate_pb2.BOUND_NONE}
 
 
 @dataclass
@@ -149,6 +141,10 @@ class AdaptationDriver:
         live = record.live
         observed = self._observe(live) if live.job_id and live.step in ("mining", "training") else None
         new_live, actions = reconcile(live, observed, now, self.policy)
+        finished = {("mining", "training"), ("training", "gating")}
+        if (live.step, new_live.step) in finished and live.job_started is not None:
+            # the stage's job succeeded: its seconds run from the job's submission (LiveSession.job_started)
+            metrics.ADAPTATION_SECONDS.labels(live.step).observe(max(0.0, now - live.job_started))
         record = replace(record, live=new_live)
         for action in actions:
             with session_span(
@@ -208,7 +204,8 @@ class AdaptationDriver:
                 err.details(),
             )
             return None  # unknown: reconcile waits (and times the job out eventually)
-        return JobObservation(live.job_id, _JOB_STATES.get(r.job.state, "QUEUED"), result, r.job.message)
+        state = common_pb2.JobState.Name(r.job.state).removeprefix("JOB_STATE_")  # the names reconcile reads
+        return JobObservation(live.job_id, state, result, r.job.message)
 
     def _warm(self, session_id: str, state: SessionState, indices: list[int] | None):
         turns = self.store.turns(session_id)
@@ -232,7 +229,6 @@ class AdaptationDriver:
             live=job_submitted(record.live, job.job_id, now),
             warm_turns=tuple(indices),
             warm_queries=tuple(queries),
-            stage_started=now,
         )
 
     def _submit_training(self, session_id, state, record: LiveRecord, action: SubmitTraining, now) -> LiveRecord:
@@ -252,15 +248,10 @@ class AdaptationDriver:
             log.warning("session %s gen %d: training submission failed (%s)", session_id, gen, err.details())
             return replace(record, live=job_submit_failed(record.live, str(err.details()), now, self.policy))
         log.info("session %s gen %d: training job %s", session_id, gen, job.job_id)
-        if record.stage_started is not None:  # mining: from its submission until training is queued
-            metrics.ADAPTATION_SECONDS.labels("mining").observe(max(0.0, now - record.stage_started))
-        return replace(record, live=job_submitted(record.live, job.job_id, now), stage_started=now)
+        return replace(record, live=job_submitted(record.live, job.job_id, now))
 
     def _run_gate(self, session_id, state, record: LiveRecord, action: RunGate, now) -> LiveRecord:
         gen, g = record.generation, self.method.gate
-        if record.live.step == "gating" and record.stage_started is not None and "gate_from" not in record.extra:
-            metrics.ADAPTATION_SECONDS.labels("training").observe(max(0.0, now - record.stage_started))
-            record = replace(record, extra={**record.extra, "gate_from": now})
         trained = action.trained or {}
         turns = self.store.turns(session_id)
         request = gate_pb2.AcceptRequest(
@@ -271,12 +262,13 @@ class AdaptationDriver:
             ],
             epsilon=g.epsilon,
             delta=g.delta,
-            bound=_BOUNDS[g.bound],
+            bound=gate_pb2.Bound.Value(f"BOUND_{g.bound.upper()}"),
             max_mean_gap=g.max_mean_gap,
             current_query=turns[-1].query if turns else "",
             warm_queries=list(record.warm_queries),
             min_locality=g.min_locality if turns and record.warm_queries else 0.0,
         )
+        asked = time.monotonic()
         try:
             decision = self.clients.gate.Accept(request, timeout=self.rpc_timeout_s)
         except grpc.RpcError as err:
@@ -288,7 +280,7 @@ class AdaptationDriver:
                 err.details(),
             )
             return record
-        metrics.ADAPTATION_SECONDS.labels("gate").observe(max(0.0, now - record.extra.get("gate_from", now)))
+        metrics.ADAPTATION_SECONDS.labels("gate").observe(time.monotonic() - asked)
         trace.get_current_span().set_attributes(
             {
                 "soma.gate.accepted": decision.accepted,
@@ -307,12 +299,9 @@ class AdaptationDriver:
             decision.reason,
         )
         live = on_gate_result(record.live, gen, decision.accepted, decision.reason, now, self.policy)
-        extra = {k: v for k, v in record.extra.items() if k != "gate_from"}
         return replace(
             record,
             live=live,
-            stage_started=None,
-            extra=extra,
             switches=record.switches + (1 if live.adaptation.phase is Phase.SURROGATE else 0),
             drift=() if live.adaptation.phase is Phase.SURROGATE else record.drift,
         )
@@ -353,18 +342,22 @@ def summary(record: LiveRecord, state: SessionState) -> dict:
     }
 
 
-def build_driver(settings: Any, internal_address: str | None = None) -> AdaptationDriver:
+def build_driver(
+    settings: Any, internal_address: str | None = None, *, store: Any = None, channels: dict | None = None
+) -> AdaptationDriver:
     """The driver over the configured session store, adapter store and service addresses
     (`dialogue.*_address`; empty ones go to `internal_address`, the process's own services).
-    The operator builds it from the pod's SOMA_* settings; `soma serve` for embedded mode."""
+    The operator builds it from the pod's SOMA_* settings; `soma serve` in embedded mode hands it
+    the dialogue service's own session store and gate channel (`store`, `channels`)."""
     from soma.storage.adapter_store import open_store  # noqa: PLC0415
     from soma.storage.session_store import open_session_store  # noqa: PLC0415
     from soma.telemetry.tracing import traced_channel  # noqa: PLC0415
     from soma.v1 import gate_pb2_grpc, mining_pb2_grpc, training_pb2_grpc  # noqa: PLC0415
 
     d = settings.dialogue
+    channels = dict(channels or {})
     addresses = {k: getattr(d, f"{k}_address") or internal_address for k in ("mining", "training", "gate")}
-    missing = [k for k, v in addresses.items() if not v]
+    missing = [k for k, v in addresses.items() if not v and k not in channels]
     if missing:
         from soma.config import ConfigError  # noqa: PLC0415
 
@@ -372,10 +365,12 @@ def build_driver(settings: Any, internal_address: str | None = None) -> Adaptati
             ", ".join(f"dialogue.{k}_address (env SOMA_DIALOGUE__{k.upper()}_ADDRESS)" for k in missing)
             + " must name the service(s) the adaptation driver calls"
         )
-    channels = {k: traced_channel(v, max_message_mb=settings.server.max_message_mb) for k, v in addresses.items()}
+    for key, address in addresses.items():
+        if key not in channels:
+            channels[key] = traced_channel(address, max_message_mb=settings.server.max_message_mb)
     method = settings.jobs.method_config()
     driver = AdaptationDriver(
-        open_session_store(settings.dialogue),
+        store if store is not None else open_session_store(settings.dialogue),
         AdaptationClients(
             mining_pb2_grpc.MiningServiceStub(channels["mining"]),
             training_pb2_grpc.TrainingServiceStub(channels["training"]),

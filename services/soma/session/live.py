@@ -9,7 +9,7 @@ by phase and generation (soma.session.machine), so neither can undo the other's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from soma.algo.drift import DriftMonitor, TurnCheck
@@ -30,8 +30,6 @@ class LiveRecord:
     rollbacks: int = 0
     trace_id: str = ""  # the session's trace (hex), started by OpenSession
     span_id: str = ""
-    stage_started: float | None = None  # when the current stage began (adaptation seconds per stage)
-    extra: dict = field(default_factory=dict)
 
     @property
     def phase(self) -> Phase:
@@ -79,8 +77,6 @@ def to_dict(record: LiveRecord) -> dict[str, Any]:
         "rollbacks": record.rollbacks,
         "trace_id": record.trace_id,
         "span_id": record.span_id,
-        "stage_started": record.stage_started,
-        "extra": record.extra,
     }
 
 
@@ -105,8 +101,6 @@ def from_dict(d: dict[str, Any] | None) -> LiveRecord:
         rollbacks=int(d.get("rollbacks", 0)),
         trace_id=d.get("trace_id", ""),
         span_id=d.get("span_id", ""),
-        stage_started=d.get("stage_started"),
-        extra=d.get("extra", {}),
     )
 
 
