@@ -33,9 +33,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # jobs.shutdown_wait_s for the running job, then stop it and put it back on the queue.
     # billiard reads this when it is first imported, hence before the import below.
     os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
+    from soma.config import ensure_data_folders
+    from soma.jobs.metrics_folder import use_multiprocess_metrics, worker_metrics_dir
+
+    settings = _settings(args)
+    ensure_data_folders(settings)
+    # the jobs' counters live in files its prefork children share; chosen before prometheus_client loads
+    use_multiprocess_metrics(worker_metrics_dir(settings.state_dir))
     from soma.jobs.worker import run_worker
 
-    return run_worker(_settings(args), args.queues, args.concurrency)
+    return run_worker(settings, args.queues, args.concurrency)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:

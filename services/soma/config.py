@@ -9,6 +9,7 @@ names the value a GPU cluster would use where it differs.
 from __future__ import annotations
 
 import contextvars
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,32 @@ TARGETS = ("all", "dialogue", "teacher", "surrogate", "gate", "mining", "trainin
 
 class ConfigError(ValueError):
     """A configuration problem, with a message that names the offending key."""
+
+
+def default_state_dir() -> Path:
+    """soma's own data folder by the XDG base-directory spec: $XDG_STATE_HOME/soma, else
+    ~/.local/state/soma (a relative XDG_STATE_HOME is invalid by the spec and ignored)."""
+    base = os.environ.get("XDG_STATE_HOME", "")
+    root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "state"
+    return root / "soma"
+
+
+def absolute(path: Path) -> Path:
+    """`~` expanded and made absolute against the working directory at configuration time, so a
+    process started from another folder, or a child process, reaches the same files."""
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def _empty_is_none(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+# Where each data folder lands when it is not set: under `state_dir` (Settings._data_folders).
+STATE_SUBPATHS = {
+    ("adapters", "local_dir"): "adapters",
+    ("jobs", "local_dir"): "jobs",
+    ("dialogue", "session_db"): "sessions.db",
+}
 
 
 class _Section(BaseModel):
@@ -114,7 +141,12 @@ class JobsSettings(_Section):
     result_backend: str = Field(
         "", description="Celery results; empty = files under jobs.local_dir. Cluster: redis://redis:6379/1."
     )
-    local_dir: Path = Field(Path(".soma/jobs"), description="Queue and result folders of the embedded broker.")
+    local_dir: Path | None = Field(
+        None,
+        description="Queue and result folders of the embedded broker.",
+        json_schema_extra={"shown_default": "<state_dir>/jobs"},
+    )
+    _blank_dir = field_validator("local_dir", mode="before")(_empty_is_none)
     mining_queue: str = Field("soma.mining", description="Queue of mining jobs (a GPU pool in a cluster).")
     training_queue: str = Field("soma.training", description="Queue of training jobs (a GPU pool in a cluster).")
     soft_time_limit_s: float = Field(900.0, gt=0, description="A job past this gets SoftTimeLimitExceeded.")
@@ -158,7 +190,10 @@ class JobsSettings(_Section):
 
 class AdapterStoreSettings(_Section):
     backend: Literal["local", "s3"] = Field("local", description="Where adapters live. Cluster: s3 (MinIO).")
-    local_dir: Path = Field(Path(".soma/adapters"), description="Adapter folder (backend local).")
+    local_dir: Path | None = Field(
+        None, description="Adapter folder (backend local).", json_schema_extra={"shown_default": "<state_dir>/adapters"}
+    )
+    _blank_dir = field_validator("local_dir", mode="before")(_empty_is_none)
     s3_endpoint: str = Field("", description="host:port of the S3 service, e.g. minio:9000 (backend s3).")
     s3_bucket: str = Field("soma-adapters", description="Bucket of the adapters (backend s3).")
     s3_region: str = Field("us-east-1", description="S3 region (backend s3).")
@@ -194,7 +229,12 @@ class GateSettings(_Section):
 class DialogueSettings(_Section):
     teacher_address: str = Field("", description="host:port of the teacher service; empty = this process (target all).")
     session_store: Literal["sqlite", "redis"] = Field("sqlite", description="Where sessions live. Cluster: redis.")
-    session_db: Path = Field(Path(".soma/sessions.db"), description="SQLite session store (embedded mode).")
+    session_db: Path | None = Field(
+        None,
+        description="SQLite session store (embedded mode).",
+        json_schema_extra={"shown_default": "<state_dir>/sessions.db"},
+    )
+    _blank_db = field_validator("session_db", mode="before")(_empty_is_none)
     redis_url: str = Field(
         "", description="Redis of the session store, e.g. redis://redis:6379/2 (session_store redis)."
     )
@@ -280,6 +320,12 @@ class Settings(BaseSettings):
     telemetry: TelemetrySettings = TelemetrySettings()
     adapters: AdapterStoreSettings = AdapterStoreSettings()
     jobs: JobsSettings = JobsSettings()
+    state_dir: Path = Field(
+        default_factory=default_state_dir,
+        description="soma's own data (sessions, adapters, job queue) unless set one by one; made absolute at start. "
+        "Cluster: a mounted volume (the chart's embedded mode: /var/lib/soma).",
+        json_schema_extra={"shown_default": "$XDG_STATE_HOME/soma or ~/.local/state/soma"},
+    )
     model_cache: Path = Field(Path("~/.cache/soma/models"), description="Where prepared models are cached.")
     torch_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads; 0 = torch default.")
 
@@ -292,10 +338,32 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("model_cache")
+    @field_validator("model_cache", "state_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
-        return value.expanduser()
+        return absolute(value)
+
+    @model_validator(mode="after")
+    def _data_folders(self) -> Settings:
+        """Every data folder absolute; the unset ones under state_dir."""
+        for (section, key), default in STATE_SUBPATHS.items():
+            part = getattr(self, section)
+            value = getattr(part, key)
+            resolved = absolute(value) if value is not None else self.state_dir / default
+            if value != resolved:
+                setattr(part, key, resolved)
+        return self
+
+    def data_folders(self) -> dict[str, Path]:
+        """The data paths this configuration writes to, by setting name: folders, and the SQLite file."""
+        out: dict[str, Path] = {}
+        if self.dialogue.session_store == "sqlite":
+            out["dialogue.session_db"] = self.dialogue.session_db
+        if self.adapters.backend == "local":
+            out["adapters.local_dir"] = self.adapters.local_dir
+        if not self.jobs.broker_url or not self.jobs.result_backend:
+            out["jobs.local_dir"] = self.jobs.local_dir
+        return out
 
     @classmethod
     def settings_customise_sources(
@@ -307,6 +375,24 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _YamlSource(settings_cls))
+
+
+def ensure_data_folders(settings: Settings) -> None:
+    """Create the data folders a process will write to and prove each writable, so a bad path
+    stops the process at start (exit 2) instead of failing the first job that writes there."""
+    for key, path in settings.data_folders().items():
+        env = "SOMA_" + key.upper().replace(".", "__")
+        folder = path.parent if key == "dialogue.session_db" else path
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".soma-write-check-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise ConfigError(
+                f"{key} (env {env}): cannot use {path}: {err.strerror or err}; set it (or state_dir, env "
+                "SOMA_STATE_DIR) to a folder this process can create and write"
+            ) from None
 
 
 _yaml_data: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("soma_yaml")

@@ -68,16 +68,23 @@ def start_server(
     env: dict[str, str] | None = None,
     log_path: Path | None = None,
     timeout: float = 600.0,
+    cwd: Path | None = None,
+    inherit_env: bool = True,
 ) -> ServerProcess:
-    """Run `python -m soma serve --target T --port 0 ARGS` and wait until it is healthy."""
+    """Run `python -m soma serve --target T --port 0 ARGS` and wait until it is healthy.
+
+    `inherit_env=False` passes only `env` and the basics (PATH, LANG, ...) without the caller's
+    SOMA_* and XDG_* variables: a server with soma's defaults, whatever the caller set."""
     cmd = [sys.executable, "-m", "soma", "serve", "--target", target, "--port", "0", *args]
+    base = os.environ if inherit_env else {k: v for k, v in os.environ.items() if not k.startswith(("SOMA_", "XDG_"))}
     stderr = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
     try:
         proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
             stderr=stderr,
-            env={**os.environ, **(env or {}), "SOMA_SERVE_PARENT_PID": str(os.getpid())},
+            cwd=cwd,
+            env={**base, **(env or {}), "SOMA_SERVE_PARENT_PID": str(os.getpid())},
             text=True,
             bufsize=1,
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from soma.config import TARGETS, ConfigError, ModelSettings, Settings
+from soma.config import TARGETS, ConfigError, ModelSettings, Settings, ensure_data_folders
 from soma.launcher import exit_with_parent
 from soma.server.app import SomaServer
 from soma.telemetry.metrics import start_metrics_server
@@ -214,6 +214,12 @@ def start_embedded_worker(settings: Settings, teacher_address: str, config_path=
     env = dict(os.environ)
     env.setdefault("SOMA_JOBS__TEACHER_ADDRESS", settings.jobs.teacher_address or teacher_address)
     env["SOMA_WORKER_PARENT_PID"] = str(os.getpid())
+    env["SOMA_TELEMETRY__METRICS_PORT"] = "0"  # this process exports the worker's metrics on its own port
+    # the same data folders as this process, even where they came from defaults relative to its folder
+    env["SOMA_STATE_DIR"] = str(settings.state_dir)
+    env["SOMA_ADAPTERS__LOCAL_DIR"] = str(settings.adapters.local_dir)
+    env["SOMA_JOBS__LOCAL_DIR"] = str(settings.jobs.local_dir)
+    env["SOMA_DIALOGUE__SESSION_DB"] = str(settings.dialogue.session_db)
     cmd = [
         sys.executable,
         "-m",
@@ -254,8 +260,13 @@ def run(target: str, settings: Settings, config_path=None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    ensure_data_folders(settings)  # a folder it cannot write stops it now (exit 2), not the first job
     setup_tracing(f"{settings.telemetry.service_name}-{target}", settings.telemetry.otlp_endpoint)
     server = build_server(target, settings)
+    if target == "all":  # its worker is a child process: its job metrics are exported here
+        from soma.jobs.metrics_folder import export_worker_metrics, worker_metrics_dir  # noqa: PLC0415
+
+        export_worker_metrics(worker_metrics_dir(settings.state_dir))
     start_metrics_server(settings.telemetry.metrics_port, settings.server.host)
     server.install_signal_handlers()
     exit_with_parent("SOMA_SERVE_PARENT_PID")  # started by soma demo / bench / tests: go when they go

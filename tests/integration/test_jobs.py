@@ -1,6 +1,8 @@
 """Mining and training jobs through real processes: the MiningService and TrainingService
 (`soma serve --target mining|training`), a Celery worker (`soma worker`, prefork, filesystem
-broker) and a teacher service, with a tiny random chat model as F and G so jobs take seconds."""
+broker) and a teacher service, with a tiny random chat model as F and G so jobs take seconds.
+The sessions the jobs work for are put into the SQLite session store the worker reads, in the
+phase the adaptation driver leaves them in before it submits (ADAPTING, generation 1)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ import pytest
 from soma.launcher import start_server
 from soma.models.testing import build_tiny_chat_model
 from soma.storage.adapter_store import LocalAdapterStore
+from soma.storage.session_store import SqliteSessionStore
 from soma.v1 import common_pb2, mining_pb2, mining_pb2_grpc, training_pb2, training_pb2_grpc
+from tests.sessions import adapting_session
 
 pytestmark = pytest.mark.integration
 
@@ -44,11 +48,15 @@ def stack(tmp_path_factory):
         "SOMA_SURROGATE__MODEL": str(model),
         "SOMA_JOBS__LOCAL_DIR": str(root / "queue"),
         "SOMA_ADAPTERS__LOCAL_DIR": str(root / "adapters"),
+        "SOMA_DIALOGUE__SESSION_DB": str(root / "sessions.db"),
         "SOMA_JOBS__BUDGET": "tiny",
         # slow enough training (no holdout, so no early stop) to kill a worker in the middle of it
         "SOMA_JOBS__METHOD": json.dumps({"lora.steps": 300, "lora.holdout_fraction": 0.0, "gate.acceptance_size": 1}),
         "SOMA_JOBS__SHUTDOWN_WAIT_S": "1",
     }
+    sessions = SqliteSessionStore(root / "sessions.db")
+    for session_id in ("sess-1", "sess-kill", "sess-stop"):
+        adapting_session(sessions, session_id)
     teacher = start_server("teacher", env=env, log_path=root / "teacher.log")
     env["SOMA_JOBS__TEACHER_ADDRESS"] = teacher.address
     mining = start_server("mining", env=env, log_path=root / "mining.log")

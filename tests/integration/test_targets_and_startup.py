@@ -1,5 +1,6 @@
 """One service per process, startup errors, and graceful drain."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -163,6 +164,31 @@ def test_worker_refuses_unknown_queues():
         [sys.executable, "-m", "soma", "worker", "--queues", "soma.nope"], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 2 and "unknown queue(s) soma.nope" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("key", "env"),
+    [
+        ("adapters.local_dir", "SOMA_ADAPTERS__LOCAL_DIR"),
+        ("jobs.local_dir", "SOMA_JOBS__LOCAL_DIR"),
+        ("dialogue.session_db", "SOMA_DIALOGUE__SESSION_DB"),
+        ("dialogue.session_db", "SOMA_STATE_DIR"),  # the state folder holds them all: the first is named
+    ],
+)
+def test_a_data_folder_that_cannot_be_created_exits_2_naming_setting_and_path(tmp_path, key, env):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("a file where a folder should be")
+    bad = blocker / "soma"
+    for command in (["serve", "--target", "all", "--port", "0"], ["worker"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "soma", *command],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, env: str(bad)},
+        )
+        assert out.returncode == 2, out.stderr[-2000:]
+        assert key in out.stderr and str(bad) in out.stderr, out.stderr[-2000:]
 
 
 def test_port_in_use_exits_naming_the_key():

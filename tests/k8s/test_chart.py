@@ -279,7 +279,9 @@ def test_minimal_is_one_embedded_pod_without_gpus(rendered):
     assert not of_kind(docs, "StatefulSet") and not of_kind(docs, "Job")
     assert not [d for d in docs if d["kind"] in {"Role", "ClusterRole", "KopfPeering", "ScaledObject"}]
     env = env_values(container)
-    assert env["SOMA_DIALOGUE__SESSION_DB"].startswith("/var/lib/soma/")
+    # sessions, adapters and the job queue under the state volume, not in the image's working folder
+    assert env["SOMA_STATE_DIR"] == "/var/lib/soma"
+    assert {"name": "state", "mountPath": "/var/lib/soma"} in container["volumeMounts"]
     assert env["SOMA_DIALOGUE__ADAPTATION"] == "embedded"
     assert not any(k.endswith("_ADDRESS") or "REDIS" in k or "S3_" in k for k in env)
     # nowhere in the rendered text is a GPU asked for

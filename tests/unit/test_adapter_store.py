@@ -219,3 +219,40 @@ def test_missing_bucket_is_a_configuration_error(s3, tmp_path):
     ghost = S3AdapterStore(store.client, "no-such-bucket")
     with pytest.raises(StoreMisconfigured, match="NoSuchBucket"):
         ghost.get("sess", 1)
+
+
+def test_a_relative_local_folder_still_gives_file_uris(tmp_path, trained, monkeypatch):
+    _, _, weights, cfg_bytes = trained
+    monkeypatch.chdir(tmp_path)
+    store = LocalAdapterStore("relative/adapters")  # made absolute when the store is built
+    uri = store.put(_manifest("sess-rel", 1, weights, cfg_bytes), weights, cfg_bytes)
+    assert uri == (tmp_path / "relative" / "adapters" / "sess-rel" / "1").as_uri() == store.uri("sess-rel", 1)
+    monkeypatch.chdir("/")
+    assert store.get("sess-rel", 1).manifest.generation == 1
+
+
+def test_delete_generation_removes_only_that_generation(store, trained):
+    _, _, weights, cfg_bytes = trained
+    for gen in (1, 2):
+        store.put(_manifest("sess-del", gen, weights, cfg_bytes), weights, cfg_bytes)
+    store.delete_generation("sess-del", 2)
+    assert store.generations("sess-del") == [1]
+    with pytest.raises(NotFound):
+        store.get("sess-del", 2)
+    store.delete_generation("sess-del", 2)  # again: nothing to do, no error
+
+
+def test_an_s3_put_that_fails_midway_leaves_no_files(s3, trained, monkeypatch):
+    store = s3[0]
+    _, _, weights, cfg_bytes = trained
+    real_put = store._put
+
+    def put(name, data, content_type):
+        if name.endswith("manifest.json"):
+            raise Unavailable("the store went away")
+        real_put(name, data, content_type)
+
+    monkeypatch.setattr(store, "_put", put)
+    with pytest.raises(Unavailable):
+        store.put(_manifest("sess-half", 1, weights, cfg_bytes), weights, cfg_bytes)
+    assert list(store.client.list_objects(store.bucket, prefix="sess-half/", recursive=True)) == []

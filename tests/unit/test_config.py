@@ -87,3 +87,52 @@ def test_adapter_store_settings(monkeypatch, tmp_path: Path):
     (tmp_path / "secret_key").write_text("file-secret\n")
     monkeypatch.setenv("SOMA_ADAPTERS__S3_CREDENTIALS_DIR", str(tmp_path))
     assert load_settings().adapters.credentials() == ("file-key", "file-secret")  # a mounted secret wins
+
+
+def test_data_folders_default_to_one_state_folder(monkeypatch, tmp_path: Path):
+    for key in ("SOMA_STATE_DIR", "SOMA_ADAPTERS__LOCAL_DIR", "SOMA_JOBS__LOCAL_DIR", "SOMA_DIALOGUE__SESSION_DB"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    settings = load_settings()
+    state = tmp_path / "home" / ".local" / "state" / "soma"
+    assert settings.state_dir == state
+    assert settings.adapters.local_dir == state / "adapters"
+    assert settings.jobs.local_dir == state / "jobs"
+    assert settings.dialogue.session_db == state / "sessions.db"
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert load_settings().state_dir == tmp_path / "xdg" / "soma"
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/xdg")  # invalid by the XDG spec: ignored
+    assert load_settings().state_dir == state
+    monkeypatch.setenv("SOMA_STATE_DIR", str(tmp_path / "mine"))
+    assert load_settings().adapters.local_dir == tmp_path / "mine" / "adapters"
+
+
+def test_relative_data_folders_become_absolute_at_configuration_time(monkeypatch, tmp_path: Path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SOMA_ADAPTERS__LOCAL_DIR", "rel/adapters")
+    monkeypatch.setenv("SOMA_STATE_DIR", "state")
+    monkeypatch.setenv("SOMA_JOBS__LOCAL_DIR", "")  # empty = the default under state_dir
+    settings = load_settings()
+    assert settings.adapters.local_dir == tmp_path / "rel" / "adapters"
+    assert settings.jobs.local_dir == tmp_path / "state" / "jobs"
+    assert all(p.is_absolute() for p in settings.data_folders().values())
+    monkeypatch.chdir("/")  # what was resolved stays put
+    assert settings.adapters.local_dir == tmp_path / "rel" / "adapters"
+
+
+def test_a_data_folder_that_cannot_be_written_is_named(monkeypatch, tmp_path: Path):
+    from soma.config import ensure_data_folders
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("SOMA_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("SOMA_ADAPTERS__LOCAL_DIR", str(blocker / "adapters"))
+    settings = load_settings()
+    with pytest.raises(
+        ConfigError, match=r"adapters\.local_dir \(env SOMA_ADAPTERS__LOCAL_DIR\): cannot use .*a-file/adapters"
+    ):
+        ensure_data_folders(settings)
+    monkeypatch.delenv("SOMA_ADAPTERS__LOCAL_DIR")
+    ensure_data_folders(load_settings())  # the defaults under the state folder are created
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["adapters", "jobs"]

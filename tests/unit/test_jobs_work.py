@@ -12,6 +12,8 @@ from soma.jobs import work
 from soma.models.chat_backend import TransformersChatBackend
 from soma.models.testing import build_tiny_chat_model
 from soma.storage.adapter_store import LocalAdapterStore
+from soma.storage.session_store import SqliteSessionStore
+from tests.sessions import adapting_session
 
 WARM = [
     {
@@ -123,9 +125,10 @@ def test_job_spans_join_the_submitters_trace(resources, spans, tmp_path):
     from soma.jobs.app import MINE_TASK, make_celery
     from soma.jobs.tasks import register_tasks
 
-    settings = Settings(jobs={"local_dir": tmp_path})
+    settings = Settings(state_dir=tmp_path)
     app = make_celery(settings.jobs)
     register_tasks(app, settings, resources_factory=lambda _settings: resources)
+    adapting_session(SqliteSessionStore(settings.dialogue.session_db), "sess-t")
     with trace.get_tracer("test").start_as_current_span("OpenSession") as parent:
         headers: dict[str, str] = {}
         propagate.inject(headers)  # what JobQueue.submit puts in the Celery message
@@ -136,3 +139,36 @@ def test_job_spans_join_the_submitters_trace(resources, spans, tmp_path):
     assert job.parent.span_id == parent.get_span_context().span_id
     assert job.attributes["gen_ai.conversation.id"] == "sess-t" and job.attributes["soma.adapter.generation"] == 1
     assert any(e.name == "progress" and "mining step" in e.attributes["soma.stage"] for e in job.events)
+
+
+def test_a_training_job_that_fails_after_storing_removes_its_adapter(resources):
+    """A generation is complete with a successful job, or absent: the job fails after the write
+    (here the read-back of what it stored), and the written generation goes with it."""
+    from soma.errors import Unavailable
+
+    class FailingReadBack:
+        def __init__(self, inner):
+            self.inner, self.wrote = inner, False
+
+        def put(self, manifest, weights, config):
+            self.wrote = True
+            return self.inner.put(manifest, weights, config)
+
+        def get(self, session_id, generation):
+            if self.wrote:
+                raise Unavailable("the store stopped answering")
+            return self.inner.get(session_id, generation)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    import dataclasses
+
+    store = FailingReadBack(resources.store)
+    failing = dataclasses.replace(resources, store=store)
+    mined = work.run_mining(resources, "sess-fail", 1, WARM, lambda f, s: None)
+    with pytest.raises(Unavailable):
+        work.run_training(failing, "sess-fail", 1, WARM, mined["warm_hardness"], mined["cases"], lambda f, s: None)
+    assert store.wrote
+    assert resources.store.generations("sess-fail") == []
+    assert not (resources.store.root / "sess-fail" / "1").exists()

@@ -246,3 +246,26 @@ def test_an_older_sqlite_file_gets_the_live_columns(tmp_path):
     assert store.get("old").phase is Phase.WARMUP
     assert store.get_live("old") == (None, 0)
     assert store.put_live("old", {"v": 1}, 0, Phase.ADAPTING, 1)
+
+
+def test_a_job_worker_reads_what_the_store_says_of_its_session(store):
+    """The worker's check before a job runs (soma.jobs.tasks.check_session) against both stores:
+    SQLite in embedded mode, Redis in a cluster."""
+    from soma.jobs.tasks import check_session
+    from tests.sessions import adapting_session
+
+    adapting_session(store, "busy", generation=2)
+    assert check_session(store, "busy", 2) is None
+    assert check_session(store, "busy", 1).reason == "superseded"
+    assert check_session(store, "nobody", 1).reason == "unknown"
+    store.close("busy")
+    assert check_session(store, "busy", 2).reason == "closed"
+
+
+def test_a_job_worker_that_cannot_read_the_store_runs_the_job():
+    from soma.jobs.tasks import check_session
+    from soma.storage.redis_session_store import RedisSessionStore
+    from tests.servers import free_port
+
+    down = RedisSessionStore(f"redis://127.0.0.1:{free_port()}/0")
+    assert check_session(down, "any", 1) is None  # dropping is a saving; a lost job is not

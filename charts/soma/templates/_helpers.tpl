@@ -124,9 +124,8 @@ imagePullPolicy: {{ $img.pullPolicy }}
 {{- $_ := set $env "SOMA_TEACHER__OPENAI_BASE_URL" (required "teacher.openai.baseUrl is required with backend openai" $v.teacher.openai.baseUrl) -}}
 {{- end -}}
 {{- if eq $v.mode "embedded" -}}
-{{- $_ := set $env "SOMA_DIALOGUE__SESSION_DB" "/var/lib/soma/sessions.db" -}}
-{{- $_ := set $env "SOMA_ADAPTERS__LOCAL_DIR" "/var/lib/soma/adapters" -}}
-{{- $_ := set $env "SOMA_JOBS__LOCAL_DIR" "/var/lib/soma/jobs" -}}
+{{- /* sessions.db, adapters/, jobs/ and worker-metrics/ under the state volume */ -}}
+{{- $_ := set $env "SOMA_STATE_DIR" "/var/lib/soma" -}}
 {{- else -}}
 {{- $_ := set $env "SOMA_DIALOGUE__TEACHER_ADDRESS" (include "soma.address" (list $root "teacher")) -}}
 {{- $_ := set $env "SOMA_DIALOGUE__SURROGATE_ADDRESS" (include "soma.address" (list $root "surrogate")) -}}

@@ -121,7 +121,10 @@ class JobQueue:
                 result=info if isinstance(info, dict) else None,
             )
         if state == "REVOKED":
-            return JobView(**common, state="CANCELLED", progress=0.0, stage="cancelled", message="", attempt=attempt)
+            message = str(info) if isinstance(info, BaseException) else ""
+            return JobView(
+                **common, state="CANCELLED", progress=0.0, stage="cancelled", message=message, attempt=attempt
+            )
         return JobView(
             **common,
             state="FAILED",

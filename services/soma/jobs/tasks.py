@@ -3,7 +3,9 @@
 A job that cannot reach a dependency (teacher, adapter store) raises soma.errors.Unavailable
 and is retried with exponential backoff; anything else fails the job with its message. A job
 redelivered after its worker died starts again with the same seed and writes the same adapter
-key, so running it twice is harmless.
+key, so running it twice is harmless. Before a job runs, the worker asks the session store
+whether the session still wants it (soma.session.job_relevance): a job of a closed, unknown or
+moved-on session is dropped, ends CANCELLED with the reason, and is counted.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ import threading
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import Ignore
 from opentelemetry import propagate, trace
 
 from soma.config import Settings
 from soma.errors import Unavailable
 from soma.jobs import work
 from soma.jobs.app import MINE_TASK, TRAIN_TASK
+from soma.jobs.worker_metrics import JOBS_DROPPED
+from soma.session.job_relevance import StaleJob, stale_job
 
 log = logging.getLogger("soma.jobs")
 tracer = trace.get_tracer("soma.jobs")
@@ -74,9 +79,49 @@ def load_resources(settings: Settings) -> work.JobResources:
     return work.JobResources(surrogate, settings.surrogate.model, teacher, open_store(settings.adapters), cfg)
 
 
-def register_tasks(app: Celery, settings: Settings, resources_factory=None) -> None:
-    holder: dict[str, work.JobResources] = {}
+def open_sessions(settings: Settings):
+    """The session store the dialogue service writes (SQLite file or Redis), read-only use here."""
+    from soma.storage.session_store import open_session_store
+
+    return open_session_store(settings.dialogue)
+
+
+def check_session(sessions: Any, session_id: str, generation: int) -> StaleJob | None:
+    """Why the job should be dropped, or None. A store that cannot be read drops nothing."""
+    from soma.session.live import from_dict
+    from soma.storage.session_store import SessionMissing
+
+    try:
+        state = sessions.get(session_id)
+        record = sessions.get_live(session_id)[0] if state is not None else None
+    except SessionMissing:
+        state, record = None, None
+    except Exception as err:  # noqa: BLE001 - any store error: run the job rather than lose it
+        log.warning("cannot read session %s to check its job (%s); running the job", session_id, err)
+        return None
+    adaptation = from_dict(record).live.adaptation if record else None
+    return stale_job(session_id, generation, state, adaptation)
+
+
+def register_tasks(app: Celery, settings: Settings, resources_factory=None, sessions_factory=None) -> None:
+    holder: dict[str, Any] = {}
     lock = threading.Lock()
+
+    def sessions():
+        with lock:
+            if "s" not in holder:
+                holder["s"] = (sessions_factory or open_sessions)(settings)
+            return holder["s"]
+
+    def drop_if_stale(task: Any, kind: str, session_id: str, generation: int) -> None:
+        """Raise Ignore (the message is acknowledged, nothing runs) after marking the job CANCELLED."""
+        stale = check_session(sessions(), session_id, generation)
+        if stale is None:
+            return
+        log.warning("dropped job %s before it ran: %s", task.request.id, stale.message)
+        JOBS_DROPPED.labels(kind, stale.reason).inc()
+        task.backend.mark_as_revoked(task.request.id, f"dropped before it ran: {stale.message}", request=task.request)
+        raise Ignore()
 
     def resources() -> work.JobResources:
         with lock:
@@ -113,6 +158,7 @@ def register_tasks(app: Celery, settings: Settings, resources_factory=None) -> N
 
     @app.task(name=MINE_TASK, bind=True, **retry)
     def mine(self, session_id: str, generation: int, warm_turns: list[dict]) -> dict:
+        drop_if_stale(self, "mine", session_id, generation)
         if not self.request.retries:
             count_delivery(self)
         log.info("mining %s/%s (attempt %s)", session_id, generation, self.request.retries + 1)
@@ -125,6 +171,7 @@ def register_tasks(app: Celery, settings: Settings, resources_factory=None) -> N
     def train(
         self, session_id: str, generation: int, warm_turns: list[dict], warm_hardness: list[float], mined: list[dict]
     ) -> dict:
+        drop_if_stale(self, "train", session_id, generation)
         if not self.request.retries:
             count_delivery(self)
         log.info("training %s/%s (attempt %s)", session_id, generation, self.request.retries + 1)

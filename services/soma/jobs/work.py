@@ -8,6 +8,7 @@ task messages (the gRPC services convert them from and to protobuf).
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ from soma.storage.adapter_store import AdapterStore, build_manifest
 from soma.surrogate.adapter_cache import adapter_name
 
 Progress = Callable[[float, str], None]
+log = logging.getLogger("soma.jobs")
 
 
 @dataclass
@@ -116,6 +118,13 @@ def cases_from_json(turns: list[WarmTurn], warm_hardness: list[float], mined_row
     return warm, mined
 
 
+def _delete_quietly(store: AdapterStore, session_id: str, generation: int) -> None:
+    try:
+        store.delete_generation(session_id, generation)
+    except Exception as err:  # noqa: BLE001 - the job's own error is the one to report
+        log.warning("could not remove adapter %s/%s of a failed job: %s", session_id, generation, err)
+
+
 def run_training(
     res: JobResources,
     session_id: str,
@@ -183,9 +192,14 @@ def run_training(
         )
         progress(0.95, "storing the adapter")
         res.store.put(manifest, weights, config)
-    stored = res.store.get(session_id, generation).manifest  # a generation is written once: report what is stored
-    uri = res.store.uri(session_id, generation)
-    progress(1.0, "trained")
+    try:
+        stored = res.store.get(session_id, generation).manifest  # written once: report what is stored
+        uri = res.store.uri(session_id, generation)
+        progress(1.0, "trained")
+    except BaseException:
+        if existing is None:  # a generation is complete with a successful job, or absent
+            _delete_quietly(res.store, session_id, generation)
+        raise
     return {
         "uri": uri,
         "sha256": stored.files["adapter_model.safetensors"]["sha256"],

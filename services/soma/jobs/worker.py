@@ -9,6 +9,7 @@ import sys
 
 from soma.config import Settings
 from soma.jobs.app import make_celery
+from soma.jobs.metrics_folder import serve_worker_metrics, worker_metrics_dir
 from soma.jobs.tasks import register_tasks
 from soma.launcher import exit_with_parent
 
@@ -33,6 +34,7 @@ def run_worker(settings: Settings, queues: str, concurrency: int = 1) -> int:
     from soma.telemetry.tracing import setup_tracing
 
     setup_tracing(f"{settings.telemetry.service_name}-worker", settings.telemetry.otlp_endpoint)
+    serve_worker_metrics(worker_metrics_dir(settings.state_dir), settings.telemetry.metrics_port, settings.server.host)
     app = make_celery(settings.jobs)
     register_tasks(app, settings)
     print(f"soma worker consuming {', '.join(names)}", flush=True)

@@ -157,6 +157,8 @@ class AdapterStore(Protocol):
 
     def generations(self, session_id: str) -> list[int]: ...
 
+    def delete_generation(self, session_id: str, generation: int) -> None: ...
+
     def delete_session(self, session_id: str) -> int: ...
 
 
@@ -164,7 +166,8 @@ class LocalAdapterStore:
     """Embedded mode: a folder; each generation is published with one atomic rename."""
 
     def __init__(self, root: Path):
-        self.root = Path(root).expanduser()
+        # absolute: a file URI needs it, and a relative root would move with the working directory
+        self.root = Path(os.path.abspath(Path(root).expanduser()))
 
     def uri(self, session_id: str, generation: int) -> str:
         return (self.root / check_key(session_id, generation)).as_uri()
@@ -176,7 +179,7 @@ class LocalAdapterStore:
         verify(manifest, weights, config)
         final = self.root / key
         if (final / MANIFEST).is_file():
-            return final.as_uri()
+            return self.uri(manifest.session_id, manifest.generation)
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{manifest.generation}-", dir=final.parent))
         try:
@@ -190,7 +193,7 @@ class LocalAdapterStore:
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return final.as_uri()
+        return self.uri(manifest.session_id, manifest.generation)
 
     def get(self, session_id: str, generation: int) -> StoredAdapter:
         folder = self.root / check_key(session_id, generation)
@@ -208,6 +211,12 @@ class LocalAdapterStore:
         if not folder.is_dir():
             return []
         return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / MANIFEST).is_file())
+
+    def delete_generation(self, session_id: str, generation: int) -> None:
+        """Remove one generation: its manifest first, so no reader takes a half-deleted one as whole."""
+        folder = self.root / check_key(session_id, generation)
+        (folder / MANIFEST).unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
     def delete_session(self, session_id: str) -> int:
         check_key(session_id, 1)
@@ -302,10 +311,28 @@ class S3AdapterStore:
         verify(manifest, weights, config)
         if self._exists(f"{key}/{MANIFEST}"):
             return self.uri(manifest.session_id, manifest.generation)
-        self._put(f"{key}/{WEIGHTS}", weights, "application/octet-stream")
-        self._put(f"{key}/{CONFIG}", config, "application/json")
-        self._put(f"{key}/{MANIFEST}", manifest.to_json(), "application/json")  # last: the commit marker
+        try:
+            self._put(f"{key}/{WEIGHTS}", weights, "application/octet-stream")
+            self._put(f"{key}/{CONFIG}", config, "application/json")
+            self._put(f"{key}/{MANIFEST}", manifest.to_json(), "application/json")  # last: the commit marker
+        except Exception:
+            self._remove_quietly(key, (WEIGHTS, CONFIG))  # no manifest, so never read; no orphan files either
+            raise
         return self.uri(manifest.session_id, manifest.generation)
+
+    def _remove_quietly(self, key: str, names: tuple[str, ...]) -> None:
+        for name in names:
+            try:
+                self._call(lambda name=name: self.client.remove_object(self.bucket, f"{key}/{name}"))
+            except Exception as err:  # noqa: BLE001 - the store is failing already; report the first error
+                logging.getLogger("soma.storage").warning("could not remove %s/%s: %s", key, name, err)
+
+    def delete_generation(self, session_id: str, generation: int) -> None:
+        """Remove one generation, manifest first (the commit marker goes before the files)."""
+        key = check_key(session_id, generation)
+        self._call(lambda: self.client.remove_object(self.bucket, f"{key}/{MANIFEST}"))
+        for name in FILES:
+            self._call(lambda name=name: self.client.remove_object(self.bucket, f"{key}/{name}"))
 
     def get(self, session_id: str, generation: int) -> StoredAdapter:
         from minio.error import S3Error

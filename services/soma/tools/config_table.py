@@ -17,8 +17,9 @@ def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str, str]
             continue
         key = f"{prefix}{name}"
         env = "SOMA_" + key.upper().replace(".", "__")
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         default = field.get_default(call_default_factory=True)
-        shown = "(model limit)" if default is None else str(default)
+        shown = extra.get("shown_default") or ("(model limit)" if default is None else str(default))
         rows.append((key, env, shown, field.description or ""))
     return rows
 

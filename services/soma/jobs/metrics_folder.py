@@ -1,0 +1,48 @@
+"""Where the job worker's Prometheus metrics live on disk, and who exports them.
+
+`soma worker` runs its jobs in prefork children; prometheus_client's multiprocess mode keeps
+every process's counters in files of one folder, which the exporter sums at scrape time.
+Nothing here imports prometheus_client at module level: the mode must be chosen (an
+environment variable) before that import, which `soma worker` does first thing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def worker_metrics_dir(state_dir: Path) -> Path:
+    return state_dir / "worker-metrics"
+
+
+def use_multiprocess_metrics(folder: Path) -> None:
+    """Put this process (and the children it forks) in multiprocess mode over `folder`, emptied of
+    an earlier run's files. Call before anything imports prometheus_client."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    os.environ[ENV] = str(folder)
+
+
+def export_worker_metrics(folder: Path, registry=None) -> None:
+    """Add the worker's metrics in `folder` to a registry (default: the process's own), read at
+    each scrape."""
+    import prometheus_client  # noqa: PLC0415
+    from prometheus_client import multiprocess  # noqa: PLC0415
+
+    folder.mkdir(parents=True, exist_ok=True)
+    multiprocess.MultiProcessCollector(registry or prometheus_client.REGISTRY, path=str(folder))
+
+
+def serve_worker_metrics(folder: Path, port: int, host: str) -> None:
+    """A worker pod's own /metrics: the summed files of its processes (port 0 = off)."""
+    if not port:
+        return
+    import prometheus_client  # noqa: PLC0415
+
+    registry = prometheus_client.CollectorRegistry()
+    export_worker_metrics(folder, registry)
+    prometheus_client.start_http_server(port, addr=host, registry=registry)
