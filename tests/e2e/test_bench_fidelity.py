@@ -1,5 +1,6 @@
 """`soma bench fidelity` end to end: the real `cpu` pair (Qwen2.5-Coder-0.5B → SmolLM2-135M, MiniLM),
-two short dialogues, the `tiny` budget, every method, topic-shift mode, run as a real process."""
+two short dialogues, the `tiny` budget, every method, topic-shift mode, run as a real process: first
+without two methods, then with all of them, which must reuse the finished work and ask F nothing."""
 
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ DIALOGUES = [
 ]
 
 
+LATER = ("compressed-prefix", "soma-full")  # methods that need no new F answer, added by the second run
+
+
 def _run(dataset: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable,
@@ -62,6 +66,8 @@ def _run(dataset: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
         "--no-progress",
         "--out",
         str(out),
+        "--teacher-cache",
+        str(out.parent / "teacher-answers.sqlite"),
         *extra,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
@@ -73,15 +79,29 @@ def bench(tmp_path_factory):
     dataset = root / "dialogues.jsonl"
     dataset.write_text("".join(json.dumps(d) + "\n" for d in DIALOGUES))
     out = root / "out"
+    first = _run(dataset, out, "--methods", ",".join(m for m in METHODS if m not in LATER))
+    assert first.returncode == 0, first.stderr[-4000:]
+    made_first = json.loads((out / "report.json").read_text())["teacher_calls"]["made"]
     proc = _run(dataset, out)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return dataset, out, proc
+    return dataset, out, proc, made_first
+
+
+def test_adding_methods_reuses_finished_work_and_asks_f_nothing(bench):
+    _, out, _, made_first = bench
+    report = json.loads((out / "report.json").read_text())
+    assert made_first > 0  # the first run generated Original and the mined answers
+    assert report["teacher_calls"]["made"] == 0 and report["teacher_calls"]["cached"] > 0
+    for d in report["per_dialogue"]:
+        assert d["adaptation"]["soma"]["teacher_calls"] >= 1  # soma itself was kept from the first run
+    for method in LATER:
+        assert report["summary"][method]["dialogues"] == 2
 
 
 def test_report_schema_and_every_method_answered(bench):
-    _, out, proc = bench
+    _, out, proc, _ = bench
     report = json.loads((out / "report.json").read_text())
-    assert report["schema"] == "soma.bench.fidelity/1"
+    assert report["schema"] == "soma.bench.fidelity/2"
     assert report["dialogues"] == 2 and report["pair"] == "cpu"
     assert set(report["methods"]) == set(METHODS)
     for method in METHODS:
@@ -119,16 +139,16 @@ def test_report_schema_and_every_method_answered(bench):
     assert "| soma |" in md and "## Targets" in md and "## Topic shift" in md
     for plot in report["plots"]:
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(report["plots"]) == 3
+    assert len(report["plots"]) == 4 and "savings.png" in report["plots"]
 
 
 def test_rerun_reuses_finished_dialogues(bench):
-    dataset, out, _ = bench
+    dataset, out, _, _ = bench
     t0 = time.perf_counter()
     proc = _run(dataset, out)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads((out / "report.json").read_text())
-    assert report["reused_dialogues"] == 2
+    assert report["reused_dialogues"] == 2 and report["teacher_calls"]["made"] == 0
     assert report["summary"]["soma"]["dialogues"] == 2
     assert time.perf_counter() - t0 < report["wall_seconds"] + 120  # sanity: nothing was recomputed twice
 
@@ -142,3 +162,5 @@ def test_bad_arguments_exit_2_with_a_message(tmp_path):
     assert schema.returncode == 2 and "bad.jsonl:1" in schema.stderr
     unknown = _run(bad, tmp_path / "o", "--methods", "soma,magic")
     assert unknown.returncode == 2 and "unknown method(s) magic" in unknown.stderr
+    short = _run(bad, tmp_path / "o", "--max-turns", "2")  # W = 2 in the tiny budget
+    assert short.returncode == 2 and "--max-turns 2" in short.stderr and "W + 1 = 3" in short.stderr

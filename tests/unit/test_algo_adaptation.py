@@ -189,6 +189,9 @@ def test_adaptation_chain_acceptance_batch_disjoint_from_training(backend, cfg):
     turn_of = lambda key: int(key.rsplit(":", 1)[1])  # noqa: E731
     assert not {turn_of(k) for k in outcome.acceptance_keys} & {turn_of(k) for k in outcome.training_keys}
     assert teacher.calls == outcome.teacher_calls > 0
+    # what F read counts as much as what it wrote: the prompt tokens of every mined query are counted
+    assert outcome.teacher_prompt_tokens == teacher.prompt_tokens > 0
+    assert outcome.teacher_tokens == teacher.completion_tokens > 0
     mined = [p for p in captured["pairs"] if p.source == "mined"]
     assert mined, "no mined pair reached training"
     for pair in mined:

@@ -68,3 +68,14 @@ def test_gaps_accept_the_real_minilm_folder_layout() -> None:
     near, far = enc.gaps([("How do I sort a list?", "How can I sort a list?"), ("How do I sort a list?", "Paris")])
     assert enc.dim == 384
     assert near < far
+
+
+def test_token_embeddings_drop_specials_and_padding(encoder: SentenceEncoder) -> None:
+    texts = ["hello world", "a much longer sentence about python code and data", ""]  # batch_size 2: pads text 0
+    tokens = encoder.token_embeddings(texts)
+    counts = [len(encoder.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert [t.shape for t in tokens] == [(n, encoder.dim) for n in counts] and counts[2] == 0
+    assert torch.allclose(tokens[0].norm(dim=1), torch.ones(counts[0]), atol=1e-5)
+    alone = encoder.token_embeddings(["hello world"])[0]
+    assert torch.allclose(alone, tokens[0], atol=1e-5)  # the padding next to the longer text changed nothing
+    assert encoder.token_embeddings([]) == []

@@ -70,7 +70,8 @@ class AdaptationOutcome:
     acceptance_keys: list[str]
     seconds: dict[str, float] = field(default_factory=dict)  # mining, teacher, training, gate
     teacher_calls: int = 0
-    teacher_tokens: int = 0
+    teacher_tokens: int = 0  # completion tokens F generated for the mined cases
+    teacher_prompt_tokens: int = 0  # and the prompt tokens F read for them (V(P) ⊕ S_t)
     verbalizations: list[str] = field(default_factory=list)
     training: TrainingReport | None = None
     gaps_old: list[float] = field(default_factory=list)
@@ -197,7 +198,8 @@ class MinedStage:
     verbalizations: list[str]
     seconds: dict[str, float]
     teacher_calls: int
-    teacher_tokens: int
+    teacher_tokens: int  # completion
+    teacher_prompt_tokens: int = 0
 
 
 @dataclass
@@ -229,7 +231,7 @@ def mining_stage(
     with surrogate.adapters.using(None) as base:
         result = mine(base, surrogate.tokenizer, turns, surrogate.neighbours, mining_cfg, seed=seed, progress=progress)
     t0 = time.perf_counter()
-    calls_before, tokens_before = teacher.calls, teacher.completion_tokens
+    calls_before, tokens_before, prompt_before = teacher.calls, teacher.completion_tokens, teacher.prompt_tokens
     warm = warm_cases(turns, result.turn_hardness(cfg.lora.hardness, len(turns)))
     mined = mined_cases(result, turns, teacher, cfg, variant)
     return MinedStage(
@@ -239,6 +241,7 @@ def mining_stage(
         {"mining": result.seconds, "teacher": time.perf_counter() - t0},
         teacher.calls - calls_before,
         teacher.completion_tokens - tokens_before,
+        teacher.prompt_tokens - prompt_before,
     )
 
 
@@ -342,6 +345,7 @@ def adapt(
         seconds=seconds,
         teacher_calls=mined.teacher_calls,
         teacher_tokens=mined.teacher_tokens,
+        teacher_prompt_tokens=mined.teacher_prompt_tokens,
         verbalizations=mined.verbalizations,
         training=trained.report,
         gaps_old=gap_old,

@@ -23,7 +23,7 @@ import yaml
 
 from soma.algo.config import MethodConfig, preset
 from soma.bench import fidelity_report as rep
-from soma.bench.dialogues import DatasetError, select
+from soma.bench.dialogues import DatasetError, read_id_list, select
 from soma.bench.fidelity_cli import METHODS
 from soma.bench.fidelity_run import DialogueRun, RunOptions
 from soma.bench.pair import load_pair
@@ -60,6 +60,8 @@ def parse_methods(text: str) -> tuple[str, ...]:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     if "original" not in methods:
         methods = ("original", *methods)  # every similarity is measured against it
+    if "soma-full" in methods and "soma" not in methods:
+        methods = (*methods, "soma")  # soma-full answers with soma's adapter
     if "router" in methods and "history-prefix" not in methods:
         methods = (*methods, "history-prefix")  # the router routes between F and history-prefix
     return methods
@@ -73,13 +75,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = method_config(args)
         methods = parse_methods(args.methods)
-        dialogues = select(args.dataset, args.dialogues, args.min_turns, args.seed)
+        if args.max_turns is not None and args.max_turns < cfg.warm_turns + 1:
+            raise ValueError(
+                f"--max-turns {args.max_turns} leaves no post-switch turn: it must be at least W + 1 = "
+                f"{cfg.warm_turns + 1}"
+            )
+        ids = read_id_list(args.ids) if args.ids else None
+        dialogues = select(args.dataset, args.dialogues, args.min_turns, args.seed, ids=ids, max_turns=args.max_turns)
     except (ValueError, DatasetError) as exc:
         print(f"soma bench fidelity: {exc}", file=sys.stderr)
         return 2
-    if args.min_turns <= cfg.warm_turns:
+    shortest = min(len(d.queries) for d in dialogues)
+    if shortest <= cfg.warm_turns:
         print(
-            f"note: dialogues with {args.min_turns} turns get W = turns − 1 (W = {cfg.warm_turns} leaves no "
+            f"note: dialogues with {shortest} turns get W = turns − 1 (W = {cfg.warm_turns} leaves no "
             "post-switch turn)",
             file=sys.stderr,
         )
@@ -87,35 +96,60 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    options = RunOptions(cfg, methods, args.answer_tokens, args.seed, args.topic_shift)
-    fingerprint = hashlib.sha256(
-        json.dumps(
-            [args.pair, methods, cfg.model_dump(mode="json"), args.answer_tokens, args.seed, args.topic_shift],
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()[:16]
     out_dir: Path = args.out
     cache_dir = out_dir / "dialogues"
     cache_dir.mkdir(parents=True, exist_ok=True)
+    options = RunOptions(
+        cfg,
+        methods,
+        args.answer_tokens,
+        args.seed,
+        args.topic_shift,
+        teacher_repetition_penalty=args.teacher_repetition_penalty,
+        adapter_dir=out_dir / "adapters",
+    )
+    # what shapes every method's result; the methods themselves are not in it, so adding one reuses the rest
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            [
+                args.pair,
+                cfg.model_dump(mode="json"),
+                args.answer_tokens,
+                args.seed,
+                args.topic_shift,
+                args.teacher_repetition_penalty,
+                args.max_turns,
+            ],
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:16]
     started = time.perf_counter()
 
     from tqdm import tqdm
 
-    pair = load_pair(args.pair, cfg, log=lambda msg: print(msg, file=sys.stderr))
+    pair = load_pair(
+        args.pair, cfg, log=lambda msg: print(msg, file=sys.stderr), teacher_cache=args.teacher_cache.expanduser()
+    )
     runner = DialogueRun(pair, options)
     results, reused = [], 0
     bar = tqdm(dialogues, desc="dialogues", unit="dlg", disable=args.no_progress, file=sys.stderr)
     stopped_early = False
+    wanted = set(methods)
     for index, dialogue in enumerate(bar):
         path = cache_dir / f"{index:04d}-{_safe(dialogue.id)}.json"
+        done = None
         if path.exists() and not args.fresh:
             saved = json.loads(path.read_text())
             if saved.get("fingerprint") == fingerprint:
-                results.append(saved["result"])
-                reused += 1
-                continue
+                done = saved["result"]
+                if wanted <= set(done.get("methods_done", [])):
+                    results.append(done)
+                    reused += 1
+                    continue
         over_time = args.max_minutes is not None and time.perf_counter() - started > args.max_minutes * 60
         if args.report_only or over_time:
+            if done is not None:
+                results.append(done)  # what it has; the missing methods are simply absent
             stopped_early = True
             continue
         shift = ()
@@ -125,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
             shift = other.queries[-max(options.shift_turns, cfg.drift.consecutive) :]
         runner.note = lambda stage, i=index: bar.set_postfix_str(f"#{i} {stage}")
         t0 = time.perf_counter()
-        result = runner.run(dialogue, index, shift)
-        result["wall_seconds"] = time.perf_counter() - t0
+        result = runner.run(dialogue, index, shift, done=done)
+        result["wall_seconds"] = (result.get("wall_seconds") or 0.0) + time.perf_counter() - t0
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"fingerprint": fingerprint, "result": result}, ensure_ascii=False))
         os.replace(tmp, path)
@@ -139,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
     report = build_report(results, args, cfg, methods, pair, fingerprint, time.perf_counter() - started, reused)
     report["requested_dialogues"] = len(dialogues)
     report["stopped_early"] = stopped_early
+    teacher = pair.teacher
+    report["teacher_calls"] = {"made": getattr(teacher, "calls", None), "cached": getattr(teacher, "hits", None)}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
     (out_dir / "report.md").write_text(rep.markdown(report))
@@ -146,29 +182,34 @@ def run(args: argparse.Namespace) -> int:
     (out_dir / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
     print(rep.markdown(report))
     print(f"report: {out_dir / 'report.json'}, {out_dir / 'report.md'}; plots: {', '.join(report['plots'])}")
+    print(
+        f"F calls this run: {report['teacher_calls']['made']} made, {report['teacher_calls']['cached']} from the cache"
+    )
     return 0
 
 
 def build_report(results, args, cfg: MethodConfig, methods, pair, fingerprint, wall, reused) -> dict[str, Any]:
-    summary_methods = [m for m in methods if m != "router"]
-    rep.score_answers(results, summary_methods, pair.encoder.encode)
     router = None
     if "router" in methods:
         served = [s for d in results for s in d.get("adaptation", {}).get("soma", {}).get("served_by", [])]
         share = served.count("teacher") / len(served) if served else 0.0
-        router = rep.calibrate_router(results, share)
-        rep.score_answers(results, methods, pair.encoder.encode)
+        router = rep.calibrate_router(results, share)  # reads no scores: score once, after it
+    rep.score_answers(results, methods, pair.encoder.encode, token_encode=pair.encoder.token_embeddings)
     summary = rep.summarise(results, methods, args.seed)
     shift = rep.topic_shift_summary(results)
+    extra = rep.analyses(results, summary, methods, cfg, pair.encoder.encode, args.seed, report_size=40)
     return {
-        "schema": "soma.bench.fidelity/1",
+        "schema": "soma.bench.fidelity/2",
         "pair": args.pair,
         "teacher": pair.teacher_model,
         "surrogate": pair.surrogate_model,
+        "teacher_decoding": {"greedy": True, "repetition_penalty": args.teacher_repetition_penalty},
         "datasets": [str(p) for p in args.dataset],
+        "ids": str(args.ids) if args.ids else None,
         "dialogues": len(results),
         "reused_dialogues": reused,
         "min_turns": args.min_turns,
+        "max_turns": args.max_turns,
         "methods": list(methods),
         "budget": args.budget,
         "config": cfg.model_dump(mode="json"),
@@ -179,14 +220,29 @@ def build_report(results, args, cfg: MethodConfig, methods, pair, fingerprint, w
         "wall_seconds": wall,
         "dialogue_seconds": sum(d.get("wall_seconds") or 0.0 for d in results),
         "summary": summary,
-        "targets": rep.targets(summary, shift, results, args.seed),
+        "targets": rep.targets(summary, shift, results, args.seed, degeneracy=extra["degeneracy"]),
         "gate_bounds": rep.gate_counterfactuals(results, cfg),
         "topic_shift": shift,
         "router": router,
         "per_turn": rep.per_turn_rows(results),
         "per_dialogue": [
-            {k: d[k] for k in ("id", "task", "turns", "warm_turns", "post_turns", "adaptation", "tokens", "seconds")}
-            | {"wall_seconds": d.get("wall_seconds")}
-            for d in results
+            {k: d.get(k) for k in PER_DIALOGUE_KEYS} | {"wall_seconds": d.get("wall_seconds")} for d in results
         ],
+        **extra,
     }
+
+
+PER_DIALOGUE_KEYS = (
+    "id",
+    "dataset",
+    "task",
+    "turns",
+    "warm_turns",
+    "post_turns",
+    "novel_turns",
+    "adaptation",
+    "tokens",
+    "teacher_by_turn",
+    "finish",
+    "seconds",
+)

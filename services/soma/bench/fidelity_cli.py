@@ -10,9 +10,11 @@ METHODS = (
     "original",
     "surrogate",
     "history-prefix",
+    "compressed-prefix",
     "history-ft",
     "random-ft",
     "soma",
+    "soma-full",
     "soma-no-antidegen",
     "soma-no-expweight",
     "soma-ref",
@@ -22,13 +24,30 @@ PAIR_NAMES = ("cpu", "cpu-family")
 BUDGETS = ("tiny", "cpu", "paper")
 # The developers' data sits next to the repository (../shared/data); SOMA_DATA_DIR overrides.
 DATA_DIR = Path(os.environ.get("SOMA_DATA_DIR", Path(__file__).resolve().parents[3].parent / "shared" / "data"))
-DEFAULT_DATASET = DATA_DIR / "mtbench101.dev.jsonl"
+# Long dialogues: each gives ≥ 6 post-switch answers at W = 4 (one turn-1 answer decides nothing).
+DEFAULT_DATASETS = [DATA_DIR / "persuasionforgood.dev.jsonl", DATA_DIR / "multiwoz21.test.jsonl"]
+# Fixed, disjoint dialogue lists of the default datasets (docs/bench/sets/README.md says how they were drawn).
+SETS_DIR = Path(__file__).resolve().parents[3] / "docs" / "bench" / "sets"
+TEACHER_CACHE = Path("~/.cache/soma/teacher-answers.sqlite")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", type=Path, nargs="+", default=[DEFAULT_DATASET], help="JSON Lines dialogue files")
-    p.add_argument("--dialogues", type=int, default=40, help="how many dialogues (seeded sample)")
-    p.add_argument("--min-turns", type=int, default=4, help="only dialogues with at least this many user turns")
+    from soma.config import TEACHER_REPETITION_PENALTY
+
+    p.add_argument("--dataset", type=Path, nargs="+", default=DEFAULT_DATASETS, help="JSON Lines dialogue files")
+    p.add_argument(
+        "--dialogues", type=int, default=40, help="how many dialogues (seeded sample, or the first of --ids)"
+    )
+    p.add_argument(
+        "--ids",
+        type=Path,
+        help=f"only these dialogues, in this order: a file of ids, one per line (kept: {SETS_DIR}/tuning.txt, "
+        "report.txt)",
+    )
+    p.add_argument("--min-turns", type=int, default=10, help="only dialogues with at least this many user turns")
+    p.add_argument(
+        "--max-turns", type=int, default=10, help="cut each dialogue to its first N turns (must leave W + 1)"
+    )
     p.add_argument("--pair", choices=PAIR_NAMES, default="cpu")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--budget", choices=BUDGETS, default="cpu", help="method config preset")
@@ -41,7 +60,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="one method setting, e.g. --set mining.steps=12 (repeatable)",
     )
-    p.add_argument("--answer-tokens", type=int, default=48, help="max new tokens of every benchmark answer")
+    p.add_argument("--answer-tokens", type=int, default=96, help="max new tokens of every benchmark answer")
+    p.add_argument(
+        "--teacher-repetition-penalty",
+        type=float,
+        default=TEACHER_REPETITION_PENALTY,
+        help="F's repetition penalty, for every F call (default: the embedded teacher's, teacher.repetition_penalty)",
+    )
+    p.add_argument(
+        "--teacher-cache",
+        type=Path,
+        default=TEACHER_CACHE,
+        help="SQLite file of F's answers, keyed by model sha256, prompt and decoding: F is never asked twice",
+    )
     p.add_argument("--topic-shift", action="store_true", help="also splice another dialogue's tail after W")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")

@@ -3,6 +3,8 @@
 Primary metric: MiniLM cosine of each post-switch answer to Original's answer at the same
 turn. Means and differences are taken per dialogue first and bootstrapped over dialogues
 (answers within a dialogue are not independent), 2000 resamples, 95% percentile intervals.
+Secondary: ROUGE-L and a BERTScore-style F1 over the encoder's token states, which a copied
+template does not satisfy as easily as the mean-pooled cosine.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ from typing import Any
 
 from rouge_score import rouge_scorer
 
+from soma.bench import fidelity_savings as savings
+from soma.bench import fidelity_stats as stats
+
 RESAMPLES = 2000
+BETWEEN = (("history-ft", "history-prefix"), ("history-prefix", "surrogate"))  # baseline-vs-baseline targets
+EXAMPLE_METHODS = ("original", "soma", "history-prefix", "compressed-prefix")
 
 
 def bootstrap_mean(values: Sequence[float], seed: int = 0) -> tuple[float, float, float]:
@@ -29,12 +36,33 @@ def bootstrap_mean(values: Sequence[float], seed: int = 0) -> tuple[float, float
     return (sum(values) / n, means[int(0.025 * RESAMPLES)], means[int(0.975 * RESAMPLES) - 1])
 
 
-def score_answers(dialogues: list[dict], methods: Sequence[str], encode: Callable) -> None:
-    """Add dialogue['scores'][method][turn] = {'cosine', 'rouge_l'} (in place)."""
+def bertscore_f1(reference: Any, candidate: Any) -> float:
+    """BERTScore-style F1 (no idf) of two [n, d] sets of unit token embeddings, by greedy max-cosine matching.
+
+    Precision: each candidate token's best cosine to a reference token, averaged; recall the other way.
+    A template that shares the reference's topic but not its content matches few of its tokens.
+    """
+    if len(reference) == 0 or len(candidate) == 0:
+        return 1.0 if len(reference) == len(candidate) else 0.0
+    sim = candidate @ reference.T
+    precision = float(sim.max(dim=1).values.mean())
+    recall = float(sim.max(dim=0).values.mean())
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+
+def score_answers(
+    dialogues: list[dict], methods: Sequence[str], encode: Callable, token_encode: Callable | None = None
+) -> None:
+    """Add dialogue['scores'][method][turn] = {'cosine', 'rouge_l'[, 'bertscore_f1']} (in place).
+
+    token_encode (e.g. SentenceEncoder.token_embeddings: texts → list of [n_i, d] unit token
+    states) adds the BERTScore-style F1.
+    """
     rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     for d in dialogues:
         reference = d["answers"]["original"]
         d["scores"] = {}
+        ref_tokens = dict(zip(reference, token_encode(list(reference.values())), strict=True)) if token_encode else {}
         keys = [m for m in d["answers"] if m in methods or m.split("@")[0] in methods]
         for method in keys:
             answers = d["answers"][method]
@@ -48,6 +76,10 @@ def score_answers(dialogues: list[dict], methods: Sequence[str], encode: Callabl
                 t: {"cosine": c, "rouge_l": rouge.score(reference[t], answers[t])["rougeL"].fmeasure}
                 for t, c in zip(turns, cos, strict=True)
             }
+            if token_encode:
+                tokens = token_encode([answers[t] for t in turns])
+                for t, tok in zip(turns, tokens, strict=True):
+                    d["scores"][method][t]["bertscore_f1"] = bertscore_f1(ref_tokens[t], tok)
 
 
 def calibrate_router(dialogues: list[dict], teacher_share: float) -> dict[str, Any]:
@@ -88,9 +120,15 @@ def _per_dialogue(dialogues: list[dict], method: str, metric: str = "cosine") ->
     out = {}
     for d in dialogues:
         scores = d.get("scores", {}).get(method)
-        if scores:
+        if scores and all(metric in s for s in scores.values()):
             out[d["id"]] = statistics.fmean(s[metric] for s in scores.values())
     return out
+
+
+def _paired(dialogues: list[dict], better: str, worse: str) -> list[float]:
+    """Per-dialogue differences of mean cosine, better − worse, over the dialogues both have."""
+    a, b = _per_dialogue(dialogues, better), _per_dialogue(dialogues, worse)
+    return [a[k] - b[k] for k in a if k in b]
 
 
 def summarise(dialogues: list[dict], methods: Sequence[str], seed: int) -> dict[str, Any]:
@@ -108,6 +146,8 @@ def summarise(dialogues: list[dict], methods: Sequence[str], seed: int) -> dict[
             "cosine_ci": [low, high],
             "rouge_l": statistics.fmean(_per_dialogue(dialogues, method, "rouge_l").values()),
         }
+        bert = _per_dialogue(dialogues, method, "bertscore_f1")
+        row["bertscore_f1"] = statistics.fmean(bert.values()) if bert else None
         # what a live session serves (router, @served rows) is compared with soma@served; the rest with
         # the adapted surrogate answering every post-switch turn
         reference = "soma@served" if (method == "router" or method.endswith("@served")) else "soma"
@@ -223,6 +263,122 @@ def gate_counterfactuals(dialogues: list[dict], cfg: Any) -> dict[str, Any]:
     return out
 
 
+def summarise_by_dataset(dialogues: list[dict], methods: Sequence[str], seed: int) -> dict[str, dict[str, Any]]:
+    """summarise() per d['dataset'] (dataset → summary rows); {} for results that name no dataset."""
+    groups: dict[str, list[dict]] = {}
+    for d in dialogues:
+        if d.get("dataset"):
+            groups.setdefault(d["dataset"], []).append(d)
+    return {name: summarise(group, methods, seed) for name, group in sorted(groups.items())}
+
+
+def summarise_novel(dialogues: list[dict], methods: Sequence[str], seed: int) -> dict[str, Any]:
+    """summarise() on the novel post-switch turns only (d['novel_turns'], set by stats.degeneracy); {} without them.
+
+    On turns where Original repeats an earlier answer a surrogate can score by copying; these are the rest.
+    """
+    if not any("novel_turns" in d for d in dialogues):
+        return {}
+    restricted = []
+    for d in dialogues:
+        novel = set(d.get("novel_turns", ()))
+        scores = {m: {t: v for t, v in sc.items() if t in novel} for m, sc in d.get("scores", {}).items()}
+        restricted.append(d | {"scores": scores})
+    return summarise(restricted, methods, seed)
+
+
+def power(dialogues: list[dict], summary: dict[str, Any], report_size: int = stats.REPORT_SIZE) -> list[dict]:
+    """Detectable difference (stats.detectable_difference) of every soma_minus row and every BETWEEN target."""
+    pairs = [(row["soma_minus"]["reference"], m) for m, row in summary.items() if row.get("soma_minus")]
+    out = []
+    for better, worse in [*pairs, *BETWEEN]:
+        diffs = _paired(dialogues, better, worse)
+        if diffs:
+            out.append({"comparison": f"{better} − {worse}", **stats.detectable_difference(diffs, report_size)})
+    return out
+
+
+def cap_share(dialogues: list[dict]) -> dict[str, dict[str, Any]]:
+    """Per method, the share of its post-switch answers cut by the answer-token cap (finish reason "length").
+
+    Original's from d['original'], the others from d['finish']; a capped answer is truncated, which
+    lowers its similarity for a reason that has nothing to do with fidelity.
+    """
+    reasons: dict[str, list[str]] = {}
+    for d in dialogues:
+        for t in d.get("post_turns", ()):
+            reason = d["original"][t - 1].get("finish_reason")
+            if reason is not None:
+                reasons.setdefault("original", []).append(reason)
+        for method, by_turn in d.get("finish", {}).items():
+            if method != "original":
+                reasons.setdefault(method, []).extend(by_turn.values())
+    return {m: {"share": r.count("length") / len(r), "answers": len(r)} for m, r in reasons.items() if r}
+
+
+def _cut(text: str | None, width: int) -> str | None:
+    if text is None or len(text) <= width:
+        return text
+    return text[: width - 1] + "…"
+
+
+def examples(dialogues: list[dict], width: int = 160) -> list[dict[str, Any]]:
+    """One post-switch turn of the best, median and worst dialogue by soma's mean cosine, answers cut to `width`.
+
+    The turn is the dialogue's first novel turn (d['novel_turns']) if it has one, else its first scored turn.
+    """
+    per = _per_dialogue(dialogues, "soma")
+    ranked = sorted(per, key=per.get, reverse=True)
+    if not ranked:
+        return []
+    by_id = {d["id"]: d for d in dialogues}
+    picks: dict[str, str] = {}
+    for label, key in (("best", ranked[0]), ("median", ranked[len(ranked) // 2]), ("worst", ranked[-1])):
+        picks[key] = f"{picks[key]}/{label}" if key in picks else label
+    out = []
+    for key, label in picks.items():
+        d = by_id[key]
+        scored = sorted(d["scores"]["soma"], key=int)
+        novel = [t for t in d.get("novel_turns", ()) if t in d["scores"]["soma"]]
+        turn = novel[0] if novel else scored[0]
+        out.append(
+            {
+                "rank": label,
+                "dialogue": key,
+                "dataset": d.get("dataset"),
+                "turn": int(turn),
+                "soma_cosine": per[key],
+                "answers": {m: _cut(d["answers"].get(m, {}).get(turn), width) for m in EXAMPLE_METHODS},
+            }
+        )
+    return out
+
+
+def analyses(
+    dialogues: list[dict],
+    summary: dict[str, Any],
+    methods: Sequence[str],
+    cfg: Any,
+    encode: Callable,
+    seed: int,
+    report_size: int = stats.REPORT_SIZE,
+) -> dict[str, Any]:
+    """The report sections beyond the main summary, in dependency order (degeneracy marks d['novel_turns'] first).
+
+    Call after score_answers and calibrate_router; pass result['degeneracy'] to targets().
+    """
+    out: dict[str, Any] = {"degeneracy": stats.degeneracy(dialogues, encode)}
+    out["novel_summary"] = summarise_novel(dialogues, methods, seed)
+    out["by_dataset"] = summarise_by_dataset(dialogues, methods, seed)
+    out["power"] = power(dialogues, summary, report_size)
+    out["cap_share"] = cap_share(dialogues)
+    out["examples"] = examples(dialogues)
+    out["savings"] = savings.teacher_savings(dialogues)
+    out["break_even"] = savings.break_even(dialogues)
+    out["epsilon_curve"] = savings.epsilon_curve(dialogues, cfg)
+    return out
+
+
 def per_turn_rows(dialogues: list[dict]) -> list[dict[str, Any]]:
     rows = []
     for d in dialogues:
@@ -241,9 +397,17 @@ def per_turn_rows(dialogues: list[dict]) -> list[dict[str, Any]]:
 
 
 def targets(
-    summary: dict[str, Any], shift: dict[str, Any] | None, dialogues: list[dict] | None = None, seed: int = 0
+    summary: dict[str, Any],
+    shift: dict[str, Any] | None,
+    dialogues: list[dict] | None = None,
+    seed: int = 0,
+    degeneracy: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """The issue's goals, each with the measured value and whether it was met."""
+    """The issue's goals, each with the measured value and whether it was met.
+
+    With `degeneracy` (stats.degeneracy's result) above the limit on any dataset nothing is judged
+    ('met' None): a teacher that copies itself makes copying look like fidelity.
+    """
     out = []
     dialogues = dialogues or []
 
@@ -255,19 +419,18 @@ def targets(
 
     def between(better: str, worse: str) -> None:
         target = f"{better} − {worse}: 95% CI above 0"
-        a, b = _per_dialogue(dialogues, better), _per_dialogue(dialogues, worse)
-        common = [k for k in a if k in b]
-        if not common:
+        diffs = _paired(dialogues, better, worse)
+        if not diffs:
             out.append({"target": target, "measured": "not run", "met": None})
             return
-        mean, low, high = bootstrap_mean([a[k] - b[k] for k in common], seed)
+        mean, low, high = bootstrap_mean(diffs, seed)
         out.append({"target": target, "measured": f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]", "met": low > 0})
 
     for other in ("history-ft", "history-prefix", "surrogate", "soma-ref"):
         met, text = ci_above(other)
         out.append({"target": f"soma − {other}: 95% CI above 0", "measured": text, "met": met})
-    between("history-ft", "history-prefix")
-    between("history-prefix", "surrogate")
+    for better, worse in BETWEEN:
+        between(better, worse)
     if "soma" in summary and "surrogate" in summary:
         s, g = summary["soma"]["cosine"], summary["surrogate"]["cosine"]
         closure = (s - g) / (1 - g) if g < 1 else math.nan
@@ -306,7 +469,7 @@ def targets(
                 "met": secs["total"] <= 60,
             }
         )
-    return out
+    return stats.withhold_verdicts(out, degeneracy)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -317,8 +480,67 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _cell(text: str | None) -> str:
+    """Text safe inside a markdown table cell: no pipes, no line breaks."""
+    if text is None:
+        return "–"
+    return text.replace("|", "\\|").replace("\r\n", "\n").replace("\n", " ↵ ")
+
+
+def _diff_text(row: dict[str, Any]) -> str:
+    diff = row.get("soma_minus")
+    return f"{diff['mean']:+.4f} [{diff['ci'][0]:+.4f}, {diff['ci'][1]:+.4f}]" if diff else "–"
+
+
+def _score_table(rows: dict[str, Any]) -> list[str]:
+    """The similarity columns of a summary (per dataset, novel turns)."""
+    lines = [
+        "| method | dialogues | turns | cosine (95% CI) | ROUGE-L | BERTScore F1 | soma − method (95% CI) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, row in rows.items():
+        lines.append(
+            f"| {method} | {row['dialogues']} | {row['turns']} | {_fmt(row['cosine'])} [{_fmt(row['cosine_ci'][0])}, "
+            f"{_fmt(row['cosine_ci'][1])}] | {_fmt(row['rouge_l'])} | {_fmt(row.get('bertscore_f1'))} "
+            f"| {_diff_text(row)} |"
+        )
+    return lines
+
+
+def _extra_sections(report: dict[str, Any]) -> list[str]:
+    """Degeneracy, novel turns, per dataset, power, examples (each only when its report key is there)."""
+    lines = stats.degeneracy_markdown(report.get("degeneracy"))
+    if report.get("novel_summary"):
+        lines += [
+            "",
+            "## Novel turns only",
+            "",
+            "Post-switch turns whose Original answer is no near-copy of an earlier one (see Teacher degeneracy).",
+            "",
+        ]
+        lines += _score_table(report["novel_summary"])
+    by_dataset = report.get("by_dataset") or {}
+    if len(by_dataset) > 1:  # with one dataset the main table is its table
+        for name, rows in by_dataset.items():
+            lines += ["", f"## Dataset {name}", "", *_score_table(rows)]
+    lines += stats.power_markdown(report.get("power"))
+    if report.get("examples"):
+        lines += [
+            "",
+            "## Example answers (best, median and worst dialogue by soma's cosine)",
+            "",
+            "| dialogue | turn | soma cosine | " + " | ".join(EXAMPLE_METHODS) + " |",
+            "|---" * (3 + len(EXAMPLE_METHODS)) + "|",
+        ]
+        for e in report["examples"]:
+            cells = " | ".join(_cell(e["answers"].get(m)) for m in EXAMPLE_METHODS)
+            lines.append(f"| {e['rank']}: {_cell(e['dialogue'])} | {e['turn']} | {e['soma_cosine']:.4f} | {cells} |")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     s = report["summary"]
+    caps = report.get("cap_share") or {}
     lines = [
         "# soma bench fidelity",
         "",
@@ -333,25 +555,35 @@ def markdown(report: dict[str, Any]) -> str:
         "serves (G after the gate accepts, until the drift monitor rolls back; F otherwise). CIs: 95% paired "
         "bootstrap over dialogues.",
         "",
-        "| method | cosine (95% CI) | ROUGE-L | soma − method (95% CI) | switch rate | F share | adaptation s |",
-        "|---|---|---|---|---|---|---|",
+        "BERTScore F1 matches each token state of an answer to its most similar token state of Original's "
+        "answer (MiniLM, no idf) and the other way round, so it rewards matching the content token by token. It "
+        "is reported because a generic template shares its topic with the reference, which inflates the "
+        "mean-pooled cosine, while its tokens match few of the reference's. At cap = share of answers cut by the "
+        "answer-token limit (finish reason `length`).",
+        "",
+        "| method | cosine (95% CI) | ROUGE-L | BERTScore F1 | at cap | soma − method (95% CI) | switch rate | F share "
+        "| adaptation s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for method, row in s.items():
-        diff = row.get("soma_minus")
-        diff_text = f"{diff['mean']:+.4f} [{diff['ci'][0]:+.4f}, {diff['ci'][1]:+.4f}]" if diff else "–"
+        diff_text = _diff_text(row)
+        cap = caps.get(method, {}).get("share")
         secs = row.get("adaptation_seconds")
         sec_text = " + ".join(f"{k} {v:.1f}" for k, v in secs.items() if k != "total") if secs else "–"
         if secs:
             sec_text += f" = {secs['total']:.1f}"
         lines.append(
             f"| {method} | {_fmt(row['cosine'])} [{_fmt(row['cosine_ci'][0])}, {_fmt(row['cosine_ci'][1])}] "
-            f"| {_fmt(row['rouge_l'])} | {diff_text} | {_fmt(row.get('switch_rate'), 2)} "
+            f"| {_fmt(row['rouge_l'])} | {_fmt(row.get('bertscore_f1'))} | {_fmt(cap, 2)} | {diff_text} "
+            f"| {_fmt(row.get('switch_rate'), 2)} "
             f"| {_fmt(row.get('teacher_share'), 2)} | {sec_text} |"
         )
-    lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
-    for t in report["targets"]:
+    lines += ["", "## Targets", *stats.withheld_markdown(report.get("degeneracy"))]
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    for t in stats.withhold_verdicts(report["targets"], report.get("degeneracy")):
         met = {True: "yes", False: "**no**", None: "–"}[t["met"]]
         lines.append(f"| {t['target']} | {t['measured']} | {met} |")
+    lines += _extra_sections(report)
     if report.get("topic_shift"):
         ts = report["topic_shift"]
         lines += [
@@ -387,6 +619,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"Router calibrated to F share {_fmt(r.get('target_share'), 3)} (got "
             f"{_fmt(r.get('teacher_share'), 3)}, threshold {_fmt(r.get('threshold'), 3)}).",
         ]
+    lines += savings.savings_markdown(report)
     if report.get("gate_bounds"):
         lines += [
             "",
@@ -473,4 +706,7 @@ def plots(report: dict[str, Any], out_dir: Path) -> list[str]:
         fig.savefig(out_dir / "adaptation_seconds.png", dpi=110)
         plt.close(fig)
         written.append("adaptation_seconds.png")
+    curve = savings.savings_plot(report, out_dir)
+    if curve:
+        written.append(curve)
     return written

@@ -7,8 +7,9 @@ paper's LLaMA setting); `cpu-family` is the slower same-family pair (Qwen 1.5B â
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from soma.algo import lm, neighbourhood
 from soma.algo.adaptation import Surrogate
@@ -27,15 +28,17 @@ ENCODER = "all-minilm-l6-v2"
 
 
 class BackendTeacher:
-    """TeacherClient over a local chat backend: batched greedy answers."""
+    """TeacherClient over a local chat backend: batched answers with the benchmark's teacher decoding
+    (`params`; its max_new_tokens is each call's)."""
 
-    def __init__(self, backend: TransformersChatBackend, batch_size: int = 4):
+    def __init__(self, backend: Any, batch_size: int = 4, params: SamplingParams | None = None):
         self.backend = backend
         self.batch_size = batch_size
+        self.params = params or SamplingParams()
 
     def complete(self, conversations: Sequence[Sequence[Message]], max_new_tokens: int) -> list[Completion]:
         out: list[Completion] = []
-        params = SamplingParams(max_new_tokens=max_new_tokens)
+        params = replace(self.params, max_new_tokens=max_new_tokens)
         for start in range(0, len(conversations), self.batch_size):
             chunk = conversations[start : start + self.batch_size]
             for o in self.backend.generate_batch(chunk, params):
@@ -46,19 +49,27 @@ class BackendTeacher:
 @dataclass
 class LoadedPair:
     name: str
-    teacher: TransformersChatBackend
+    teacher: Any  # TransformersChatBackend, or a CachedTeacher over it
     surrogate: Surrogate
     encoder: SentenceEncoder
     teacher_model: str
     surrogate_model: str
 
 
-def load_pair(name: str, cfg: MethodConfig, cache_dir: Path | None = None, log=print) -> LoadedPair:
+def load_pair(
+    name: str, cfg: MethodConfig, cache_dir: Path | None = None, log=print, teacher_cache: Path | None = None
+) -> LoadedPair:
+    """The pair's models; with `teacher_cache` (a SQLite file) every F answer goes through that cache."""
     if name not in PAIRS:
         raise ValueError(f"unknown pair {name!r}; choose one of {', '.join(PAIRS)}")
     cache = cache_dir or default_cache_dir()
     f_name, g_name = PAIRS[name]
-    teacher = TransformersChatBackend(resolve_model(f_name, cache, log=log), name=f_name)
+    f_path = resolve_model(f_name, cache, log=log)
+    teacher = TransformersChatBackend(f_path, name=f_name)
+    if teacher_cache is not None:
+        from soma.bench.teacher_cache import CachedTeacher, model_sha256
+
+        teacher = CachedTeacher(teacher, model_sha256(Path(f_path)), teacher_cache)
     g_backend = TransformersChatBackend(resolve_model(g_name, cache, log=log), name=g_name)
     table = neighbourhood.cached_neighbours(
         lm.input_embeddings(g_backend.model), cfg.mining.neighbours, cache / "neighbours"

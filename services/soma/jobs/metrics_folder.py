@@ -27,14 +27,29 @@ def use_multiprocess_metrics(folder: Path) -> None:
     os.environ[ENV] = str(folder)
 
 
+WORKER_PREFIX = "soma_jobs_"  # the series only a worker has (soma.jobs.worker_metrics)
+
+
+class _WorkerSeries:
+    """The worker's files, summed at scrape time, limited to the worker's own series: its processes
+    also hold the serving metrics at zero, which would repeat the exporting process's series."""
+
+    def __init__(self, folder: Path):
+        from prometheus_client import multiprocess  # noqa: PLC0415
+
+        self._inner = multiprocess.MultiProcessCollector(None, path=str(folder))
+
+    def collect(self):
+        return [m for m in self._inner.collect() if m.name.startswith(WORKER_PREFIX)]
+
+
 def export_worker_metrics(folder: Path, registry=None) -> None:
-    """Add the worker's metrics in `folder` to a registry (default: the process's own), read at
+    """Add the worker's own series in `folder` to a registry (default: the process's own), read at
     each scrape."""
     import prometheus_client  # noqa: PLC0415
-    from prometheus_client import multiprocess  # noqa: PLC0415
 
     folder.mkdir(parents=True, exist_ok=True)
-    multiprocess.MultiProcessCollector(registry or prometheus_client.REGISTRY, path=str(folder))
+    (registry or prometheus_client.REGISTRY).register(_WorkerSeries(folder))
 
 
 def serve_worker_metrics(folder: Path, port: int, host: str) -> None:
@@ -42,7 +57,8 @@ def serve_worker_metrics(folder: Path, port: int, host: str) -> None:
     if not port:
         return
     import prometheus_client  # noqa: PLC0415
+    from prometheus_client import multiprocess  # noqa: PLC0415
 
     registry = prometheus_client.CollectorRegistry()
-    export_worker_metrics(folder, registry)
+    multiprocess.MultiProcessCollector(registry, path=str(folder))  # a worker pod: all of its series
     prometheus_client.start_http_server(port, addr=host, registry=registry)

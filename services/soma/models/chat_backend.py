@@ -35,6 +35,9 @@ class SamplingParams:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    # > 1 discourages tokens already in the prompt or the answer (CTRL-style, as transformers and vLLM
+    # apply it); a small teacher answering greedily otherwise repeats its earlier answers turn after turn
+    repetition_penalty: float = 1.0
 
 
 @dataclass
@@ -246,7 +249,7 @@ class TransformersChatBackend:
 
     def _generation_config(self, params: SamplingParams) -> GenerationConfig:
         # generate() copies the config it is given, so one cached config per setting is safe to share.
-        key = (params.max_new_tokens, params.temperature, params.top_p)
+        key = (params.max_new_tokens, params.temperature, params.top_p, params.repetition_penalty)
         cached = self._configs.get(key)
         if cached is None:
             if len(self._configs) >= 256:
@@ -257,6 +260,7 @@ class TransformersChatBackend:
     def _build_generation_config(self, params: SamplingParams) -> GenerationConfig:
         cfg = copy.deepcopy(self._gen_config)
         cfg.max_new_tokens = params.max_new_tokens
+        cfg.repetition_penalty = params.repetition_penalty
         if params.temperature > 0:
             cfg.do_sample = True
             cfg.temperature = params.temperature

@@ -50,6 +50,29 @@ class SentenceEncoder:
             return torch.empty(0, self.dim)
         return torch.cat(out)
 
+    def token_embeddings(self, texts: Sequence[str]) -> list[torch.Tensor]:
+        """Contextual token states [n_i, d] per text, each row of unit length (BERTScore's inputs).
+
+        Special tokens ([CLS], [SEP]) and padding are dropped: they carry no content of the text,
+        and [CLS]/[SEP] would match each other in any two texts. An empty text gives [0, d].
+        """
+        out: list[torch.Tensor] = []
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                batch = self.tokenizer(
+                    list(texts[start : start + self.batch_size]),
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                    return_special_tokens_mask=True,
+                )
+                special = batch.pop("special_tokens_mask")
+                states = self.model(**batch).last_hidden_state
+                keep = batch["attention_mask"].bool() & ~special.bool()
+                out.extend(F.normalize(states[i][keep[i]], p=2, dim=1) for i in range(states.shape[0]))
+        return out
+
     def gaps(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """1 - cosine similarity for each (a, b) pair; identical strings are encoded once."""
         unique = list(dict.fromkeys(text for pair in pairs for text in pair))

@@ -240,6 +240,7 @@ class VllmChatBackend:
             top_p=1.0 if greedy else params.top_p,
             top_k=0,  # like the transformers backend: top_p alone shapes sampling
             seed=params.seed if not greedy else None,
+            repetition_penalty=params.repetition_penalty,
             stop_token_ids=list(self.eos_token_ids),
             skip_special_tokens=True,
             output_kind=RequestOutputKind.DELTA,

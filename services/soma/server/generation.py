@@ -61,6 +61,7 @@ def sampling_from_proto(params: common_pb2.GenerationParams, settings: ModelSett
         temperature=params.temperature,
         top_p=params.top_p or 1.0,
         seed=params.seed if params.HasField("seed") else None,
+        repetition_penalty=settings.repetition_penalty,  # a server setting, not a request field
     )
 
 
