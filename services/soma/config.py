@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 TARGETS = ("all", "dialogue", "teacher", "surrogate", "gate", "mining", "training")
 # Chosen by `soma bench fidelity`'s teacher degeneracy on the dev dialogues (README, Benchmarks).
-TEACHER_REPETITION_PENALTY = 1.15
+TEACHER_REPETITION_PENALTY = 1.25
 
 
 class ConfigError(ValueError):
