@@ -93,3 +93,16 @@ def redis_server(data_dir: Path, port: int | None = None):
     finally:
         _terminate(proc)
         log.close()
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """A Prometheus /metrics page on a loopback port as {series: value}."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -36,7 +35,7 @@ from soma.v1 import (
     training_pb2,
     training_pb2_grpc,
 )
-from tests.servers import free_port
+from tests.servers import free_port, scrape_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -132,16 +131,6 @@ def test_the_defaults_adapt_a_session_to_a_stored_adapter(scratch):
     assert list(scratch["work_a"].iterdir()) == [], "soma wrote into the working directory"
 
 
-def _scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
-
-
 WARM_ROWS = [{"turn_index": 0, "context": [{"role": "user", "content": "hello"}], "teacher_answer": "hi there"}]
 
 
@@ -196,7 +185,7 @@ def test_a_restart_drops_stale_queued_jobs_and_another_folder_sees_the_same_sess
                 job = jobs[job_id]
                 assert job.state == common_pb2.JOB_STATE_CANCELLED, (job_id, job)
                 assert reason in job.message, (job_id, job.message)
-            metrics = _scrape(metrics_port)
+            metrics = scrape_metrics(metrics_port)
             for reason in ("closed", "unknown", "not adapting"):
                 assert metrics[f'soma_jobs_dropped_total{{kind="mine",reason="{reason}"}}'] == 1
             # nothing ran: no mining result, no adapter

@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import time
-import urllib.request
 from concurrent import futures
 from contextlib import contextmanager
 
@@ -26,7 +25,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from soma.launcher import start_server
 from soma.v1 import common_pb2, dialogue_pb2, dialogue_pb2_grpc, training_pb2, training_pb2_grpc
 from tests.integration.conftest import SERVER_ENV
-from tests.servers import free_port, redis_server, s3_server
+from tests.servers import free_port, redis_server, s3_server, scrape_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -109,16 +108,6 @@ def served(record) -> str:
     return common_pb2.ServedBy.Name(record.served_by)
 
 
-def scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
-
-
 @pytest.fixture(scope="module")
 def live_stack(tmp_path_factory):
     """`soma serve --target all` with live adaptation, SQLite sessions, a local adapter folder, Prometheus
@@ -183,13 +172,15 @@ def test_a_session_switches_to_its_surrogate_and_rolls_back_on_a_topic_change(li
 
     state = s.state()
     assert (state.turn_count, state.teacher_turns, state.surrogate_turns) == (8, 6, 2)
-    transcript = live_stack["stub"].GetSession(
-        dialogue_pb2.GetSessionRequest(session_id=s.id, include_transcript=True)
-    ).transcript
+    transcript = (
+        live_stack["stub"]
+        .GetSession(dialogue_pb2.GetSessionRequest(session_id=s.id, include_transcript=True))
+        .transcript
+    )
     assert [t.query for t in transcript][3:5] == [ON_TOPIC[3], OFF_TOPIC[0]]
     assert all(t.answer for t in transcript)
 
-    m = scrape(live_stack["metrics_port"])
+    m = scrape_metrics(live_stack["metrics_port"])
     assert m['soma_turns_total{served_by="surrogate"}'] >= 2
     assert m["soma_switches_total"] >= 1
     assert m["soma_rollbacks_total"] >= 1
@@ -215,7 +206,7 @@ def test_a_corrupt_adapter_is_served_by_the_teacher_without_an_error(live_stack)
     assert PHASE(record.phase) == "SESSION_PHASE_SURROGATE"  # the session stays switched
     weights.write_bytes(good)
     assert served(s.turn(ON_TOPIC[3])) == "SERVED_BY_SURROGATE"
-    m = scrape(live_stack["metrics_port"])
+    m = scrape_metrics(live_stack["metrics_port"])
     assert m['soma_surrogate_fallbacks_total{reason="data_loss"}'] >= 1
     log = (live_stack["root"] / "all.log").read_text()
     assert "corrupt-1" in log and "DATA_LOSS" in log
@@ -249,6 +240,7 @@ def test_a_killed_worker_mid_training_gets_its_job_again_and_the_session_switche
 
 def kill_pool_children(server_pid: int) -> list[int]:
     """SIGKILL the Celery pool processes: the children of the `soma worker` child of the server."""
+
     def children(pid: int) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
         return [int(x) for x in out.split()]
@@ -267,7 +259,8 @@ def test_one_trace_holds_the_session_s_whole_life(live_stack):
     live_stack["server"].stop()  # flushes the exporters of the server and of its worker
     spans = live_stack["sink"].spans
     opened = [
-        s for _, s in spans
+        s
+        for _, s in spans
         if s.name.endswith("DialogueService/OpenSession") and _attr(s, "gen_ai.conversation.id") == "life-1"
     ]
     assert len(opened) == 1
@@ -289,8 +282,12 @@ def _attr(span, key):
     for a in span.attributes:
         if a.key == key:
             v = a.value
-            return {"string_value": v.string_value, "bool_value": v.bool_value, "int_value": v.int_value,
-                    "double_value": v.double_value}.get(v.WhichOneof("value"))
+            return {
+                "string_value": v.string_value,
+                "bool_value": v.bool_value,
+                "int_value": v.int_value,
+                "double_value": v.double_value,
+            }.get(v.WhichOneof("value"))
     return None
 
 
@@ -349,7 +346,9 @@ def test_redis_restarted_between_turns_and_s3_unreachable(cluster_like, tmp_path
         assert "UNAVAILABLE" in record.route_reason, record.route_reason
         state = s.state()
         assert (state.turn_count, PHASE(state.phase)) == (3, "SESSION_PHASE_SURROGATE")
-        transcript = cluster_like["stub"].GetSession(
-            dialogue_pb2.GetSessionRequest(session_id=s.id, include_transcript=True)
-        ).transcript
+        transcript = (
+            cluster_like["stub"]
+            .GetSession(dialogue_pb2.GetSessionRequest(session_id=s.id, include_transcript=True))
+            .transcript
+        )
         assert [t.query for t in transcript] == ON_TOPIC[:3]

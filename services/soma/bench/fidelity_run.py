@@ -399,16 +399,9 @@ class DialogueRun:
         for t, answer in zip(post, forced, strict=True):
             spent = 0
             if state.phase is Phase.SURROGATE:
-                check = TurnCheck(
-                    locality[t],
-                    locality[t] >= cfg.drift.min_locality,
-                    pending_gap,
-                    pending_gap is None or pending_gap <= cfg.drift.max_shadow_gap,
-                )
+                state, rolled = _drift_check(state, monitor, locality[t], pending_gap, cfg, t + 1)
                 pending_gap = None
-                if monitor.observe(check):
-                    state = machine.on_drift(state, f"{cfg.drift.consecutive} failed checks in a row at turn {t + 1}")
-                    rollback_turn = t + 1
+                rollback_turn = t + 1 if rolled else rollback_turn
             if state.phase is Phase.SURROGATE:
                 switch_turn = switch_turn or t + 1
                 served[str(t + 1)] = answer
@@ -480,16 +473,9 @@ class DialogueRun:
                         adapter = name
             spent = 0
             if state.phase is Phase.SURROGATE:
-                check = TurnCheck(
-                    local[t],
-                    local[t] >= cfg.drift.min_locality,
-                    pending_gap,
-                    pending_gap is None or pending_gap <= cfg.drift.max_shadow_gap,
-                )
+                state, rolled = _drift_check(state, monitor, local[t], pending_gap, cfg, t + 1)
                 pending_gap = None
-                if monitor.observe(check):
-                    state = machine.on_drift(state, f"{cfg.drift.consecutive} failed checks in a row at turn {t + 1}")
-                    rollback_turn = rollback_turn or t + 1
+                rollback_turn = rollback_turn or (t + 1 if rolled else None)
             if state.phase is Phase.SURROGATE:
                 switch_turn = switch_turn or t + 1
                 served[str(t + 1)] = answers[t]
@@ -561,6 +547,19 @@ class DialogueRun:
             "shifted_tail_rolled_back": shifted,
             "shifted_tail_locality": shift_values,
         }
+
+
+def _drift_check(state, monitor: DriftMonitor, locality: float, shadow_gap, cfg: MethodConfig, turn: int):
+    """One turn of the drift monitor on a switched session: (new state, rolled back now)."""
+    check = TurnCheck(
+        locality,
+        locality >= cfg.drift.min_locality,
+        shadow_gap,
+        shadow_gap is None or shadow_gap <= cfg.drift.max_shadow_gap,
+    )
+    if monitor.observe(check):
+        return machine.on_drift(state, f"{cfg.drift.consecutive} failed checks in a row at turn {turn}"), True
+    return state, False
 
 
 def _outcome(o: Any) -> dict:

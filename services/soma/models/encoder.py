@@ -8,7 +8,8 @@ The "gap" between two texts is 1 - cosine similarity of their embeddings.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,19 +31,26 @@ class SentenceEncoder:
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
 
+    def _states(self, texts: Sequence[str]) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor]]:
+        """(last hidden states, the tokenizer's batch with its special-token mask) per batch of texts;
+        the caller holds the lock and inference mode."""
+        for start in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(
+                list(texts[start : start + self.batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+                return_special_tokens_mask=True,
+            )
+            special = batch.pop("special_tokens_mask")
+            yield self.model(**batch).last_hidden_state, batch, special
+
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """Embeddings [n, d], each row of unit length."""
         out = []
         with self._lock, torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(
-                    list(texts[start : start + self.batch_size]),
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                )
-                states = self.model(**batch).last_hidden_state
+            for states, batch, _ in self._states(texts):
                 mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
                 pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 out.append(F.normalize(pooled, p=2, dim=1))
@@ -58,17 +66,7 @@ class SentenceEncoder:
         """
         out: list[torch.Tensor] = []
         with self._lock, torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(
-                    list(texts[start : start + self.batch_size]),
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                    return_special_tokens_mask=True,
-                )
-                special = batch.pop("special_tokens_mask")
-                states = self.model(**batch).last_hidden_state
+            for states, batch, special in self._states(texts):
                 keep = batch["attention_mask"].bool() & ~special.bool()
                 out.extend(F.normalize(states[i][keep[i]], p=2, dim=1) for i in range(states.shape[0]))
         return out
