@@ -252,6 +252,7 @@ class DialogueRun:
             self._fine_tuned("random-ft", pairs, ctx.compressed_post, post, seed, out)
             out["adaptation"]["random-ft"]["size"] = soma_size
             finished.add("random-ft")
+        finished.add("original")
         if "router" in opts.methods:
             finished.add("router")  # decided at report time from history-prefix
         out["methods_done"] = sorted(finished)
