@@ -281,6 +281,7 @@ def test_minimal_is_one_embedded_pod_without_gpus(rendered):
     env = env_values(container)
     # sessions, adapters and the job queue under the state volume, not in the image's working folder
     assert env["SOMA_STATE_DIR"] == "/var/lib/soma"
+    assert env["SOMA_TEACHER__REPETITION_PENALTY"] == "1.25"  # the CPU teacher's, as in soma's own defaults
     assert {"name": "state", "mountPath": "/var/lib/soma"} in container["volumeMounts"]
     assert env["SOMA_DIALOGUE__ADAPTATION"] == "embedded"
     assert not any(k.endswith("_ADDRESS") or "REDIS" in k or "S3_" in k for k in env)

@@ -112,6 +112,7 @@ imagePullPolicy: {{ $img.pullPolicy }}
   "SOMA_TEACHER__BACKEND" $v.teacher.backend
   "SOMA_TEACHER__MODEL" $v.teacher.model
   "SOMA_TEACHER__DTYPE" $v.teacher.dtype
+  "SOMA_TEACHER__REPETITION_PENALTY" (toString $v.teacher.repetitionPenalty)
   "SOMA_SURROGATE__BACKEND" $v.surrogate.backend
   "SOMA_SURROGATE__MODEL" $v.surrogate.model
   "SOMA_SURROGATE__DTYPE" $v.surrogate.dtype
