@@ -269,3 +269,8 @@ def test_a_job_worker_that_cannot_read_the_store_runs_the_job():
 
     down = RedisSessionStore(f"redis://127.0.0.1:{free_port()}/0")
     assert check_session(down, "any", 1) is None  # dropping is a saving; a lost job is not
+
+    def cannot_open():
+        raise ConnectionError("no session store")
+
+    assert check_session(cannot_open, "any", 1) is None

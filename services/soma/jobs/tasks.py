@@ -87,11 +87,13 @@ def open_sessions(settings: Settings):
 
 
 def check_session(sessions: Any, session_id: str, generation: int) -> StaleJob | None:
-    """Why the job should be dropped, or None. A store that cannot be read drops nothing."""
+    """Why the job should be dropped, or None. A store that cannot be opened or read drops nothing
+    (`sessions` is the store, or a callable that opens it)."""
     from soma.session.live import from_dict
     from soma.storage.session_store import SessionMissing
 
     try:
+        sessions = sessions() if callable(sessions) else sessions
         state = sessions.get(session_id)
         record = sessions.get_live(session_id)[0] if state is not None else None
     except SessionMissing:
@@ -115,7 +117,7 @@ def register_tasks(app: Celery, settings: Settings, resources_factory=None, sess
 
     def drop_if_stale(task: Any, kind: str, session_id: str, generation: int) -> None:
         """Raise Ignore (the message is acknowledged, nothing runs) after marking the job CANCELLED."""
-        stale = check_session(sessions(), session_id, generation)
+        stale = check_session(sessions, session_id, generation)  # opened lazily, inside the fail-open
         if stale is None:
             return
         log.warning("dropped job %s before it ran: %s", task.request.id, stale.message)
