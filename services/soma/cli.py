@@ -161,6 +161,12 @@ def cmd_bench_fidelity(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_bench_recipe(args: argparse.Namespace) -> int:
+    from soma.bench.recipe import run
+
+    return run(args)
+
+
 def cmd_bench_live(args: argparse.Namespace) -> int:
     from soma.bench.live import run_bench_live
 
@@ -207,13 +213,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--wait-s", type=float, default=600.0, help="pause for the adaptation after turn W+1, at most this long"
     )
-    demo.add_argument(
-        "--gate-epsilon",
-        type=float,
-        default=-0.15,
-        help="the demo's gate.epsilon (default -0.15: an adapter at most 0.15 worse than the base surrogate on "
-        "its acceptance batch takes over, so the switch and the rollback show on the CPU pair)",
-    )
     demo.add_argument("--config", type=Path)
     demo.set_defaults(func=cmd_demo)
 
@@ -232,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(bfid)
     bfid.set_defaults(func=cmd_bench_fidelity)
+    brec = bench_sub.add_parser("recipe", help="the adaptation recipe's ablations on the tuning set (held-out loss)")
+    from soma.bench.recipe import add_arguments as add_recipe_arguments
+
+    add_recipe_arguments(brec)
+    brec.set_defaults(func=cmd_bench_recipe)
     blive = bench_sub.add_parser("live", help="live adaptation: switch turn, latency under jobs, adapter cache")
     from soma.bench.live import add_arguments as add_live_arguments
 

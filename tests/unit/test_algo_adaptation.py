@@ -281,3 +281,95 @@ def test_method_config_presets_and_paper_ranges():
         config.MethodConfig().with_changes({"drift.window": 1, "drift.consecutive": 2})
     with pytest.raises(ValueError, match="unknown budget"):
         config.preset("huge")
+
+
+def test_early_stopping_holdout_never_shares_a_turn_with_training():
+    from soma.algo.lora_train import split_holdout
+
+    groups = [0, 0, 1, 1, 2, 2, 3, 3, 4]  # a warm pair and its mined pair share a turn
+    for seed in range(30):
+        train_idx, hold_idx = split_holdout(len(groups), 0.4, random.Random(seed), groups)
+        assert hold_idx and len(train_idx) >= 2
+        assert not {groups[i] for i in train_idx} & {groups[i] for i in hold_idx}
+        assert sorted(train_idx + hold_idx) == list(range(len(groups)))
+    # two turns: holding one out would leave fewer than two examples' worth of turns -> no holdout
+    assert split_holdout(2, 0.5, random.Random(0), [0, 1])[1] == []
+
+
+def _cases(hardness):
+    served = lambda t: ({"role": "user", "content": f"[summary] q{t}"},)  # noqa: E731
+    warm = [
+        Case(({"role": "user", "content": f"q{t}"},), f"a{t}", h, "warm", f"warm:{t}", t, served=served(t))
+        for t, h in enumerate(hardness)
+    ]
+    mined = [
+        Case(({"role": "user", "content": f"v q{t}"},), f"m{t}", h, "mined", f"mined:0:{t}", t, served=served(t))
+        for t, h in enumerate(hardness)
+    ]
+    return warm, mined
+
+
+def test_hardest_warm_turns_train_and_the_rest_gate_never_overlapping():
+    from soma.algo.adaptation import training_split
+
+    warm, mined = _cases([0.2, 0.9, 0.5, 0.7])
+    cfg = config.preset("cpu")  # W = 4, |B| = 2, hardest_train, warm-only B
+    training, acceptance = training_split(VARIANTS["soma"], warm, mined, cfg, seed=0)
+    assert {c.turn for c in training} == {1, 3} and {c.turn for c in acceptance} == {0, 2}
+    assert all(c.source == "warm" for c in acceptance)  # B: warm turns only
+    assert {c.key for c in training} == {"warm:1", "warm:3", "mined:0:1", "mined:0:3"}
+    with_mined = cfg.with_changes({"gate.mined_in_acceptance": True})
+    _, acceptance = training_split(VARIANTS["soma"], warm, mined, with_mined, seed=0)
+    assert {c.key for c in acceptance} == {"warm:0", "warm:2", "mined:0:0", "mined:0:2"}
+    paper = cfg.with_changes({"gate.split": "random", "gate.acceptance_size": 2})
+    for seed in range(20):
+        training, acceptance = training_split(VARIANTS["soma"], warm, mined, paper, seed=seed)
+        assert not {c.turn for c in training} & {c.turn for c in acceptance}
+
+
+def test_training_pairs_and_gate_read_the_served_context():
+    warm, _ = _cases([0.5])
+    case = warm[0]
+    assert case.pair("served").messages == case.served and case.pair("full").messages == case.messages
+    assert [p.messages for p in case.pairs("both")] == [case.served, case.messages]
+    assert all(p.turn == 0 for p in case.pairs("both"))  # early stopping keeps them together
+    assert case.gate_messages("served") == list(case.served) and case.gate_messages("full") == list(case.messages)
+    unknown = Case(case.messages, "a", 1.0, "warm", "warm:0", 0)  # no S̃_t known: the full context stands in
+    assert unknown.pair("served").messages == unknown.messages
+
+
+def test_v_of_p_in_the_system_role_leaves_every_user_message_intact():
+    msgs = [{"role": "user", "content": "first question"}]
+    assert prompted_messages("salad words", msgs, "system") == [
+        {"role": "system", "content": "salad words"},
+        {"role": "user", "content": "first question"},
+    ]
+    with_system = [{"role": "system", "content": "Be brief."}, *msgs]
+    assert prompted_messages("salad", with_system, "system") == [
+        {"role": "system", "content": "Be brief.\n\nsalad"},
+        {"role": "user", "content": "first question"},
+    ]
+    assert prompted_messages("salad", msgs, "first_message")[0]["content"] == "salad first question"
+    with pytest.raises(ValueError):
+        prompted_messages("v", msgs, "nowhere")
+
+
+def test_mined_cases_are_asked_for_training_turns_only_at_the_warm_answer_length(backend, cfg):
+    from soma.algo.adaptation import mining_stage
+
+    class Lengths(RecordingTeacher):
+        def complete(self, conversations, max_new_tokens):
+            self.budget = max_new_tokens
+            return super().complete(conversations, max_new_tokens)
+
+    adapters = SessionAdapters(backend.model, cfg.lora)
+    surrogate = Surrogate(backend, adapters, _neighbours(backend, cfg.mining.neighbours))
+    client = Lengths()
+    tiny = cfg.with_changes({"mining.mined_pairs": 4, "gate.acceptance_size": 1, "lora.top_warm": 1})
+    stage = mining_stage(VARIANTS["soma"], TURNS, surrogate=surrogate, teacher=VerbalizedTeacher(client), cfg=tiny)
+    hardest = max(stage.warm, key=lambda c: c.hardness).turn
+    assert stage.mined and {c.turn for c in stage.mined} == {hardest}  # F is not asked for unused turns
+    longest = max(len(lm.text_ids(backend.tokenizer, t.answer)) for t in TURNS)
+    assert client.budget == max(16, longest)
+    for seen in client.seen:  # V(P) sits in the system role; the user's words reach F untouched
+        assert seen[0]["role"] == "system" and seen[1:] == list(TURNS[hardest].messages)

@@ -56,9 +56,48 @@ def test_extractive_summary_keeps_central_sentences_within_budget():
 
 def test_compressed_prefix_has_summary_recent_turns_and_query():
     history = [("q1 about pandas csv", "a1 pandas csv."), ("q2", "a2."), ("q3", "a3.")]
-    messages = compression.compressed_messages(history, "q4", recent_turns=1, summary_chars=200, encode=_bag_of_words)
+    messages = compression.compressed_messages(
+        history, "q4", recent_turns=1, summary_chars=200, encode=_bag_of_words, place="system"
+    )
     assert messages[0]["role"] == "system" and "Summary" in messages[0]["content"]
     assert [m["content"] for m in messages[1:]] == ["q3", "a3.", "q4"]
+
+
+def test_summary_before_the_first_kept_user_message_keeps_roles_and_system_prompt():
+    history = [("q1 about pandas csv", "a1 pandas csv."), ("q2", "a2."), ("q3", "a3.")]
+    bare = compression.compressed_messages(history, "q4", recent_turns=1, summary_chars=200, encode=_bag_of_words)
+    # no system message: a surrogate whose template adds its own default system prompt keeps it
+    assert [m["role"] for m in bare] == ["user", "assistant", "user"]
+    assert bare[0]["content"].startswith("[Summary of the earlier conversation:") and bare[0]["content"].endswith("q3")
+    assert [m["content"] for m in bare[1:]] == ["a3.", "q4"]  # the query and the answers are untouched
+    own = compression.compressed_messages(
+        history, "q4", recent_turns=1, summary_chars=200, encode=_bag_of_words, system_prompt="Be brief."
+    )
+    assert own[0] == {"role": "system", "content": "Be brief."}  # the session's own prompt, unchanged
+    assert own[1]["content"].startswith("[Summary") and own[-1]["content"] == "q4"
+    with pytest.raises(ValueError, match="place"):
+        compression.compressed_messages(history, "q4", recent_turns=1, summary_chars=9, encode=_bag_of_words, place="x")
+
+
+def test_compression_of_a_thousand_turn_history_reads_a_bounded_window():
+    history = [(f"question {i} about topic{i}.", f"answer {i} on topic{i}.") for i in range(1000)]
+    read = []
+
+    def encode(texts):
+        read.extend(texts)
+        return _bag_of_words(texts)
+
+    messages = compression.compressed_messages(
+        history, "last question", recent_turns=2, summary_chars=300, encode=encode, max_summarized_turns=64
+    )
+    assert messages[-1]["content"] == "last question"
+    assert [m["content"] for m in messages[1:-1]] == ["answer 998 on topic998.", "question 999 about topic999.",
+                                                       "answer 999 on topic999."]
+    assert messages[0]["content"].endswith("question 998 about topic998.")
+    summary = messages[0]["content"].split("]")[0]
+    assert len(summary) <= 300 + len("[Summary of the earlier conversation: ")
+    # only the 64 older turns just before the kept ones were read (two sentences each)
+    assert len(read) == 128 and "topic934" in " ".join(read) and "topic933" not in " ".join(read)
 
 
 def test_teacher_written_summary_is_an_option_within_budget():
@@ -71,7 +110,7 @@ def test_teacher_written_summary_is_an_option_within_budget():
     history = [("q1 about pandas csv", "a1 pandas csv."), ("q2", "a2."), ("q3", "a3.")]
     summarize = lambda older, budget: compression.teacher_summary(older, complete, budget)  # noqa: E731
     messages = compression.compressed_messages(
-        history, "q4", recent_turns=1, summary_chars=40, encode=_bag_of_words, summarize=summarize
+        history, "q4", recent_turns=1, summary_chars=40, encode=_bag_of_words, summarize=summarize, place="system"
     )
     assert len(asked) == 1 and "q1 about pandas csv" in asked[0][0]["content"] and "q3" not in asked[0][0]["content"]
     summary = messages[0]["content"].split("Summary of the earlier conversation: ")[1]

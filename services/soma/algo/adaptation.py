@@ -1,9 +1,11 @@
 """One session's adaptation chain: mining → teacher under V(P) → localized LoRA → acceptance test.
 
-The chain is the same for the product (issue 4 runs its stages as jobs) and the benchmark,
-which also runs the ablations and the reference code's shortcuts through `Variant` flags. The
-acceptance batch B is drawn from the session's cases (warm turns and mined pairs) *before*
-training and removed from the training set, so the gate never scores data the adapter saw.
+The chain is the same for the product (the jobs run its stages) and the benchmark, which also
+runs the ablations and the reference code's shortcuts through `Variant` flags. The acceptance
+batch B is split from the session's cases *by warm turn* before training, so the gate never
+scores a context the adapter saw. With `lora.context = served` the adapter trains on S̃_t, the
+compressed context it will be served with, and B is answered on S̃_t too: train, gate and
+serve read the same context.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 
-from soma.algo import gate_stats, lora_train
+from soma.algo import gate_stats, lm, lora_train
 from soma.algo.config import MethodConfig
 from soma.algo.lora_train import SessionAdapters, TrainingPair, TrainingReport
 from soma.algo.mining import MiningResult, WarmTurn, mine
@@ -56,9 +58,22 @@ class Case:
     turn: int = 0  # the warm-start turn whose context S_t this case is built on
     ended: bool = True  # F finished the answer (it gets an EOS target)
     verbalization: str = ""  # V(P) of a mined case (its messages are V(P) ⊕ S_t)
+    served: tuple[dict[str, str], ...] = ()  # the same case on S̃_t (V(P) placed alike); empty: unknown
 
-    def pair(self) -> TrainingPair:
-        return TrainingPair(self.messages, self.answer, self.hardness, self.source, self.ended)
+    def pair(self, context: str = "full") -> TrainingPair:
+        """The training pair on the full context, or on the served one (falls back to full when unknown)."""
+        messages = self.served if context == "served" and self.served else self.messages
+        return TrainingPair(messages, self.answer, self.hardness, self.source, self.ended, self.turn)
+
+    def pairs(self, context: str) -> list[TrainingPair]:
+        """`lora.context`: served, full, or both (two pairs of one turn, which early stopping keeps together)."""
+        if context == "both":
+            return [self.pair("served"), self.pair("full")] if self.served else [self.pair("full")]
+        return [self.pair(context)]
+
+    def gate_messages(self, context: str) -> list[dict[str, str]]:
+        """The context B is answered on: the one the adapter is served with (full when it trains on full)."""
+        return list(self.served if context != "full" and self.served else self.messages)
 
 
 @dataclass
@@ -129,9 +144,41 @@ def split_acceptance(cases: Sequence[Case], size: int, rng: random.Random, min_t
 
 def warm_cases(turns: Sequence[WarmTurn], hardness: Sequence[float]) -> list[Case]:
     return [
-        Case(t.messages, t.answer, r, "warm", f"warm:{i}", i, t.ended)
+        Case(t.messages, t.answer, r, "warm", f"warm:{i}", i, t.ended, served=t.served)
         for i, (t, r) in enumerate(zip(turns, hardness, strict=True))
     ]
+
+
+def mined_case(
+    turns: Sequence[WarmTurn],
+    turn: int,
+    verbalization: str,
+    answer: str,
+    hardness: float,
+    key: str,
+    ended: bool,
+    placement: str,
+) -> Case:
+    """A mined case on warm turn `turn`: V(P) placed in S_t (what F answered) and in S̃_t (what G trains on)."""
+    warm = turns[turn]
+    return Case(
+        tuple(prompted_messages(verbalization, warm.messages, placement)),
+        answer,
+        hardness,
+        "mined",
+        key,
+        turn,
+        ended,
+        verbalization,
+        tuple(prompted_messages(verbalization, warm.served, placement)) if warm.served else (),
+    )
+
+
+def mined_answer_budget(tokenizer: Any, turns: Sequence[WarmTurn], cfg: MethodConfig) -> int:
+    """F's budget for a mined case: `mining.mined_answer_tokens`, or the longest warm answer (G tokens)."""
+    if cfg.mining.mined_answer_tokens:
+        return cfg.mining.mined_answer_tokens
+    return max(16, *(len(lm.text_ids(tokenizer, t.answer)) for t in turns))
 
 
 def mined_cases(
@@ -140,6 +187,7 @@ def mined_cases(
     teacher: VerbalizedTeacher,
     cfg: MethodConfig,
     variant: Variant,
+    answer_tokens: int | None = None,
 ) -> list[Case]:
     """The top-hardness (candidate, turn) cases, answered by F under V(P) ⊕ S_t (or not, for soma-ref)."""
     kind = cfg.lora.hardness
@@ -149,9 +197,13 @@ def mined_cases(
 
     # hardest first within each turn, then round-robin over turns, so the teacher budget covers
     # the session's turns instead of piling onto one
+    wanted = set(range(len(turns)))
+    if cfg.gate.split == "hardest_train" and not cfg.gate.mined_in_acceptance and len(turns) >= 2:
+        # only the turns that will train get mined cases: F is not asked for answers nobody uses
+        wanted, _ = hardest_turns(result.turn_hardness(kind, len(turns)), cfg)
     per_turn: dict[int, list] = {}
     for case in sorted(result.cases, key=score, reverse=True):
-        if case.verbalization:
+        if case.verbalization and case.turn in wanted:
             per_turn.setdefault(case.turn, []).append(case)
     ranked = [
         c for rank in range(cfg.mining.candidates) for t in sorted(per_turn) for c in per_turn[t][rank : rank + 1]
@@ -162,31 +214,34 @@ def mined_cases(
         if signature in seen:
             continue
         seen.add(signature)
-        chosen.append((case, tuple(prompted_messages(case.verbalization, turns[case.turn].messages))))
+        chosen.append(case)
         if len(chosen) >= cfg.mining.mined_pairs:
             break
+    if not chosen:
+        return []
+    placement = cfg.mining.placement
     if variant.teacher_sees_prompt:
         completions = teacher.answers(
-            [(c.verbalization, turns[c.turn].messages) for c, _ in chosen], cfg.mining.max_answer_tokens
+            [(c.verbalization, turns[c.turn].messages) for c in chosen],
+            answer_tokens or cfg.mining.mined_answer_tokens or cfg.mining.max_answer_tokens,
+            placement,
         )
         answers = [(comp.text, comp.finish_reason == "stop") for comp in completions]
     else:
-        answers = [(turns[c.turn].answer, turns[c.turn].ended) for c, _ in chosen]
-    out = []
-    for (case, messages), (answer, ended) in zip(chosen, answers, strict=True):
-        out.append(
-            Case(
-                messages,
-                answer,
-                score(case),
-                "mined",
-                f"mined:{case.candidate}:{case.turn}",
-                case.turn,
-                ended,
-                case.verbalization,
-            )
+        answers = [(turns[c.turn].answer, turns[c.turn].ended) for c in chosen]
+    return [
+        mined_case(
+            turns,
+            case.turn,
+            case.verbalization,
+            answer,
+            score(case),
+            f"mined:{case.candidate}:{case.turn}",
+            ended,
+            placement,
         )
-    return out
+        for case, (answer, ended) in zip(chosen, answers, strict=True)
+    ]
 
 
 @dataclass
@@ -233,7 +288,8 @@ def mining_stage(
     t0 = time.perf_counter()
     calls_before, tokens_before, prompt_before = teacher.calls, teacher.completion_tokens, teacher.prompt_tokens
     warm = warm_cases(turns, result.turn_hardness(cfg.lora.hardness, len(turns)))
-    mined = mined_cases(result, turns, teacher, cfg, variant)
+    budget = mined_answer_budget(surrogate.tokenizer, turns, cfg)
+    mined = mined_cases(result, turns, teacher, cfg, variant, budget) if cfg.mining.mined_pairs else []
     return MinedStage(
         warm,
         mined,
@@ -245,16 +301,51 @@ def mining_stage(
     )
 
 
+def hardest_turns(hardness: Sequence[float], cfg: MethodConfig) -> tuple[set[int], set[int]]:
+    """(training turns, gating turns) of `gate.split = hardest_train`: at most `lora.top_warm` of the
+    hardest turns train, the easiest (at least one, up to `gate.acceptance_size`) gate."""
+    if len(hardness) < 2:
+        raise ValueError("the acceptance test needs at least two warm turns: one to train on, one to gate")
+    ranked = sorted(range(len(hardness)), key=lambda t: (-hardness[t], t))
+    n_gate = max(1, min(cfg.gate.acceptance_size, len(ranked) - 1))
+    n_train = max(1, min(cfg.lora.top_warm, len(ranked) - n_gate))
+    return set(ranked[:n_train]), set(ranked[len(ranked) - n_gate :])
+
+
+def hardest_split(warm: Sequence[Case], mined: Sequence[Case], cfg: MethodConfig) -> tuple[list[Case], list[Case]]:
+    """`gate.split = hardest_train`: the hardest warm turns train, the easiest form B.
+
+    At most `lora.top_warm` turns train and at least one turn (up to `gate.acceptance_size`)
+    gates; the training set takes the mined cases of its own turns only, so B shares no context
+    with anything the adapter saw. B holds the warm pairs of its turns, and their mined cases
+    too when `gate.mined_in_acceptance` is set.
+    """
+    ranked = sorted(warm, key=lambda c: (-c.hardness, c.turn))
+    train_turns, gate_turns = hardest_turns([c.hardness for c in warm], cfg)
+    training = [c for c in ranked if c.turn in train_turns] + [c for c in mined if c.turn in train_turns]
+    acceptance = [c for c in warm if c.turn in gate_turns]
+    if cfg.gate.mined_in_acceptance:
+        acceptance += [c for c in mined if c.turn in gate_turns]
+    return training, acceptance
+
+
 def training_split(
     variant: Variant, warm: Sequence[Case], mined: Sequence[Case], cfg: MethodConfig, seed: int
 ) -> tuple[list[Case], list[Case]]:
-    """(training set H, acceptance batch B), deterministic in the seed."""
-    cases = [*warm, *mined]
+    """(training set H, acceptance batch B), deterministic in the seed; never a turn in both."""
     if variant.gate == "in_sample_threshold":
-        return list(cases), list(cases)
-    training, acceptance = split_acceptance(cases, cfg.gate.acceptance_size, random.Random(seed))
-    kept_warm = sorted((c for c in training if c.source == "warm"), key=lambda c: c.hardness, reverse=True)
-    return kept_warm[: cfg.lora.top_warm] + [c for c in training if c.source != "warm"], acceptance
+        return [*warm, *mined], [*warm, *mined]
+    if cfg.gate.split == "hardest_train":
+        training, acceptance = hardest_split(warm, mined, cfg)
+    else:
+        pool = [*warm, *mined] if cfg.gate.mined_in_acceptance else list(warm)
+        rest, acceptance = split_acceptance(pool, cfg.gate.acceptance_size, random.Random(seed))
+        gate_turns = {c.turn for c in acceptance}
+        rest_warm = sorted((c for c in rest if c.source == "warm"), key=lambda c: c.hardness, reverse=True)
+        kept = rest_warm[: cfg.lora.top_warm]
+        training = kept + [c for c in mined if c.turn not in gate_turns]
+    assert not {c.turn for c in training} & {c.turn for c in acceptance}
+    return training, acceptance
 
 
 def training_stage(
@@ -274,7 +365,7 @@ def training_stage(
         surrogate.adapters,
         adapter,
         surrogate.tokenizer,
-        [c.pair() for c in training],
+        [p for c in training for p in c.pairs(cfg.lora.context)],
         cfg.lora,
         seed=seed,
         progress=progress,
@@ -283,12 +374,14 @@ def training_stage(
 
 
 def acceptance_answers(
-    surrogate: Surrogate, adapter: str, acceptance: Sequence[Case], cfg: MethodConfig
+    surrogate: Surrogate, adapter: str, acceptance: Sequence[Case], cfg: MethodConfig, serve_tokens: int = 256
 ) -> list[tuple[str, str, str]]:
-    """(F's answer, base G's answer, adapted G's answer) on each acceptance context."""
-    conversations = [list(c.messages) for c in acceptance]
-    old = surrogate.answers(None, conversations, cfg.gate.answer_tokens)
-    new = surrogate.answers(adapter, conversations, cfg.gate.answer_tokens)
+    """(F's answer, base G's answer, adapted G's answer) on each acceptance context: the context the
+    adapter is served with, at the length it is served (`gate.answer_tokens`, 0: `serve_tokens`)."""
+    conversations = [c.gate_messages(cfg.lora.context) for c in acceptance]
+    tokens = cfg.gate.answer_tokens or serve_tokens
+    old = surrogate.answers(None, conversations, tokens)
+    new = surrogate.answers(adapter, conversations, tokens)
     return [(c.answer, o.text, n.text) for c, o, n in zip(acceptance, old, new, strict=True)]
 
 
@@ -324,6 +417,7 @@ def adapt(
     adapter: str,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    serve_tokens: int = 256,
 ) -> AdaptationOutcome:
     """Run the whole chain for one session and leave the trained adapter `adapter` on G."""
     note = progress or (lambda _stage: None)
@@ -333,7 +427,7 @@ def adapt(
     trained = training_stage(variant, mined.warm, mined.mined, surrogate=surrogate, cfg=cfg, adapter=adapter, seed=seed)
     note("gate")
     t0 = time.perf_counter()
-    examples = acceptance_answers(surrogate, adapter, trained.acceptance, cfg)
+    examples = acceptance_answers(surrogate, adapter, trained.acceptance, cfg, serve_tokens)
     decision, gap_old, gap_new = gate_decision(variant, examples, gaps, cfg)
     seconds = {**mined.seconds, "training": trained.seconds, "gate": time.perf_counter() - t0}
     return AdaptationOutcome(

@@ -60,6 +60,9 @@ def teacher_summary(
     return cut[: cut.rfind(" ")] if " " in cut else cut
 
 
+SUMMARY_LEAD = "Summary of the earlier conversation:"
+
+
 def compressed_messages(
     history: Sequence[tuple[str, str]],
     query: str,
@@ -69,15 +72,24 @@ def compressed_messages(
     encode: Callable[[list[str]], torch.Tensor],
     system_prompt: str = "",
     summarize: Callable[[Sequence[tuple[str, str]], int], str] | None = None,
+    place: str = "first_user",
+    max_summarized_turns: int = 64,
 ) -> list[dict[str, str]]:
-    """S̃_t as chat messages: system (with the summary of older turns), last K turns, the query.
+    """S̃_t as chat messages: the session's system prompt, the summary of older turns, the last K
+    turns verbatim (roles kept) and the query.
 
-    The summary is extractive unless `summarize(older_turns, budget)` is given (e.g. teacher_summary).
+    The summary reads at most `max_summarized_turns` older turns (the most recent ones), so S̃_t
+    costs the same at turn 10 and turn 10,000. `place` says where it goes: `first_user` opens the
+    first kept user message with a bracketed note and leaves the system role to the session's own
+    prompt, so a surrogate whose chat template adds a default system prompt keeps it; `system`
+    appends it to (or makes it) the system message, replacing such a default. The summary is
+    extractive unless `summarize(older_turns, budget)` is given (e.g. teacher_summary).
     """
-    older, recent = (
-        history[: max(0, len(history) - recent_turns)],
-        history[len(history) - recent_turns :] if recent_turns else [],
-    )
+    if place not in ("first_user", "system"):
+        raise ValueError(f"place must be first_user or system, got {place!r}")
+    cut = max(0, len(history) - recent_turns)
+    older, recent = history[:cut], history[cut:]
+    older = older[-max_summarized_turns:] if max_summarized_turns > 0 else []
     if not older:
         summary = ""
     elif summarize is not None:
@@ -85,10 +97,15 @@ def compressed_messages(
     else:
         summary = extractive_summary([f"{q} {a}" for q, a in older], encode, summary_chars)
     system = system_prompt
-    if summary:
-        system = (system + "\n\n" if system else "") + f"Summary of the earlier conversation: {summary}"
+    note = f"[{SUMMARY_LEAD} {summary}]" if summary else ""
+    if note and place == "system":
+        system = (system + "\n\n" if system else "") + f"{SUMMARY_LEAD} {summary}"
+        note = ""
     messages = [{"role": "system", "content": system}] if system else []
     for q, a in recent:
         messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
     messages.append({"role": "user", "content": query})
+    if note:
+        first = next(i for i, m in enumerate(messages) if m["role"] == "user")
+        messages[first] = {"role": "user", "content": f"{note}\n\n{messages[first]['content']}"}
     return messages

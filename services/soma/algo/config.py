@@ -13,6 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Hardness = Literal["disagreement", "paper_literal"]
 BoundKind = Literal["hoeffding", "bernstein", "none"]
+Placement = Literal["first_message", "system"]
+TrainContext = Literal["served", "full", "both"]
+Split = Literal["hardest_train", "random"]
+SummaryPlace = Literal["first_user", "system"]
 
 
 def _paper(low: float | None = None, high: float | None = None, choices: tuple | None = None) -> dict[str, Any]:
@@ -66,6 +70,16 @@ class MiningConfig(_Frozen):
     max_context_tokens: int = Field(128, ge=8, description="S_t is cut to its last N tokens for mining")
     max_answer_tokens: int = Field(32, ge=1, description="teacher answer tokens y scored per turn")
     mined_pairs: int = Field(4, ge=0, le=256, description="(candidate, turn) cases sent to the teacher under V(P)")
+    mined_answer_tokens: int = Field(
+        0,
+        ge=0,
+        description="F's answer budget for a mined case; 0: as long as the session's longest warm answer (G tokens)",
+    )
+    placement: Placement = Field(
+        "system",
+        description="where V(P) goes in F's context: system (its own system line; the user's words stay intact) "
+        "or first_message (prepended to the first non-system message, as the paper's code does)",
+    )
 
 
 class LoraConfig(_Frozen):
@@ -88,6 +102,11 @@ class LoraConfig(_Frozen):
     eval_every: int = Field(2, ge=1, description="steps between held-out evaluations")
     patience: int = Field(2, ge=1, description="evaluations without improvement before stopping")
     top_warm: int = Field(8, ge=1, description="|H| warm turns kept, highest hardness first")
+    context: TrainContext = Field(
+        "served",
+        description="what a training pair's context is: served (S̃_t ⊕ q_t, what the adapter will be served: "
+        "context distillation), full (the whole history, as the paper trains) or both",
+    )
     hardness: Hardness = Field(
         "disagreement",
         description="r_t: disagreement (F-token NLL under the mined P; high = weak) or paper_literal (max_P L_sem_exp)",
@@ -97,7 +116,9 @@ class LoraConfig(_Frozen):
 class GateConfig(_Frozen):
     """Stage 3: the acceptance test (Thm 4.2) with fidelity and locality gates."""
 
-    acceptance_size: int = Field(4, ge=1, json_schema_extra=_paper(6, 24))
+    acceptance_size: int = Field(
+        2, ge=1, json_schema_extra=_paper(6, 24), description="|B|: warm turns that gate (hardest_train) or cases"
+    )
     epsilon: float = Field(
         0.05,
         ge=-1,
@@ -113,7 +134,15 @@ class GateConfig(_Frozen):
     )
     max_mean_gap: float = Field(0.6, ge=0, le=2, description="fidelity gate on mean Gap_new; 0 turns it off")
     min_locality: float = Field(0.15, ge=-1, le=1, description="locality gate: cos(query, warm centroid)")
-    answer_tokens: int = Field(32, ge=1, description="surrogate answer length when measuring Gap on B")
+    answer_tokens: int = Field(
+        0, ge=0, description="surrogate answer length when measuring Gap on B; 0: the length the product serves"
+    )
+    split: Split = Field(
+        "hardest_train",
+        description="which warm turns gate: hardest_train (the hardest top_warm turns train, the rest form B) or "
+        "random (B drawn at random)",
+    )
+    mined_in_acceptance: bool = Field(False, description="mined cases may be scored in B (beside warm turns)")
 
 
 class DriftConfig(_Frozen):
@@ -137,6 +166,14 @@ class CompressionConfig(_Frozen):
     summary_chars: int = Field(600, ge=0, description="budget of the summary of older turns")
     summary: Literal["extractive", "teacher"] = Field(
         "extractive", description="extractive (central sentences, no model call) or written by the teacher"
+    )
+    place: SummaryPlace = Field(
+        "first_user",
+        description="where the summary goes: first_user (a note before the first kept user message, so G keeps its "
+        "own system prompt) or system (a system message, replacing G's default one)",
+    )
+    max_summarized_turns: int = Field(
+        64, ge=1, description="older turns the summary reads, most recent first: bounds its cost at any history length"
     )
 
 
@@ -210,7 +247,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "cpu": {},
     "paper": {
-        "warm_turns": 4,
+        # W = 12 so the hardest 6 warm turns train and the other 6 gate (|B| = 6, Appendix C.2's low end)
+        "warm_turns": 12,
         "mining.prompt_length": 16,
         "mining.candidates": 4,
         "mining.steps": 50,
@@ -226,8 +264,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lora.steps": 200,
         "lora.batch_size": 8,
         "lora.max_tokens": 2560,
-        "lora.top_warm": 12,
-        "gate.acceptance_size": 12,
+        "lora.top_warm": 6,
+        "gate.acceptance_size": 6,
         "gate.bound": "hoeffding",
         "gate.answer_tokens": 256,
     },

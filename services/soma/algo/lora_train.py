@@ -41,6 +41,7 @@ class TrainingPair:
     hardness: float = 1.0
     source: str = "warm"  # warm | mined | random
     ended: bool = True  # F finished this answer (an EOS target is added); False when cut by a budget
+    turn: int = -1  # the warm turn it comes from (-1: its own); early stopping never splits a turn
 
 
 def _peft_config(cfg: LoraConfig) -> PeftLoraConfig:
@@ -211,14 +212,25 @@ def _loss(model: Any, examples: Sequence[TrainingExample], pad_id: int) -> torch
     return (batch["weights"] * per_example / counts).mean()
 
 
-def split_holdout(count: int, fraction: float, rng: random.Random) -> tuple[list[int], list[int]]:
-    """(train, holdout) indices; holdout only when it leaves at least two training examples."""
-    holdout_n = int(round(count * fraction))
-    if count - holdout_n < 2:
-        holdout_n = 0
-    order = list(range(count))
+def split_holdout(
+    count: int, fraction: float, rng: random.Random, groups: Sequence[int] | None = None
+) -> tuple[list[int], list[int]]:
+    """(train, holdout) indices, whole groups (warm turns) at a time: a held-out example never shares
+    its turn, hence its context, with a training one. Holdout only when it leaves two training examples."""
+    groups = list(groups) if groups is not None else list(range(count))
+    keys: dict[int, list[int]] = {}
+    for index, group in enumerate(groups):
+        keys.setdefault(group if group >= 0 else -1 - index, []).append(index)
+    order = sorted(keys)
     rng.shuffle(order)
-    return sorted(order[holdout_n:]), sorted(order[:holdout_n])
+    want = int(round(len(order) * fraction))
+    hold: list[int] = []
+    for key in order[:want]:
+        if count - len(hold) - len(keys[key]) < 2:
+            break
+        hold += keys[key]
+    held = set(hold)
+    return [i for i in range(count) if i not in held], sorted(hold)
 
 
 def train(
@@ -240,7 +252,7 @@ def train(
     torch.manual_seed(seed)
     adapters.new(name, cfg)
     examples = build_examples(tokenizer, pairs, cfg, weighted=weighted)
-    train_idx, hold_idx = split_holdout(len(examples), cfg.holdout_fraction, rng)
+    train_idx, hold_idx = split_holdout(len(examples), cfg.holdout_fraction, rng, [p.turn for p in pairs])
     train_set = [examples[i] for i in train_idx]
     hold_set = [examples[i] for i in hold_idx]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(tokenizer.eos_token_id)

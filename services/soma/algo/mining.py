@@ -25,11 +25,20 @@ from soma.algo.teacher_client import Message
 
 @dataclass(frozen=True)
 class WarmTurn:
-    """One warm-start turn: S_t as chat messages (full history + query) and F's answer a_t^F."""
+    """One warm-start turn: S_t as chat messages (full history + query) and F's answer a_t^F.
+
+    `served` is S̃_t, the compressed context the surrogate would be served at this turn (empty:
+    not known, the full S_t stands in): what the adapter trains and is gated on.
+    """
 
     messages: tuple[Message, ...]
     answer: str
     ended: bool = True  # F stopped on its own (False: cut by the token budget)
+    served: tuple[Message, ...] = ()
+
+    @property
+    def served_messages(self) -> tuple[Message, ...]:
+        return self.served or self.messages
 
 
 @dataclass(frozen=True)

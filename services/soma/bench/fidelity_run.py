@@ -6,7 +6,7 @@
   are paired per turn with O's answer at t:
   history-prefix (base G, full O history), compressed-prefix (base G, compressed history S̃_t:
   what compression alone does), history-ft (LoRA on the warm (S_t, a_t^F) pairs, full history),
-  random-ft (SOMA's LoRA budget on uniformly sampled warm turns, S̃_t), soma and its ablations
+  random-ft (SOMA's LoRA budget and training context on uniformly sampled warm turns, S̃_t), soma and its ablations
   (the adaptation chain, S̃_t), soma-full (soma's adapter given the full history), router
   (decided later, from history-prefix's confidence, calibrated across the whole run).
 
@@ -85,8 +85,17 @@ class _Context:
 
     def warm_turn(self, t: int) -> WarmTurn:
         return WarmTurn(
-            tuple(self.full_context(t)), self.original[t]["answer"], self.original[t]["finish_reason"] == "stop"
+            tuple(self.full_context(t)),
+            self.original[t]["answer"],
+            self.original[t]["finish_reason"] == "stop",
+            tuple(self.compressed_at(t)),
         )
+
+    compress: Callable[[list[tuple[str, str]], str], list[dict]] | None = None
+
+    def compressed_at(self, t: int) -> list[dict]:
+        """S̃_t at turn t (0-based): what the surrogate is served there, and what the adapter trains on."""
+        return self.compress(self.pairs_o[:t], self.queries[t]) if self.compress else self.full_context(t)
 
 
 @dataclass
@@ -132,6 +141,8 @@ class DialogueRun:
             summary_chars=c.summary_chars,
             encode=self.pair.encoder.encode,
             summarize=summarize,
+            place=c.place,
+            max_summarized_turns=c.max_summarized_turns,
         )
 
     def _store(self, out: dict, name: str, post: list[int], outs: list[Any], **tokens) -> None:
@@ -175,9 +186,10 @@ class DialogueRun:
             history = [*messages, {"role": "assistant", "content": original[-1]["answer"]}]
         pairs_o = [(q, o["answer"]) for q, o in zip(queries, original, strict=True)]
         ctx = _Context(queries, warm_n, post, original, pairs_o, [], [], [], self.options.seed * 100_003 + index)
+        ctx.compress = self._compressed
         ctx.warm = [ctx.warm_turn(t) for t in range(warm_n)]
         ctx.full_post = [ctx.full_context(t) for t in post]
-        ctx.compressed_post = [self._compressed(pairs_o[:t], queries[t]) for t in post]
+        ctx.compressed_post = [ctx.compressed_at(t) for t in post]
         return ctx
 
     def run(
@@ -245,10 +257,9 @@ class DialogueRun:
             # without replacement (a duplicate could land in the early-stopping holdout), no mining
             soma_size = out["adaptation"].get("soma", {}).get("training_size")
             size = min(warm_n, soma_size or warm_n)
-            pairs = [
-                TrainingPair(ctx.warm[i].messages, ctx.warm[i].answer, ended=ctx.warm[i].ended)
-                for i in sorted(rng.sample(range(warm_n), size))
-            ]
+            # on the context SOMA trains on (lora.context), so the two differ only in which turns train
+            context = self.options.cfg.lora.context
+            pairs = [p for i in sorted(rng.sample(range(warm_n), size)) for p in _warm_pairs(ctx.warm[i], i, context)]
             self._fine_tuned("random-ft", pairs, ctx.compressed_post, post, seed, out)
             out["adaptation"]["random-ft"]["size"] = soma_size
             finished.add("random-ft")
@@ -278,7 +289,7 @@ class DialogueRun:
         self._store(out, "compressed-prefix", ctx.post, self._surrogate_batch(None, ctx.compressed_post))
 
     def _m_history_ft(self, ctx: _Context, out: dict) -> None:
-        pairs = [TrainingPair(w.messages, w.answer, ended=w.ended) for w in ctx.warm]
+        pairs = [TrainingPair(w.messages, w.answer, ended=w.ended, turn=i) for i, w in enumerate(ctx.warm)]
         self._fine_tuned("history-ft", pairs, ctx.full_post, ctx.post, ctx.seed, out)
 
     def _adapt(self, name: str, warm: list[WarmTurn], adapter: str, seed: int) -> AdaptationOutcome:
@@ -291,6 +302,7 @@ class DialogueRun:
             cfg=self.options.cfg,
             adapter=adapter,
             seed=seed,
+            serve_tokens=self.options.answer_tokens,
         )
 
     def _m_soma(self, ctx, out, name, index, dialogue, locality, warm_emb, shift_queries) -> None:
@@ -573,6 +585,13 @@ def _spent(o: dict) -> int:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80]
+
+
+def _warm_pairs(turn: WarmTurn, index: int, context: str) -> list[TrainingPair]:
+    """Uniform-weight training pairs of one warm turn on the configured context (served, full or both)."""
+    full = TrainingPair(turn.messages, turn.answer, ended=turn.ended, turn=index)
+    served = TrainingPair(turn.served_messages, turn.answer, ended=turn.ended, turn=index)
+    return {"full": [full], "served": [served], "both": [served, full]}[context]
 
 
 def _tokens(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import re
 import sys
 import tempfile
 import textwrap
@@ -71,6 +71,21 @@ def _job_line(client: DialogueClient, session_id: str, generation: int) -> str:
     return "waiting for the first job"
 
 
+_GATE_LINE = re.compile(r"session (?P<sid>\S+) gen (?P<gen>\d+): gate (?P<verdict>accepted|rejected) \((?P<why>.*)\)$")
+
+
+def gate_decisions(log_path: Path, session_id: str) -> list[str]:
+    """The gate's decisions on this session, with its reasons, as the server logged them."""
+    if not log_path.exists():
+        return []
+    out = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        m = _GATE_LINE.search(line)
+        if m and m["sid"] == session_id:
+            out.append(f"gate {m['verdict']} generation {m['gen']}: {m['why']}")
+    return out
+
+
 def wait_for_adaptation(client: DialogueClient, session_id: str, timeout_s: float) -> str:
     """Pause like a user reading the answers, showing the adaptation's progress, until it ends."""
     started = time.perf_counter()
@@ -95,6 +110,12 @@ def wait_for_adaptation(client: DialogueClient, session_id: str, timeout_s: floa
     return "ADAPTING"
 
 
+def demo_env(folder: Path) -> dict[str, str]:
+    """What the demo sets for its server: a scratch state folder, nothing else. The method (gate,
+    bound, budget) is the product's default or the --config file's, as a user would run it."""
+    return {"SOMA_STATE_DIR": str(folder / "state")}
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from soma.models.prepare import prepare_model
 
@@ -108,22 +129,7 @@ def run_demo(args: argparse.Namespace) -> int:
         log_path = Path(tmp) / "server.log"
         extra = ["--config", str(args.config)] if args.config else []
         print("starting soma serve --target all ...", flush=True)
-        env = {
-            "SOMA_DIALOGUE__SESSION_DB": str(Path(tmp) / "sessions.db"),
-            "SOMA_ADAPTERS__LOCAL_DIR": str(Path(tmp) / "adapters"),
-            "SOMA_JOBS__LOCAL_DIR": str(Path(tmp) / "jobs"),
-        }
-        if args.gate_epsilon is not None:
-            # the demo's gate: see --gate-epsilon; every other knob is the configured one
-            method = {**settings.jobs.method, "gate.epsilon": args.gate_epsilon}
-            env["SOMA_JOBS__METHOD"] = json.dumps(method)
-            print(
-                f"demo gate: epsilon {args.gate_epsilon} (default {settings.jobs.method_config().gate.epsilon}): "
-                "an adapter up to that much worse than the base surrogate on its acceptance batch may take over, "
-                "so the whole life of a session shows on this small CPU pair; `soma bench fidelity` measures "
-                "the method with the default gate",
-                flush=True,
-            )
+        env = demo_env(Path(tmp))
         try:
             server = start_server("all", extra, env=env, log_path=log_path)
         except Exception:
@@ -137,7 +143,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 flush=True,
             )
             results: list[TurnResult] = []
-            waited = False
+            waited, shown = False, 0
             with DialogueClient(server.address) as client:
                 session = client.open_session(labels={"source": "soma-demo"})
                 for i, query in enumerate(turns, 1):
@@ -158,6 +164,10 @@ def run_demo(args: argparse.Namespace) -> int:
                         waited = True
                         wait_for_adaptation(client, session.session_id, args.wait_s)
                         print()
+                    decisions = gate_decisions(log_path, session.session_id)
+                    for line in decisions[shown:]:
+                        print(f"    {line}\n")
+                    shown = len(decisions)
                 client.close_session(session.session_id)
             print(format_table(results))
             total_tokens = sum(r.record.completion_tokens for r in results)

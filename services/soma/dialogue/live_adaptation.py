@@ -19,7 +19,7 @@ from soma.algo.config import MethodConfig
 from soma.algo.drift import TurnCheck
 from soma.server.generation import messages_from_proto
 from soma.session import live as live_record
-from soma.session.driver import AdaptationDriver
+from soma.session.driver import AdaptationDriver, compress_request
 from soma.session.live import LiveRecord
 from soma.session.reconcile import ReconcilePolicy
 from soma.session.records import Phase, SessionState, Turn
@@ -96,16 +96,8 @@ class LiveAdaptation:
 
     def surrogate_messages(self, state: SessionState, history: list[Turn], query: str) -> list[dict[str, str]]:
         """S̃_t: the summary of the older turns, the last K turns and the query (GateService.Compress)."""
-        c = self.method.compression
         response = self.gate.Compress(
-            gate_pb2.CompressRequest(
-                system_prompt=state.system_prompt,
-                turns=[gate_pb2.AnswerPair(a=t.query, b=t.answer) for t in history],
-                query=query,
-                recent_turns=c.recent_turns,
-                summary_chars=c.summary_chars,
-            ),
-            timeout=self.rpc_timeout_s,
+            compress_request(self.method, state.system_prompt, history, query), timeout=self.rpc_timeout_s
         )
         return messages_from_proto(response.messages)
 

@@ -103,21 +103,26 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
     def Compress(self, request: gate_pb2.CompressRequest, context: grpc.ServicerContext) -> gate_pb2.CompressResponse:
         if not request.query:
             raise InvalidArgument("query is empty")
+        # any history length: only the recent turns and the last max_summarized_turns older ones are read,
+        # so a 10,000-turn session costs what a 70-turn one does (the message size limit still applies)
         history = [(t.a, t.b) for t in request.turns]
-        self._check_texts("turns", [text for pair in history for text in pair] + [request.query])
-        if len(history) > self.settings.max_pairs:
-            raise InvalidArgument(f"turns has {len(history)} items; the limit is {self.settings.max_pairs}")
+        window = request.max_summarized_turns or 64
+        read = history[-(window + request.recent_turns) :]
+        self._check_texts("turns", [text for pair in read for text in pair] + [request.query])
+        place = "system" if request.summary_place == gate_pb2.SUMMARY_PLACE_SYSTEM else "first_user"
         messages = compressed_messages(
-            history,
+            read,
             request.query,
             recent_turns=request.recent_turns,
             summary_chars=request.summary_chars,
             encode=self.encoder.encode,
             system_prompt=request.system_prompt,
+            place=place,
+            max_summarized_turns=window,
         )
         return gate_pb2.CompressResponse(
             messages=messages_to_proto(messages),
-            summarized_turns=max(0, len(history) - request.recent_turns),
+            summarized_turns=max(0, min(window, len(history) - request.recent_turns)),
         )
 
 

@@ -45,9 +45,21 @@ def warm_rows(turns) -> list[dict]:
             context = messages_from_proto(t.context)  # the same checks as every Generate request
         except InvalidArgument as err:
             raise InvalidArgument(f"warm_turns[{i}].context: {err}") from None
+        served = []
+        if t.served_context:
+            try:
+                served = messages_from_proto(t.served_context)
+            except InvalidArgument as err:
+                raise InvalidArgument(f"warm_turns[{i}].served_context: {err}") from None
         finished = t.teacher_finish_reason != common_pb2.FINISH_REASON_LENGTH
         rows.append(
-            {"turn_index": t.turn_index, "context": context, "teacher_answer": t.teacher_answer, "finished": finished}
+            {
+                "turn_index": t.turn_index,
+                "context": context,
+                "served_context": served,
+                "teacher_answer": t.teacher_answer,
+                "finished": finished,
+            }
         )
     return rows
 

@@ -76,7 +76,14 @@ def load_resources(settings: Settings) -> work.JobResources:
     )
     surrogate = Surrogate(backend, SessionAdapters(backend.model, cfg.lora), table)
     teacher = GrpcTeacher(settings.jobs.teacher_address) if settings.jobs.teacher_address else None
-    return work.JobResources(surrogate, settings.surrogate.model, teacher, open_store(settings.adapters), cfg)
+    return work.JobResources(
+        surrogate,
+        settings.surrogate.model,
+        teacher,
+        open_store(settings.adapters),
+        cfg,
+        serve_tokens=settings.surrogate.default_max_new_tokens,
+    )
 
 
 def open_sessions(settings: Settings):

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from soma.algo.adaptation import (
     VARIANTS,
-    Case,
     Surrogate,
     acceptance_answers,
+    mined_case,
     mining_stage,
     training_split,
     training_stage,
@@ -24,7 +24,7 @@ from soma.algo.adaptation import (
 )
 from soma.algo.config import MethodConfig
 from soma.algo.mining import WarmTurn
-from soma.algo.teacher_client import TeacherClient, VerbalizedTeacher, prompted_messages
+from soma.algo.teacher_client import TeacherClient, VerbalizedTeacher
 from soma.errors import NotFound
 from soma.storage.adapter_store import AdapterStore, build_manifest
 from soma.surrogate.adapter_cache import adapter_name
@@ -42,13 +42,19 @@ class JobResources:
     teacher: TeacherClient | None
     store: AdapterStore
     cfg: MethodConfig
+    serve_tokens: int = 256  # dialogue.default_max_new_tokens: the gate answers at the length turns are served
 
 
 def warm_turns_from_json(rows: list[dict]) -> list[WarmTurn]:
     if not rows:
         raise ValueError("a job needs at least one warm-start turn")
     return [
-        WarmTurn(tuple(dict(m) for m in r["context"]), r["teacher_answer"], bool(r.get("finished", True)))
+        WarmTurn(
+            tuple(dict(m) for m in r["context"]),
+            r["teacher_answer"],
+            bool(r.get("finished", True)),
+            tuple(dict(m) for m in r.get("served_context") or ()),
+        )
         for r in sorted(rows, key=lambda r: r["turn_index"])
     ]
 
@@ -92,7 +98,9 @@ def run_mining(res: JobResources, session_id: str, generation: int, warm_rows: l
     }
 
 
-def cases_from_json(turns: list[WarmTurn], warm_hardness: list[float], mined_rows: list[dict]) -> tuple[list, list]:
+def cases_from_json(
+    turns: list[WarmTurn], warm_hardness: list[float], mined_rows: list[dict], placement: str = "system"
+) -> tuple[list, list]:
     hardness = list(warm_hardness) or [1.0] * len(turns)
     if len(hardness) != len(turns):
         raise ValueError(f"warm_hardness has {len(hardness)} values for {len(turns)} warm turns")
@@ -102,17 +110,16 @@ def cases_from_json(turns: list[WarmTurn], warm_hardness: list[float], mined_row
         turn = int(row["turn_index"])
         if not 0 <= turn < len(turns):
             raise ValueError(f"mined case {j} names warm turn {turn}; there are {len(turns)}")
-        messages = tuple(prompted_messages(row["verbalized_prompt"], turns[turn].messages))
         mined.append(
-            Case(
-                messages,
+            mined_case(
+                turns,
+                turn,
+                row["verbalized_prompt"],
                 row["teacher_answer"],
                 float(row["hardness"]),
-                "mined",
                 f"mined:{j}:{turn}",
-                turn,
                 bool(row.get("finished", True)),
-                row["verbalized_prompt"],
+                placement,
             )
         )
     return warm, mined
@@ -136,7 +143,7 @@ def run_training(
 ) -> dict:
     """Train a fresh adapter, store it, and answer the held-out acceptance batch."""
     turns = warm_turns_from_json(warm_rows)
-    warm, mined = cases_from_json(turns, warm_hardness, mined_rows)
+    warm, mined = cases_from_json(turns, warm_hardness, mined_rows, res.cfg.mining.placement)
     name = "job" + adapter_name(session_id, generation)  # PEFT-safe even for session ids with '.'
     seed = seed_of(session_id, generation)
     steps = res.cfg.lora.steps
@@ -176,7 +183,7 @@ def run_training(
                 "seconds": report.seconds,
             }
             progress(0.85, "answering the acceptance batch")
-        examples = acceptance_answers(res.surrogate, name, acceptance, res.cfg)
+        examples = acceptance_answers(res.surrogate, name, acceptance, res.cfg, res.serve_tokens)
         weights, config = res.surrogate.adapters.export(name)
     finally:
         res.surrogate.adapters.delete(name)

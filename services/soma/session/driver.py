@@ -62,8 +62,28 @@ def warm_turn_indices(turns: list[Turn], limit: int) -> list[int]:
     return served[-limit:]
 
 
-def warm_turns_proto(state: SessionState, turns: list[Turn], indices: list[int]) -> list[common_pb2.WarmTurn]:
-    """(S_t, a_t^F) of each chosen turn: the full history before it, as the teacher saw it."""
+def compress_request(
+    method: MethodConfig, system_prompt: str, history: list[Turn], query: str, session_id: str = ""
+) -> gate_pb2.CompressRequest:
+    """The GateService.Compress request for S̃_t: the one request both serving (a surrogate turn) and
+    training (a warm turn's served context) send, so the adapter trains on what it will be served."""
+    c = method.compression
+    return gate_pb2.CompressRequest(
+        system_prompt=system_prompt,
+        turns=[gate_pb2.AnswerPair(a=t.query, b=t.answer) for t in history],
+        query=query,
+        recent_turns=c.recent_turns,
+        summary_chars=c.summary_chars,
+        summary_place=gate_pb2.SUMMARY_PLACE_SYSTEM if c.place == "system" else gate_pb2.SUMMARY_PLACE_FIRST_USER,
+        max_summarized_turns=c.max_summarized_turns,
+    )
+
+
+def warm_turns_proto(
+    state: SessionState, turns: list[Turn], indices: list[int], served: dict[int, list] | None = None
+) -> list[common_pb2.WarmTurn]:
+    """(S_t, a_t^F) of each chosen turn: the full history before it, as the teacher saw it, and S̃_t
+    (`served[i]`, proto messages from GateService.Compress) when known."""
     by_index = {t.turn_index: t for t in turns}
     out = []
     for i in indices:
@@ -77,6 +97,7 @@ def warm_turns_proto(state: SessionState, turns: list[Turn], indices: list[int])
                 teacher_finish_reason=common_pb2.FINISH_REASON_LENGTH
                 if turn.finish_reason == "length"
                 else common_pb2.FINISH_REASON_STOP,
+                served_context=(served or {}).get(i, []),
             )
         )
     return out
@@ -207,12 +228,22 @@ class AdaptationDriver:
         state = common_pb2.JobState.Name(r.job.state).removeprefix("JOB_STATE_")  # the names reconcile reads
         return JobObservation(live.job_id, state, result, r.job.message)
 
-    def _warm(self, session_id: str, state: SessionState, indices: list[int] | None):
+    def _warm(self, session_id: str, state: SessionState, indices: list[int] | None, *, served: bool = False):
+        """The warm turns of the next job; with `served`, each with its S̃_t (training trains and gates on it).
+
+        Raises grpc.RpcError when the gate cannot compress: the submission is then retried."""
         turns = self.store.turns(session_id)
         if indices is None:
             indices = warm_turn_indices(turns, self.max_warm_turns)
         by_index = {t.turn_index: t for t in turns}
-        return indices, warm_turns_proto(state, turns, indices), [by_index[i].query for i in indices]
+        contexts = None
+        if served and self.method.lora.context != "full":
+            contexts = {}
+            for i in indices:
+                history = [t for t in turns if t.turn_index < i]
+                request = compress_request(self.method, state.system_prompt, history, by_index[i].query)
+                contexts[i] = list(self.clients.gate.Compress(request, timeout=self.rpc_timeout_s).messages)
+        return indices, warm_turns_proto(state, turns, indices, contexts), [by_index[i].query for i in indices]
 
     def _submit_mining(self, session_id: str, state: SessionState, record: LiveRecord, now: float) -> LiveRecord:
         gen = record.generation
@@ -233,7 +264,11 @@ class AdaptationDriver:
 
     def _submit_training(self, session_id, state, record: LiveRecord, action: SubmitTraining, now) -> LiveRecord:
         gen = record.generation
-        _, warm, _ = self._warm(session_id, state, list(record.warm_turns))
+        try:
+            _, warm, _ = self._warm(session_id, state, list(record.warm_turns), served=True)
+        except grpc.RpcError as err:
+            log.warning("session %s gen %d: served contexts unavailable (%s)", session_id, gen, err.details())
+            return replace(record, live=job_submit_failed(record.live, str(err.details()), now, self.policy))
         mined = action.mined or {}
         request = training_pb2.SubmitTrainingJobRequest(
             session_id=session_id,

@@ -139,16 +139,18 @@ class TurnRecord(_message.Message):
     def __init__(self, turn_index: _Optional[int] = ..., served_by: _Optional[_Union[ServedBy, str]] = ..., route_reason: _Optional[str] = ..., phase: _Optional[_Union[SessionPhase, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., model_latency_ms: _Optional[float] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., dropped_messages: _Optional[int] = ...) -> None: ...
 
 class WarmTurn(_message.Message):
-    __slots__ = ("turn_index", "context", "teacher_answer", "teacher_finish_reason")
+    __slots__ = ("turn_index", "context", "teacher_answer", "teacher_finish_reason", "served_context")
     TURN_INDEX_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     TEACHER_ANSWER_FIELD_NUMBER: _ClassVar[int]
     TEACHER_FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    SERVED_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     turn_index: int
     context: _containers.RepeatedCompositeFieldContainer[Message]
     teacher_answer: str
     teacher_finish_reason: FinishReason
-    def __init__(self, turn_index: _Optional[int] = ..., context: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., teacher_answer: _Optional[str] = ..., teacher_finish_reason: _Optional[_Union[FinishReason, str]] = ...) -> None: ...
+    served_context: _containers.RepeatedCompositeFieldContainer[Message]
+    def __init__(self, turn_index: _Optional[int] = ..., context: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., teacher_answer: _Optional[str] = ..., teacher_finish_reason: _Optional[_Union[FinishReason, str]] = ..., served_context: _Optional[_Iterable[_Union[Message, _Mapping]]] = ...) -> None: ...
 
 class JobStatus(_message.Message):
     __slots__ = ("job_id", "session_id", "generation", "state", "progress", "stage", "message", "attempt")

@@ -14,10 +14,19 @@ class Bound(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BOUND_HOEFFDING: _ClassVar[Bound]
     BOUND_BERNSTEIN: _ClassVar[Bound]
     BOUND_NONE: _ClassVar[Bound]
+
+class SummaryPlace(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SUMMARY_PLACE_UNSPECIFIED: _ClassVar[SummaryPlace]
+    SUMMARY_PLACE_FIRST_USER: _ClassVar[SummaryPlace]
+    SUMMARY_PLACE_SYSTEM: _ClassVar[SummaryPlace]
 BOUND_UNSPECIFIED: Bound
 BOUND_HOEFFDING: Bound
 BOUND_BERNSTEIN: Bound
 BOUND_NONE: Bound
+SUMMARY_PLACE_UNSPECIFIED: SummaryPlace
+SUMMARY_PLACE_FIRST_USER: SummaryPlace
+SUMMARY_PLACE_SYSTEM: SummaryPlace
 
 class AnswerPair(_message.Message):
     __slots__ = ("a", "b")
@@ -116,18 +125,22 @@ class ObserveTurnResponse(_message.Message):
     def __init__(self, locality: _Optional[float] = ..., locality_ok: _Optional[bool] = ..., gap: _Optional[float] = ..., gap_ok: _Optional[bool] = ...) -> None: ...
 
 class CompressRequest(_message.Message):
-    __slots__ = ("system_prompt", "turns", "query", "recent_turns", "summary_chars")
+    __slots__ = ("system_prompt", "turns", "query", "recent_turns", "summary_chars", "summary_place", "max_summarized_turns")
     SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
     TURNS_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     RECENT_TURNS_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_CHARS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_PLACE_FIELD_NUMBER: _ClassVar[int]
+    MAX_SUMMARIZED_TURNS_FIELD_NUMBER: _ClassVar[int]
     system_prompt: str
     turns: _containers.RepeatedCompositeFieldContainer[AnswerPair]
     query: str
     recent_turns: int
     summary_chars: int
-    def __init__(self, system_prompt: _Optional[str] = ..., turns: _Optional[_Iterable[_Union[AnswerPair, _Mapping]]] = ..., query: _Optional[str] = ..., recent_turns: _Optional[int] = ..., summary_chars: _Optional[int] = ...) -> None: ...
+    summary_place: SummaryPlace
+    max_summarized_turns: int
+    def __init__(self, system_prompt: _Optional[str] = ..., turns: _Optional[_Iterable[_Union[AnswerPair, _Mapping]]] = ..., query: _Optional[str] = ..., recent_turns: _Optional[int] = ..., summary_chars: _Optional[int] = ..., summary_place: _Optional[_Union[SummaryPlace, str]] = ..., max_summarized_turns: _Optional[int] = ...) -> None: ...
 
 class CompressResponse(_message.Message):
     __slots__ = ("messages", "summarized_turns")
