@@ -67,9 +67,26 @@ class Jobs:
         return r
 
 
+def _bag_of_words(texts):
+    import torch
+
+    vocab = sorted({w for t in texts for w in t.lower().split()})
+    return torch.tensor([[float(w in t.lower().split()) for w in vocab] for t in texts]) + 1e-3
+
+
 class Gate:
+    """Accept scripted; Compress is the real GateService's (over a bag-of-words encoder)."""
+
     def __init__(self, accept=True):
-        self.accept, self.requests = accept, []
+        from soma.config import GateSettings
+        from soma.gate.service import GateServicer
+
+        self.accept, self.requests, self.compressed = accept, [], []
+        self._real = GateServicer(type("E", (), {"encode": staticmethod(_bag_of_words)})(), GateSettings())
+
+    def Compress(self, request, timeout=None):
+        self.compressed.append(request)
+        return self._real.Compress(request, None)
 
     def Accept(self, request, timeout=None):
         self.requests.append(request)
@@ -170,3 +187,37 @@ def test_a_closed_session_is_left_alone_and_forget_deletes_everything(setup, tmp
     driver.adapter_store = Adapters()
     driver.forget("s1")
     assert Adapters.deleted == ["s1"] and store.get("s1") is None
+
+
+def test_training_gets_each_warm_turns_served_context_from_the_serving_compress(setup):
+    """The adapter trains on S̃_t as a surrogate turn would be served it: the same Compress request."""
+    from soma.dialogue.live_adaptation import LiveAdaptation
+
+    store, _, mining, training, gate = setup
+    method = preset("tiny").with_changes({"compression.recent_turns": 0})
+    driver = AdaptationDriver(store, AdaptationClients(mining, training, gate), method, POLICY)
+    driver.tick("s1", now=1000.0)
+    mining.state = common_pb2.JOB_STATE_SUCCEEDED
+    driver.tick("s1", now=1001.0)
+    [train] = training.submitted
+    second = train.warm_turns[1]
+    assert [m.content for m in second.context] == ["be brief", "q1", "a1", "q2"]  # what F saw
+    served = [(m.role, m.content) for m in second.served_context]
+    assert served[0] == (common_pb2.ROLE_SYSTEM, "be brief") and served[1][1].startswith("[Summary")
+    # serving the same turn asks the gate the very same request
+    serving = LiveAdaptation(store, gate, method, POLICY)
+    turns = store.turns("s1")
+    messages = serving.surrogate_messages(store.get("s1"), turns[:1], "q2")
+    assert gate.compressed[-1] == gate.compressed[1]
+    assert [m["content"] for m in messages] == [m.content for m in second.served_context]
+
+
+def test_training_on_the_full_history_asks_for_no_served_context(setup):
+    store, _, mining, training, gate = setup
+    method = preset("tiny").with_changes({"lora.context": "full"})
+    driver = AdaptationDriver(store, AdaptationClients(mining, training, gate), method, POLICY)
+    driver.tick("s1", now=1000.0)
+    mining.state = common_pb2.JOB_STATE_SUCCEEDED
+    driver.tick("s1", now=1001.0)
+    [train] = training.submitted
+    assert not gate.compressed and all(not t.served_context for t in train.warm_turns)

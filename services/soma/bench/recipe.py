@@ -216,12 +216,49 @@ def summarise(rows: list[dict], seed: int = 0) -> dict:
                 and statistics.fmean(r["cosine"]) < statistics.fmean(base[r["dialogue"]]["cosine"])
             )
             entry["mean_gate_improvement"] = statistics.fmean(r["gate"]["mean_improvement"] for r in gated)
+            entry["gate_replay"] = gate_replay(gated, base)
         seconds = [sum(v for k, v in per[d]["seconds"].items() if k != "answers") for d in ds]
         entry["adaptation_seconds"] = statistics.fmean(seconds)
         trainings = [per[d]["training"] for d in ds if per[d].get("training")]
         if trainings:
             entry["final_train_loss"] = statistics.median(t["train_loss"][-1] for t in trainings)
         out[name] = entry
+    return out
+
+
+EPSILONS = (-0.05, 0.0, 0.02, 0.05, 0.1)
+
+
+def gate_replay(rows: list[dict], base: dict[str, dict], delta: float = 0.1) -> dict:
+    """Every bound and ε replayed on one entry's stored acceptance gaps, against what the adapter did
+    after the switch: accepted, false switches (accepted, yet below base-served on the post-switch
+    turns) and missed ones (rejected, yet above it). The default bound is chosen by this table."""
+    from soma.algo.gate_stats import confidence_bound, improvements
+
+    out: dict[str, Any] = {}
+    gated = [r for r in rows if "gate" in r and r["dialogue"] in base]
+    better = {
+        r["dialogue"]: statistics.fmean(r["cosine"]) > statistics.fmean(base[r["dialogue"]]["cosine"]) for r in gated
+    }
+    for bound in ("none", "hoeffding", "bernstein"):
+        for eps in EPSILONS:
+            accepted = []
+            for r in gated:
+                x = improvements(r["gate"]["gaps_old"], r["gate"]["gaps_new"])
+                mean_new = statistics.fmean(r["gate"]["gaps_new"])
+                ok = statistics.fmean(x) >= eps + confidence_bound(x, delta, bound) and mean_new <= 0.6
+                accepted.append((r["dialogue"], ok))
+            out[f"{bound} eps={eps:+.2f}"] = {
+                "accepted": sum(ok for _, ok in accepted),
+                "false_switches": sum(1 for d, ok in accepted if ok and not better[d]),
+                "missed": sum(1 for d, ok in accepted if not ok and better[d]),
+                "of": len(accepted),
+            }
+    if gated:
+        x0 = improvements(gated[0]["gate"]["gaps_old"], gated[0]["gate"]["gaps_new"])
+        out["batch_size"] = len(x0)
+        out["hoeffding_bound"] = confidence_bound(x0, delta, "hoeffding")
+        out["bernstein_bound_at_zero_variance"] = confidence_bound([0.0] * len(x0), delta, "bernstein")
     return out
 
 
@@ -265,6 +302,21 @@ def markdown(summary: dict, grid: list[dict], command: str) -> str:
             + (f"{s['final_train_loss']:.3f}" if "final_train_loss" in s else "–")
             + f" | {s['adaptation_seconds']:.0f} |"
         )
+    default = summary.get("soma", {}).get("gate_replay")
+    if default:
+        lines += [
+            "",
+            f"## The gate of `soma`, replayed (|B| = {default['batch_size']}, δ = 0.1)",
+            "",
+            f"Hoeffding's γ at this |B| is {default['hoeffding_bound']:.2f} and Bernstein's is at least "
+            f"{default['bernstein_bound_at_zero_variance']:.2f} (zero variance); an improvement X lies in [−1, 1].",
+            "",
+            "| bound, ε | accepted | false switches | missed |",
+            "|---|---|---|---|",
+        ]
+        for key, v in default.items():
+            if isinstance(v, dict):
+                lines.append(f"| {key} | {v['accepted']}/{v['of']} | {v['false_switches']} | {v['missed']} |")
     return "\n".join(lines) + "\n"
 
 
