@@ -231,7 +231,7 @@ def test_mining_logits_match_a_full_forward(backend, cfg):
 
 def test_training_loss_equals_weighted_nll_on_full_logits(backend, cfg):
     from soma.algo.lora_objective import collate, weighted_nll
-    from soma.algo.lora_train import _loss, build_examples
+    from soma.algo.lora_train import example_loss, build_examples
 
     pairs = [TrainingPair(t.messages, t.answer, hardness=h) for t, h in zip(TURNS, [1.0, 2.0, 3.0], strict=True)]
     examples = build_examples(backend.tokenizer, pairs, cfg.lora, weighted=True)

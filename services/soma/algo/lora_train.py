@@ -198,7 +198,9 @@ def build_examples(tokenizer: Any, pairs: Sequence[TrainingPair], cfg: LoraConfi
     return out
 
 
-def _loss(model: Any, examples: Sequence[TrainingExample], pad_id: int) -> torch.Tensor:
+def example_loss(model: Any, examples: Sequence[TrainingExample], pad_id: int) -> torch.Tensor:
+    """The weighted mean per-example NLL of the answer tokens: the training objective (Eq. 4), and the
+    held-out loss the recipe benchmark compares entries by."""
     batch = collate(examples, pad_id)
     labels = batch["labels"]
     # logits only where a target follows: position p predicts labels[p + 1]
@@ -273,7 +275,7 @@ def train(
                     order += fresh * math.ceil(cfg.batch_size / max(1, len(fresh)))
                 batch, order = [train_set[i] for i in order[: cfg.batch_size]], order[cfg.batch_size :]
                 optimizer.zero_grad(set_to_none=True)
-                loss = _loss(model, batch, pad)
+                loss = example_loss(model, batch, pad)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
@@ -285,7 +287,7 @@ def train(
                 if hold_set and (step % cfg.eval_every == 0 or step == cfg.steps):
                     model.eval()
                     with torch.no_grad():
-                        held = float(_loss(model, hold_set, pad))
+                        held = float(example_loss(model, hold_set, pad))
                     model.train()
                     report.holdout_loss.append((step, held))
                     if held < best[0]:

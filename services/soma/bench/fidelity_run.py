@@ -259,7 +259,7 @@ class DialogueRun:
             size = min(warm_n, soma_size or warm_n)
             # on the context SOMA trains on (lora.context), so the two differ only in which turns train
             context = self.options.cfg.lora.context
-            pairs = [p for i in sorted(rng.sample(range(warm_n), size)) for p in _warm_pairs(ctx.warm[i], i, context)]
+            pairs = [p for i in sorted(rng.sample(range(warm_n), size)) for p in warm_pairs(ctx.warm[i], i, context)]
             self._fine_tuned("random-ft", pairs, ctx.compressed_post, post, seed, out)
             out["adaptation"]["random-ft"]["size"] = soma_size
             finished.add("random-ft")
@@ -587,7 +587,7 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80]
 
 
-def _warm_pairs(turn: WarmTurn, index: int, context: str) -> list[TrainingPair]:
+def warm_pairs(turn: WarmTurn, index: int, context: str) -> list[TrainingPair]:
     """Uniform-weight training pairs of one warm turn on the configured context (served, full or both)."""
     full = TrainingPair(turn.messages, turn.answer, ended=turn.ended, turn=index)
     served = TrainingPair(turn.served_messages, turn.answer, ended=turn.ended, turn=index)

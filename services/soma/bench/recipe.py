@@ -90,7 +90,7 @@ class Sweep:
 
         from soma.algo import lm
         from soma.algo.lora_objective import build_example
-        from soma.algo.lora_train import _loss
+        from soma.algo.lora_train import example_loss
 
         tok = self.pair.surrogate.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else int(tok.eos_token_id)
@@ -100,13 +100,13 @@ class Sweep:
                 example = build_example(
                     lm.chat_ids(tok, messages), lm.text_ids(tok, answer), int(tok.eos_token_id), 1.0, ended=end
                 )
-                out.append(float(_loss(model, [example], pad)))
+                out.append(float(example_loss(model, [example], pad)))
         return out
 
     def run(self, dialogue, index: int, entry: dict) -> dict:
         from soma.algo.adaptation import VARIANTS, acceptance_answers, gate_decision, mining_stage, training_stage
         from soma.algo.lora_train import train
-        from soma.bench.fidelity_run import _warm_pairs
+        from soma.bench.fidelity_run import warm_pairs
 
         cfg = self.base_cfg.with_changes(entry["set"])
         runner = self._runner(cfg)
@@ -155,11 +155,11 @@ class Sweep:
         elif method in ("random-ft", "history-ft"):
             adapter = "recipe"
             if method == "history-ft":
-                pairs = [p for i, w in enumerate(ctx.warm) for p in _warm_pairs(w, i, "full")]
+                pairs = [p for i, w in enumerate(ctx.warm) for p in warm_pairs(w, i, "full")]
             else:
                 size = min(ctx.warm_n, entry.get("size", cfg.lora.top_warm), max(1, ctx.warm_n - 1))
                 chosen = sorted(random.Random(ctx.seed + 7).sample(range(ctx.warm_n), size))
-                pairs = [p for i in chosen for p in _warm_pairs(ctx.warm[i], i, cfg.lora.context)]
+                pairs = [p for i in chosen for p in warm_pairs(ctx.warm[i], i, cfg.lora.context)]
             report = train(
                 surrogate.adapters, adapter, surrogate.tokenizer, pairs, cfg.lora, weighted=False, seed=ctx.seed
             )
