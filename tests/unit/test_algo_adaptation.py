@@ -231,7 +231,7 @@ def test_mining_logits_match_a_full_forward(backend, cfg):
 
 def test_training_loss_equals_weighted_nll_on_full_logits(backend, cfg):
     from soma.algo.lora_objective import collate, weighted_nll
-    from soma.algo.lora_train import example_loss, build_examples
+    from soma.algo.lora_train import build_examples, example_loss
 
     pairs = [TrainingPair(t.messages, t.answer, hardness=h) for t, h in zip(TURNS, [1.0, 2.0, 3.0], strict=True)]
     examples = build_examples(backend.tokenizer, pairs, cfg.lora, weighted=True)
@@ -239,7 +239,7 @@ def test_training_loss_equals_weighted_nll_on_full_logits(backend, cfg):
     with torch.no_grad():
         logits = backend.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         expected = weighted_nll(logits, batch["labels"], batch["weights"])
-        got = _loss(backend.model, examples, 0)
+        got = example_loss(backend.model, examples, 0)
     assert got.item() == pytest.approx(expected.item(), rel=1e-4)
 
 
@@ -313,7 +313,7 @@ def test_hardest_warm_turns_train_and_the_rest_gate_never_overlapping():
     from soma.algo.adaptation import training_split
 
     warm, mined = _cases([0.2, 0.9, 0.5, 0.7])
-    cfg = config.preset("cpu")  # W = 4, |B| = 2, hardest_train, warm-only B
+    cfg = config.preset("cpu").with_changes({"gate.split": "hardest_train"})  # W = 4, |B| = 2, warm-only B
     training, acceptance = training_split(VARIANTS["soma"], warm, mined, cfg, seed=0)
     assert {c.turn for c in training} == {1, 3} and {c.turn for c in acceptance} == {0, 2}
     assert all(c.source == "warm" for c in acceptance)  # B: warm turns only
@@ -325,6 +325,27 @@ def test_hardest_warm_turns_train_and_the_rest_gate_never_overlapping():
     for seed in range(20):
         training, acceptance = training_split(VARIANTS["soma"], warm, mined, paper, seed=seed)
         assert not {c.turn for c in training} & {c.turn for c in acceptance}
+
+
+def test_random_split_asks_f_only_about_the_turns_the_training_split_keeps(backend, cfg):
+    from soma.algo.adaptation import mining_stage, training_split
+
+    surrogate = Surrogate(
+        backend, SessionAdapters(backend.model, cfg.lora), _neighbours(backend, cfg.mining.neighbours)
+    )
+    random_split = cfg.with_changes({"mining.mined_pairs": 4, "gate.acceptance_size": 1, "gate.split": "random"})
+    for seed in (0, 1, 2):
+        stage = mining_stage(
+            VARIANTS["soma"],
+            TURNS,
+            surrogate=surrogate,
+            teacher=VerbalizedTeacher(RecordingTeacher()),
+            cfg=random_split,
+            seed=seed,
+        )
+        training, acceptance = training_split(VARIANTS["soma"], stage.warm, stage.mined, random_split, seed)
+        assert stage.mined and {c.key for c in stage.mined} <= {c.key for c in training}  # none wasted
+        assert not {c.turn for c in stage.mined} & {c.turn for c in acceptance}
 
 
 def test_training_pairs_and_gate_read_the_served_context():
@@ -365,7 +386,9 @@ def test_mined_cases_are_asked_for_training_turns_only_at_the_warm_answer_length
     adapters = SessionAdapters(backend.model, cfg.lora)
     surrogate = Surrogate(backend, adapters, _neighbours(backend, cfg.mining.neighbours))
     client = Lengths()
-    tiny = cfg.with_changes({"mining.mined_pairs": 4, "gate.acceptance_size": 1, "lora.top_warm": 1})
+    tiny = cfg.with_changes(
+        {"mining.mined_pairs": 4, "gate.acceptance_size": 1, "lora.top_warm": 1, "gate.split": "hardest_train"}
+    )
     stage = mining_stage(VARIANTS["soma"], TURNS, surrogate=surrogate, teacher=VerbalizedTeacher(client), cfg=tiny)
     hardest = max(stage.warm, key=lambda c: c.hardness).turn
     assert stage.mined and {c.turn for c in stage.mined} == {hardest}  # F is not asked for unused turns

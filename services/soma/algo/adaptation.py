@@ -142,6 +142,13 @@ def split_acceptance(cases: Sequence[Case], size: int, rng: random.Random, min_t
     return training, acceptance
 
 
+def random_gate_turns(n_turns: int, cfg: MethodConfig, seed: int) -> set[int]:
+    """The warm turns `gate.split = random` puts in B (warm-only B), as `training_split` draws them."""
+    stand_ins = [Case((), "", 0.0, "warm", f"warm:{t}", t) for t in range(n_turns)]
+    _, acceptance = split_acceptance(stand_ins, cfg.gate.acceptance_size, random.Random(seed))
+    return {c.turn for c in acceptance}
+
+
 def warm_cases(turns: Sequence[WarmTurn], hardness: Sequence[float]) -> list[Case]:
     return [
         Case(t.messages, t.answer, r, "warm", f"warm:{i}", i, t.ended, served=t.served)
@@ -188,8 +195,11 @@ def mined_cases(
     cfg: MethodConfig,
     variant: Variant,
     answer_tokens: int | None = None,
+    seed: int = 0,
 ) -> list[Case]:
-    """The top-hardness (candidate, turn) cases, answered by F under V(P) ⊕ S_t (or not, for soma-ref)."""
+    """The top-hardness (candidate, turn) cases, answered by F under V(P) ⊕ S_t (or not, for soma-ref).
+
+    F is asked only about turns that will train (`seed` is the one the training split will use)."""
     kind = cfg.lora.hardness
 
     def score(c) -> float:
@@ -198,9 +208,12 @@ def mined_cases(
     # hardest first within each turn, then round-robin over turns, so the teacher budget covers
     # the session's turns instead of piling onto one
     wanted = set(range(len(turns)))
-    if cfg.gate.split == "hardest_train" and not cfg.gate.mined_in_acceptance and len(turns) >= 2:
+    if not cfg.gate.mined_in_acceptance and len(turns) >= 2 and variant.gate == "held_out":
         # only the turns that will train get mined cases: F is not asked for answers nobody uses
-        wanted, _ = hardest_turns(result.turn_hardness(kind, len(turns)), cfg)
+        if cfg.gate.split == "hardest_train":
+            wanted, _ = hardest_turns(result.turn_hardness(kind, len(turns)), cfg)
+        else:
+            wanted -= random_gate_turns(len(turns), cfg, seed)
     per_turn: dict[int, list] = {}
     for case in sorted(result.cases, key=score, reverse=True):
         if case.verbalization and case.turn in wanted:
@@ -289,7 +302,7 @@ def mining_stage(
     calls_before, tokens_before, prompt_before = teacher.calls, teacher.completion_tokens, teacher.prompt_tokens
     warm = warm_cases(turns, result.turn_hardness(cfg.lora.hardness, len(turns)))
     budget = mined_answer_budget(surrogate.tokenizer, turns, cfg)
-    mined = mined_cases(result, turns, teacher, cfg, variant, budget) if cfg.mining.mined_pairs else []
+    mined = mined_cases(result, turns, teacher, cfg, variant, budget, seed) if cfg.mining.mined_pairs else []
     return MinedStage(
         warm,
         mined,

@@ -138,9 +138,9 @@ class GateConfig(_Frozen):
         0, ge=0, description="surrogate answer length when measuring Gap on B; 0: the length the product serves"
     )
     split: Split = Field(
-        "hardest_train",
-        description="which warm turns gate: hardest_train (the hardest top_warm turns train, the rest form B) or "
-        "random (B drawn at random)",
+        "random",
+        description="which warm turns gate: random (B drawn at random; the hardest top_warm of the rest train; "
+        "chosen by soma bench recipe, docs/bench/recipe) or hardest_train (the hardest turns train, the easiest gate)",
     )
     mined_in_acceptance: bool = Field(False, description="mined cases may be scored in B (beside warm turns)")
 

@@ -122,7 +122,17 @@ class Sweep:
         surrogate = self.pair.surrogate
         if method == "soma":
             variant = VARIANTS["soma"]
-            key = _hash([dialogue.id, cfg.mining.model_dump(), cfg.lora.hardness, cfg.compression.model_dump()])
+            # everything the mined cases depend on, the turns that will train included (F is asked about those only)
+            key = _hash(
+                [
+                    dialogue.id,
+                    cfg.mining.model_dump(),
+                    cfg.lora.hardness,
+                    cfg.lora.top_warm,
+                    cfg.compression.model_dump(),
+                    [cfg.gate.split, cfg.gate.acceptance_size, cfg.gate.mined_in_acceptance],
+                ]
+            )
             if key not in self._mined:
                 teacher = runner._verbalized_teacher()
                 self._mined[key] = mining_stage(
