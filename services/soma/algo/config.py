@@ -117,7 +117,10 @@ class GateConfig(_Frozen):
     """Stage 3: the acceptance test (Thm 4.2) with fidelity and locality gates."""
 
     acceptance_size: int = Field(
-        2, ge=1, json_schema_extra=_paper(6, 24), description="|B|: warm turns that gate (hardest_train) or cases"
+        2,
+        ge=1,
+        json_schema_extra=_paper(6, 24),
+        description="|B|: warm turns that gate (whole turns; warm cases only unless gate.mined_in_acceptance)",
     )
     epsilon: float = Field(
         0.05,
