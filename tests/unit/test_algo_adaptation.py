@@ -396,3 +396,16 @@ def test_mined_cases_are_asked_for_training_turns_only_at_the_warm_answer_length
     assert client.budget == max(16, longest)
     for seen in client.seen:  # V(P) sits in the system role; the user's words reach F untouched
         assert seen[0]["role"] == "system" and seen[1:] == list(TURNS[hardest].messages)
+
+
+def test_random_split_of_two_warm_turns_keeps_one_to_train_and_one_to_gate():
+    """The tiny budget (W = 2) under the default random split: B is never empty."""
+    from soma.algo.adaptation import random_gate_turns, training_split
+
+    warm, mined = _cases([0.3, 0.8])
+    cfg = config.preset("tiny")
+    assert cfg.gate.split == "random"
+    for seed in range(10):
+        training, acceptance = training_split(VARIANTS["soma"], warm, mined, cfg, seed)
+        assert len({c.turn for c in acceptance}) == 1 and len({c.turn for c in training}) == 1
+        assert {c.turn for c in acceptance} == random_gate_turns(2, cfg, seed)

@@ -145,7 +145,7 @@ def split_acceptance(cases: Sequence[Case], size: int, rng: random.Random, min_t
 def random_gate_turns(n_turns: int, cfg: MethodConfig, seed: int) -> set[int]:
     """The warm turns `gate.split = random` puts in B (warm-only B), as `training_split` draws them."""
     stand_ins = [Case((), "", 0.0, "warm", f"warm:{t}", t) for t in range(n_turns)]
-    _, acceptance = split_acceptance(stand_ins, cfg.gate.acceptance_size, random.Random(seed))
+    _, acceptance = split_acceptance(stand_ins, cfg.gate.acceptance_size, random.Random(seed), min_training=1)
     return {c.turn for c in acceptance}
 
 
@@ -352,7 +352,7 @@ def training_split(
         training, acceptance = hardest_split(warm, mined, cfg)
     else:
         pool = [*warm, *mined] if cfg.gate.mined_in_acceptance else list(warm)
-        rest, acceptance = split_acceptance(pool, cfg.gate.acceptance_size, random.Random(seed))
+        rest, acceptance = split_acceptance(pool, cfg.gate.acceptance_size, random.Random(seed), min_training=1)
         gate_turns = {c.turn for c in acceptance}
         rest_warm = sorted((c for c in rest if c.source == "warm"), key=lambda c: c.hardness, reverse=True)
         kept = rest_warm[: cfg.lora.top_warm]
