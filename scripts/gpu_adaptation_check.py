@@ -180,7 +180,7 @@ def adaptation_runs(surrogate, cfg, gaps, turns, device: str, repeats: int) -> l
 
 def throughput(surrogate, lora_cfg, device: str, batch: int, new_tokens: int, counts: list[int]) -> list[dict]:
     """Tokens/s of one batched generate with one adapter active and N resident, and a mixed batch."""
-    from soma.models.chat_backend import SamplingParams
+    from soma.chat import SamplingParams
 
     backend, adapters = surrogate.backend, surrogate.adapters
     convs = [

@@ -53,9 +53,10 @@ def _chat_backend(path: str, section: ModelSettings, key: str):
 
 
 def build_server(target: str, settings: Settings) -> SomaServer:
-    """Load the target's models and services into a bound (not yet started) server."""
-    from soma.models import resolve_model  # noqa: PLC0415 - heavy imports only when serving
+    """Load the target's models and services into a bound (not yet started) server.
 
+    Model libraries (torch, transformers) load only for the targets that run a model: the dialogue
+    target and the job front doors start without them."""
     if target not in TARGETS:
         raise ConfigError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     _check_addresses(target, settings)
@@ -69,6 +70,8 @@ def build_server(target: str, settings: Settings) -> SomaServer:
     cache = settings.model_cache
     # Resolve every model first so a missing package fails before anything loads.
     paths = {}
+    if {"teacher", "surrogate", "gate"} & set(wanted):
+        from soma.models import resolve_model  # noqa: PLC0415 - model code only for the targets that run one
     if "teacher" in wanted:  # an OpenAI-compatible teacher is only a name on the remote API
         remote = settings.teacher.backend == "openai"
         paths["teacher"] = settings.teacher.model if remote else resolve_model(settings.teacher.model, cache)
@@ -77,9 +80,12 @@ def build_server(target: str, settings: Settings) -> SomaServer:
     if "gate" in wanted:
         paths["gate"] = resolve_model(settings.gate.encoder, cache)
 
-    import torch  # noqa: PLC0415
+    local_model = (
+        "surrogate" in wanted or "gate" in wanted or ("teacher" in wanted and settings.teacher.backend != "openai")
+    )
+    if local_model and settings.torch_threads:
+        import torch  # noqa: PLC0415
 
-    if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
 
     if "teacher" in wanted:

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
+from soma.chat import GenerationOutcome, SamplingParams
 from soma.errors import FailedPrecondition, InvalidArgument, Unavailable
 from soma.launcher import start_server
 from soma.models import resolve_model
-from soma.models.chat_backend import GenerationOutcome, SamplingParams
 from soma.models.openai_backend import OpenAIChatBackend
 
 pytestmark = pytest.mark.integration
@@ -218,7 +218,7 @@ import json, sys
 from pathlib import Path
 
 role, model_path, work = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-from soma.models.chat_backend import SamplingParams
+from soma.chat import SamplingParams
 from soma.models.vllm_backend import VllmChatBackend
 
 SYSTEM = "You are a concise assistant for Python programmers. Answer in one or two sentences."

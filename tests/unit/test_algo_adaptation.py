@@ -12,7 +12,8 @@ from soma.algo.adaptation import VARIANTS, Case, Surrogate, adapt, split_accepta
 from soma.algo.lora_train import SessionAdapters, TrainingPair, train
 from soma.algo.mining import WarmTurn, clean_verbalization, mine
 from soma.algo.teacher_client import Completion, VerbalizedTeacher, prompted_messages
-from soma.models.chat_backend import SamplingParams, TransformersChatBackend
+from soma.chat import SamplingParams
+from soma.models.chat_backend import TransformersChatBackend
 from soma.models.testing import build_tiny_chat_model
 
 TURNS = [

@@ -33,7 +33,7 @@ class CountingTeacher:
         return self.generate_batch([messages], params)[0]
 
     def generate_batch(self, conversations, params, **kw):
-        from soma.models.chat_backend import GenerationOutcome
+        from soma.chat import GenerationOutcome
 
         self.asked += len(conversations)
         return [
@@ -44,7 +44,7 @@ class CountingTeacher:
 
 def test_the_teacher_cache_answers_without_asking_and_misses_on_any_key_part(tmp_path):
     from soma.bench.teacher_cache import CachedTeacher
-    from soma.models.chat_backend import SamplingParams
+    from soma.chat import SamplingParams
 
     f = CountingTeacher()
     hello = [{"role": "user", "content": "hello"}]

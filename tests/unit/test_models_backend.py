@@ -8,13 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from soma.models.chat_backend import (
-    ContextTooLong,
-    GenerationOutcome,
-    SamplingParams,
-    TransformersChatBackend,
-    _Detokenizer,
-)
+from soma.chat import ContextTooLong, GenerationOutcome, SamplingParams
+from soma.models.chat_backend import TransformersChatBackend, _Detokenizer
 from soma.models.testing import build_tiny_chat_model
 
 MSGS = [

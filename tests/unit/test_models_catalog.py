@@ -238,7 +238,8 @@ def test_stale_temp_folders_are_cleaned(fake) -> None:
 @pytest.mark.skipif(os.environ.get("SOMA_SKIP_REAL_MODELS") == "1", reason="SOMA_SKIP_REAL_MODELS=1")
 def test_real_smollm2_prepare_and_generate(tmp_path: Path) -> None:
     """Convert the packaged SmolLM2 GGUF (~30 s) and chat with it through its own template."""
-    from soma.models.chat_backend import SamplingParams, TransformersChatBackend
+    from soma.chat import SamplingParams
+    from soma.models.chat_backend import TransformersChatBackend
 
     path = Path(resolve_model("smollm2-135m-instruct", tmp_path, log=quiet))
     assert is_prepared(path)

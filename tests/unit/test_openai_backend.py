@@ -14,10 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from soma.chat import GenerationOutcome, SamplingParams
 from soma.config import ConfigError, TeacherSettings
 from soma.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from soma.models.backends import make_chat_backend
-from soma.models.chat_backend import GenerationOutcome, SamplingParams
 from soma.models.openai_backend import OpenAIChatBackend
 
 USER = [{"role": "user", "content": "Say hello."}]

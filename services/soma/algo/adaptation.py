@@ -23,7 +23,7 @@ from soma.algo.config import MethodConfig
 from soma.algo.lora_train import SessionAdapters, TrainingPair, TrainingReport
 from soma.algo.mining import MiningResult, WarmTurn, mine
 from soma.algo.teacher_client import VerbalizedTeacher, prompted_messages
-from soma.models.chat_backend import SamplingParams
+from soma.chat import SamplingParams
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from soma.algo.mining import WarmTurn
 from soma.algo.teacher_client import VerbalizedTeacher
 from soma.bench.dialogues import Dialogue
 from soma.bench.pair import BackendTeacher, LoadedPair
-from soma.models.chat_backend import SamplingParams
+from soma.chat import SamplingParams
 from soma.session import machine
 from soma.session.records import Phase
 

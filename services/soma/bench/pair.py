@@ -16,8 +16,9 @@ from soma.algo.adaptation import Surrogate
 from soma.algo.config import MethodConfig
 from soma.algo.lora_train import SessionAdapters
 from soma.algo.teacher_client import Completion, Message
+from soma.chat import SamplingParams
 from soma.models.catalog import default_cache_dir, resolve_model
-from soma.models.chat_backend import SamplingParams, TransformersChatBackend
+from soma.models.chat_backend import TransformersChatBackend
 from soma.models.encoder import SentenceEncoder
 
 PAIRS = {

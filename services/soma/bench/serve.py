@@ -16,16 +16,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from soma.chat import SamplingParams
 from soma.client import DialogueClient, load_user_turns
 from soma.config import load_settings
 from soma.demo.runner import EMBEDDED_MODELS, bundled_dialogue
 from soma.launcher import start_server
 from soma.models import resolve_model
-from soma.models.chat_backend import SamplingParams, TransformersChatBackend
+from soma.models.chat_backend import TransformersChatBackend
 from soma.models.prepare import prepare_model
-from soma.server.generation import messages_to_proto
 from soma.telemetry.tracing import traced_channel
 from soma.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
+from soma.wire import messages_to_proto
 
 PROMPT = [
     {"role": "user", "content": "Write a Python function that returns the n-th Fibonacci number, with a docstring."}

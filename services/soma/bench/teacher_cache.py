@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from soma.models.chat_backend import GenerationOutcome, SamplingParams
+from soma.chat import GenerationOutcome, SamplingParams
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, outcome TEXT NOT NULL)"
 

@@ -17,6 +17,7 @@ from soma.client import DialogueClient, TurnResult, load_user_turns
 from soma.config import load_settings
 from soma.launcher import start_server
 from soma.v1 import common_pb2
+from soma.wire import finish_name
 
 EMBEDDED_MODELS = ("qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct", "all-minilm-l6-v2")
 
@@ -41,7 +42,7 @@ def format_table(results: list[TurnResult]) -> str:
                 str(j["prompt_tokens"]),
                 str(j["completion_tokens"]),
                 f"{tps:.1f}",
-                "length" if r.record.finish_reason == common_pb2.FINISH_REASON_LENGTH else "stop",
+                finish_name(r.record.finish_reason),
             )
         )
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]

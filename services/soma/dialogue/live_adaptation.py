@@ -17,7 +17,6 @@ import grpc
 
 from soma.algo.config import MethodConfig
 from soma.algo.drift import TurnCheck
-from soma.server.generation import messages_from_proto
 from soma.session import live as live_record
 from soma.session.driver import AdaptationDriver, compress_request
 from soma.session.live import LiveRecord
@@ -27,6 +26,7 @@ from soma.storage.session_store import ACTIVE_PHASES, SessionClosed, SessionMiss
 from soma.telemetry import metrics
 from soma.telemetry.session_trace import session_span
 from soma.v1 import gate_pb2
+from soma.wire import messages_from_proto
 
 log = logging.getLogger("soma.dialogue")
 

@@ -16,7 +16,6 @@ import grpc
 from opentelemetry import trace
 
 from soma.config import DialogueSettings
-from soma.dialogue.convert import session_to_proto, turn_record_to_proto
 from soma.dialogue.live_adaptation import LiveAdaptation
 from soma.dialogue.routing import RouteDecision, drift_rerouted, route_turn
 from soma.errors import (
@@ -31,7 +30,6 @@ from soma.errors import (
     Unavailable,
 )
 from soma.server.app import HostedService
-from soma.server.generation import messages_to_proto
 from soma.session.records import Phase, ServedBy, SessionState, Turn, chat_messages, is_valid_session_id
 from soma.storage.session_store import (
     SessionClosed,
@@ -43,7 +41,6 @@ from soma.storage.session_store import (
 from soma.telemetry.metrics import SESSIONS_CLOSED, SESSIONS_OPEN, SURROGATE_FALLBACKS, TURNS
 from soma.telemetry.session_trace import current_ids, session_span
 from soma.v1 import (
-    common_pb2,
     dialogue_pb2,
     dialogue_pb2_grpc,
     surrogate_pb2,
@@ -51,11 +48,11 @@ from soma.v1 import (
     teacher_pb2,
     teacher_pb2_grpc,
 )
+from soma.wire import finish_from_proto, messages_to_proto, session_to_proto, turn_record_to_proto
 
 log = logging.getLogger("soma.dialogue")
 tracer = trace.get_tracer("soma.dialogue")
 
-_FINISH_NAMES = {common_pb2.FINISH_REASON_STOP: "stop", common_pb2.FINISH_REASON_LENGTH: "length"}
 _LABEL_MAX_CHARS = 256
 
 
@@ -290,7 +287,7 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
                 completion_tokens=result.completion_tokens,
                 latency_ms=(time.perf_counter() - started) * 1000.0,
                 model_latency_ms=result.model_latency_ms,
-                finish_reason=_FINISH_NAMES.get(result.finish_reason, "unspecified"),
+                finish_reason=finish_from_proto(result.finish_reason),
                 dropped_messages=result.dropped_messages,
             )
             if not context.is_active():

@@ -9,8 +9,8 @@ from soma.algo.compression import compressed_messages
 from soma.config import GateSettings
 from soma.errors import InvalidArgument
 from soma.server.app import HostedService
-from soma.server.generation import messages_to_proto
 from soma.v1 import gate_pb2, gate_pb2_grpc
+from soma.wire import messages_to_proto
 
 _BOUNDS = {
     gate_pb2.BOUND_HOEFFDING: "hoeffding",

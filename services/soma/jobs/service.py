@@ -7,11 +7,12 @@ from collections.abc import Iterator
 
 import grpc
 
+from soma.chat import LENGTH, STOP
 from soma.errors import InvalidArgument
 from soma.jobs.queue import JobQueue, JobView
 from soma.server.app import HostedService
-from soma.server.generation import messages_from_proto
 from soma.v1 import common_pb2, gate_pb2, mining_pb2, mining_pb2_grpc, training_pb2, training_pb2_grpc
+from soma.wire import finish_from_proto, finish_to_proto, messages_from_proto
 
 _STATES = {
     "QUEUED": common_pb2.JOB_STATE_QUEUED,
@@ -51,7 +52,7 @@ def warm_rows(turns) -> list[dict]:
                 served = messages_from_proto(t.served_context)
             except InvalidArgument as err:
                 raise InvalidArgument(f"warm_turns[{i}].served_context: {err}") from None
-        finished = t.teacher_finish_reason != common_pb2.FINISH_REASON_LENGTH
+        finished = finish_from_proto(t.teacher_finish_reason) == STOP
         rows.append(
             {
                 "turn_index": t.turn_index,
@@ -105,9 +106,7 @@ class MiningServicer(mining_pb2_grpc.MiningServiceServicer):
                         verbalized_prompt=c["verbalized_prompt"],
                         teacher_answer=c["teacher_answer"],
                         hardness=c["hardness"],
-                        finish_reason=common_pb2.FINISH_REASON_STOP
-                        if c["finished"]
-                        else common_pb2.FINISH_REASON_LENGTH,
+                        finish_reason=finish_to_proto(STOP if c["finished"] else LENGTH),
                     )
                 )
             response.warm_hardness.extend(view.result["warm_hardness"])
@@ -138,7 +137,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
                     "verbalized_prompt": c.verbalized_prompt,
                     "teacher_answer": c.teacher_answer,
                     "hardness": c.hardness,
-                    "finished": c.finish_reason != common_pb2.FINISH_REASON_LENGTH,
+                    "finished": finish_from_proto(c.finish_reason) == STOP,
                 }
             )
         view = self.queue.submit(

@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,57 +24,19 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-Message = dict[str, str]
+from soma.chat import (  # noqa: F401 - re-exported for the backends' callers
+    CANCELLED,
+    LENGTH,
+    STOP,
+    ContextTooLong,
+    GenerationOutcome,
+    Message,
+    ReservedTokenInText,
+    SamplingParams,
+    outcome_of,
+)
+
 _DONE = object()
-
-
-@dataclass
-class SamplingParams:
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    # > 1 discourages tokens already in the prompt or the answer (CTRL-style, as transformers and vLLM
-    # apply it); a small teacher answering greedily otherwise repeats its earlier answers turn after turn
-    repetition_penalty: float = 1.0
-
-
-@dataclass
-class GenerationOutcome:
-    text: str
-    finish_reason: str  # "stop" | "length" | "cancelled"
-    prompt_tokens: int
-    completion_tokens: int
-    model_latency_ms: float
-    dropped_messages: int
-    mean_logprob: float | None = None  # only from generate_batch(with_logprobs=True)
-
-
-def outcome_of(stream: Iterator[str | GenerationOutcome]) -> GenerationOutcome:
-    """Drain a backend's stream (text chunks, then one GenerationOutcome) and return the outcome:
-    `generate` for backends whose only way to generate is streaming."""
-    outcome = None
-    for item in stream:
-        if isinstance(item, GenerationOutcome):
-            outcome = item
-    if outcome is None:
-        raise RuntimeError("the stream ended without a GenerationOutcome")
-    return outcome
-
-
-class ReservedTokenInText(ValueError):
-    """A message contains a control token of the model's tokenizer (e.g. <|im_start|>)."""
-
-
-class ContextTooLong(ValueError):
-    """Even the last user message alone (plus system prompt) does not fit the context window."""
-
-    def __init__(self, needed: int, max_new_tokens: int, limit: int):
-        self.needed, self.max_new_tokens, self.limit = needed, max_new_tokens, limit
-        super().__init__(
-            f"the last user message needs {needed} prompt tokens + {max_new_tokens} new tokens "
-            f"= {needed + max_new_tokens}, but the context limit is {limit} tokens"
-        )
 
 
 class _QueueStreamer(BaseStreamer):
@@ -276,10 +237,10 @@ class TransformersChatBackend:
 
     def _finish_reason(self, new_ids: list[int], cancelled: bool) -> str:
         if new_ids and new_ids[-1] in self.eos_token_ids:
-            return "stop"
+            return STOP
         if cancelled:
-            return "cancelled"
-        return "length"
+            return CANCELLED
+        return LENGTH
 
     def generate(self, messages: Sequence[Message], params: SamplingParams) -> GenerationOutcome:
         """Plain ``model.generate`` without a streamer (also the streaming benchmark baseline)."""

@@ -36,6 +36,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from soma.chat import CANCELLED, LENGTH, STOP, GenerationOutcome, Message, SamplingParams, outcome_of
 from soma.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -44,11 +45,10 @@ from soma.errors import (
     SomaError,
     Unavailable,
 )
-from soma.models.chat_backend import GenerationOutcome, Message, SamplingParams, outcome_of
 
 _DONE = object()
 _POLL_S = 0.1  # how often a waiting stream looks at is_cancelled()
-_FINISH = {"stop": "stop", "length": "length", "abort": "cancelled"}
+_FINISH = {"stop": STOP, "length": LENGTH, "abort": CANCELLED}  # the API's words -> ours
 
 
 def _server_message(body: bytes) -> str:
@@ -281,7 +281,7 @@ class OpenAIChatBackend:
             conn.close()
         latency = (time.perf_counter() - t0) * 1000
         if cancelled:
-            reason = "cancelled"
+            reason = CANCELLED
         elif finish is None:
             raise Unavailable(f"teacher endpoint {self.base_url} ended the stream without a finish reason")
         else:

@@ -47,14 +47,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from soma.models.chat_backend import (
-    ContextTooLong,
-    GenerationOutcome,
-    Message,
-    SamplingParams,
-    TransformersChatBackend,
-    outcome_of,
-)
+from soma.chat import CANCELLED, LENGTH, STOP, ContextTooLong, GenerationOutcome, Message, SamplingParams, outcome_of
+from soma.models.chat_backend import TransformersChatBackend
 
 _POLL_S = 0.1  # how often a waiting stream looks at is_cancelled()
 _GIB = 1024**3
@@ -327,14 +321,12 @@ class VllmChatBackend:
             if finish is None and not self._closed and self._failure is None:  # cancelled or closed early
                 self._call(lambda: (self._streams.pop(request_id, None), self.engine.abort_request([request_id])))
         latency = (time.perf_counter() - t0) * 1000
-        if cancelled:
-            reason = "cancelled"
+        if cancelled or finish == "abort":
+            reason = CANCELLED
         elif finish == "length":
-            reason = "length"
-        elif finish == "abort":
-            reason = "cancelled"
+            reason = LENGTH
         else:
-            reason = "stop"
+            reason = STOP
         yield GenerationOutcome(
             text="".join(pieces),
             finish_reason=reason,

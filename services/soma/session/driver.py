@@ -21,7 +21,6 @@ import grpc
 from opentelemetry import trace
 
 from soma.algo.config import MethodConfig
-from soma.server.generation import messages_to_proto
 from soma.session import live as live_record
 from soma.session.live import LiveRecord
 from soma.session.reconcile import (
@@ -41,6 +40,7 @@ from soma.storage.session_store import SessionClosed, SessionMissing, SessionSto
 from soma.telemetry import metrics
 from soma.telemetry.session_trace import session_span
 from soma.v1 import common_pb2, gate_pb2, mining_pb2, training_pb2
+from soma.wire import warm_turn_to_proto
 
 log = logging.getLogger("soma.adaptation")
 
@@ -89,17 +89,8 @@ def warm_turns_proto(
     for i in indices:
         turn = by_index[i]
         history = [t for t in turns if t.turn_index < i]
-        out.append(
-            common_pb2.WarmTurn(
-                turn_index=i,
-                context=messages_to_proto(chat_messages(state, history, turn.query)),
-                teacher_answer=turn.answer,
-                teacher_finish_reason=common_pb2.FINISH_REASON_LENGTH
-                if turn.finish_reason == "length"
-                else common_pb2.FINISH_REASON_STOP,
-                served_context=(served or {}).get(i, []),
-            )
-        )
+        context = chat_messages(state, history, turn.query)
+        out.append(warm_turn_to_proto(i, context, turn.answer, turn.finish_reason, (served or {}).get(i, [])))
     return out
 
 

@@ -14,10 +14,11 @@ import grpc
 from soma.config import SurrogateSettings
 from soma.errors import FailedPrecondition, SomaError
 from soma.server.app import HostedService
-from soma.server.generation import messages_from_proto, sampling_from_proto, stream_generation
+from soma.server.generation import stream_generation
 from soma.surrogate.adapter_cache import AdapterCache
 from soma.telemetry.metrics import ADAPTER_CACHE
 from soma.v1 import surrogate_pb2, surrogate_pb2_grpc
+from soma.wire import messages_from_proto, sampling_from_proto
 
 
 class SurrogateServicer(surrogate_pb2_grpc.SurrogateServiceServicer):

@@ -8,11 +8,9 @@ import grpc
 
 from soma.algo.teacher_client import Completion, Message
 from soma.errors import Unavailable
-from soma.server.generation import messages_to_proto
 from soma.telemetry.tracing import traced_channel
 from soma.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
-
-_FINISH = {common_pb2.FINISH_REASON_STOP: "stop", common_pb2.FINISH_REASON_LENGTH: "length"}
+from soma.wire import finish_from_proto, messages_to_proto
 
 
 class GrpcTeacher:
@@ -47,7 +45,7 @@ class GrpcTeacher:
                     result.text,
                     result.prompt_tokens,
                     result.completion_tokens,
-                    _FINISH.get(result.finish_reason, "stop"),
+                    finish_from_proto(result.finish_reason),
                 )
             )
         return out

@@ -8,8 +8,9 @@ import grpc
 
 from soma.config import TeacherSettings
 from soma.server.app import HostedService
-from soma.server.generation import messages_from_proto, sampling_from_proto, stream_generation
+from soma.server.generation import stream_generation
 from soma.v1 import teacher_pb2, teacher_pb2_grpc
+from soma.wire import messages_from_proto, sampling_from_proto
 
 
 class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
