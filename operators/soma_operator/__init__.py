@@ -1,7 +1,7 @@
 """soma-operator: the kopf operator that drives each session's live adaptation in a cluster.
 
 One SomaSession object (soma.dev/v1alpha1, namespaced) per dialogue session. The operator calls
-the adaptation driver (soma.session.driver) on a timer per object, mirrors what it reports into
+the adaptation driver (soma.adaptation.driver) on a timer per object, mirrors what it reports into
 the object's status, deletes the object when its TTL expires, and, behind a finalizer, deletes
 the session's adapters and transcript when the object goes. Embedded mode runs the same driver
 in a local loop instead; the reconcile logic itself is soma.session.reconcile, pure functions.

@@ -37,7 +37,7 @@ def main(
     api: Any = None,
 ) -> int:
     """Build the driver and the handlers, serve metrics, run kopf until SIGTERM. `run`,
-    `build_driver` and `api` replace kopf.run, soma.session.driver.build_driver and the
+    `build_driver` and `api` replace kopf.run, soma.adaptation.build.build_driver and the
     Kubernetes client (tests)."""
     argparse.ArgumentParser(
         prog="python -m soma_operator", description=soma_operator.__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -54,7 +54,7 @@ def main(
         level=soma_settings.telemetry.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if build_driver is None:
-        from soma.session.driver import build_driver  # noqa: PLC0415
+        from soma.adaptation.build import build_driver  # noqa: PLC0415
     driver = build_driver(soma_settings)
     api = api if api is not None else kubernetes_api()
     registry = kopf.OperatorRegistry()

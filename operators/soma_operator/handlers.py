@@ -31,7 +31,7 @@ ANNOTATIONS_PREFIX = "soma.dev"
 
 
 class Driver(Protocol):
-    """soma.session.driver.AdaptationDriver as the operator uses it. Ticks of different sessions
+    """soma.adaptation.driver.AdaptationDriver as the operator uses it. Ticks of different sessions
     run in parallel threads (thread-safe), and kopf runs handlers at least once: `forget` may be
     called again for a session it already forgot (idempotent)."""
 

@@ -150,7 +150,8 @@ def _dialogue(settings: Settings, internal_address: str | None):
     teacher_address = d.teacher_address or internal_address
     if d.adaptation == "off":
         return dialogue.hosted(store, teacher_address, d, channel)
-    from soma.dialogue.live_adaptation import LiveAdaptation, ReconcileLoop  # noqa: PLC0415
+    from soma.adaptation.loop import ReconcileLoop  # noqa: PLC0415
+    from soma.dialogue.live_adaptation import LiveAdaptation  # noqa: PLC0415
     from soma.v1 import gate_pb2_grpc  # noqa: PLC0415
 
     def address(key: str) -> str:
@@ -163,7 +164,7 @@ def _dialogue(settings: Settings, internal_address: str | None):
     live = LiveAdaptation(store, gate, method, policy, channels=channels)
     on_open = on_close = loop = None
     if d.adaptation == "embedded":
-        from soma.session.driver import build_driver  # noqa: PLC0415
+        from soma.adaptation.build import build_driver  # noqa: PLC0415
 
         driver = build_driver(settings, internal_address, store=store, channels=channels)  # one store, one gate channel
         loop = ReconcileLoop(driver, store, d.reconcile_interval_s).start()

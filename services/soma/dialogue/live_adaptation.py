@@ -1,28 +1,28 @@
 """The dialogue service's side of live adaptation: what a turn reads and writes of the session's
-live record, the drift check, the compressed prefix, and the background reconcile loop.
+live record, the drift check and the compressed prefix.
 
 Routing itself is pure (routing.py); the chain's jobs are carried out by the adaptation driver
-(soma.session.driver), which this module's loop ticks in embedded mode and the Kubernetes
-operator ticks in cluster mode.
+(soma.adaptation.driver), which the reconcile loop (soma.adaptation.loop) ticks in embedded mode
+and the Kubernetes operator ticks in cluster mode.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from soma.adaptation.driver import compress_request
+from soma.adaptation.live_store import LiveRecordContended, update_live
 from soma.algo.config import MethodConfig
 from soma.algo.drift import TurnCheck
 from soma.session import live as live_record
-from soma.session.driver import AdaptationDriver, compress_request
 from soma.session.live import LiveRecord
 from soma.session.reconcile import ReconcilePolicy
 from soma.session.records import Phase, SessionState, Turn
-from soma.storage.session_store import ACTIVE_PHASES, SessionClosed, SessionMissing, SessionStore
+from soma.storage.session_store import SessionStore
 from soma.telemetry import metrics
 from soma.telemetry.session_trace import session_span
 from soma.v1 import gate_pb2
@@ -106,32 +106,26 @@ class LiveAdaptation:
     ) -> LiveRecord | None:
         """After a stored turn: the drift check (and rollback), then the turn's own transition.
         Compare-and-set, re-applied on a race with the driver; None when the session is gone."""
-        for _ in range(10):
-            try:
-                raw, version = self.store.get_live(session_id)
-            except SessionMissing:
-                return None
-            before = live_record.from_dict(raw)
-            record = before
+
+        def turn(record: LiveRecord) -> LiveRecord:
             if drift is not None and drift.check is not None and record.phase is Phase.SURROGATE:
                 record, _ = live_record.drift_check(
                     record, drift.check, self.method.drift.consecutive, self.method.drift.window
                 )
                 if drift.rollback_reason:
                     record = live_record.roll_back(record, drift.rollback_reason)
-            record = live_record.after_turn(record, turn_count, by_teacher, self.policy)
-            if record == before:
-                return record
-            try:
-                if self.store.put_live(
-                    session_id, live_record.to_dict(record), version, record.phase, record.generation
-                ):
-                    self._report(session_id, before, record)
-                    return record
-            except (SessionMissing, SessionClosed):
-                return None
-        log.error("session %s: could not store the turn's adaptation state after 10 tries", session_id)
-        return None
+            return live_record.after_turn(record, turn_count, by_teacher, self.policy)
+
+        try:
+            update = update_live(self.store, session_id, turn)
+        except LiveRecordContended:
+            log.error("session %s: could not store the turn's adaptation state after 10 tries", session_id)
+            return None
+        if update is None:
+            return None
+        if update.changed:
+            self._report(session_id, update.before, update.after)
+        return update.after
 
     def _report(self, session_id: str, before: LiveRecord, after: LiveRecord) -> None:
         for t in after.live.adaptation.history[len(before.live.adaptation.history) :]:
@@ -142,40 +136,3 @@ class LiveAdaptation:
                 metrics.ROLLBACKS.inc()
             if t.target is Phase.ADAPTING and self.on_adapting is not None:
                 self.on_adapting()
-
-
-class ReconcileLoop:
-    """Embedded mode's stand-in for the operator: ticks every session whose adaptation is under
-    way, every `interval_s` or at once when a turn starts an adaptation."""
-
-    def __init__(self, driver: AdaptationDriver, store: SessionStore, interval_s: float):
-        self.driver = driver
-        self.store = store
-        self.interval_s = interval_s
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="soma-reconcile", daemon=True)
-
-    def start(self) -> ReconcileLoop:
-        self._thread.start()
-        return self
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                for session_id in self.store.sessions_in(ACTIVE_PHASES):
-                    if self._stop.is_set():
-                        return
-                    self.driver.tick(session_id)
-            except Exception:  # noqa: BLE001 - the loop must outlive a bad tick; the next one retries
-                log.exception("reconcile loop: tick failed; retrying in %.1f s", self.interval_s)
-            self._wake.wait(self.interval_s)
-            self._wake.clear()

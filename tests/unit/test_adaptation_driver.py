@@ -9,10 +9,10 @@ import time
 import grpc
 import pytest
 
+from soma.adaptation.driver import AdaptationClients, AdaptationDriver
 from soma.algo.config import preset
 from soma.session import live as live_record
 from soma.session import machine
-from soma.session.driver import AdaptationClients, AdaptationDriver
 from soma.session.live import LiveRecord
 from soma.session.reconcile import ReconcilePolicy
 from soma.session.records import Phase, ServedBy, SessionState, Turn

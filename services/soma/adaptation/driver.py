@@ -2,7 +2,8 @@
 
 One `tick` reads a session's live record from the session store, asks the mining or training
 service about the session's current job, runs the pure reconcile step, carries out its actions
-(submit a job, ask GateService.Accept) and writes the record back with compare-and-set. The
+(submit a job, ask GateService.Accept) and writes the record back with compare-and-set
+(`soma.adaptation.live_store.update_live`). The
 dialogue service's background loop ticks its sessions in embedded mode; the Kubernetes operator
 ticks each SomaSession in cluster mode. Both run this code, so the two modes cannot diverge.
 
@@ -20,8 +21,8 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 
+from soma.adaptation.live_store import LiveRecordContended, update_live
 from soma.algo.config import MethodConfig
-from soma.session import live as live_record
 from soma.session.live import LiveRecord
 from soma.session.reconcile import (
     JobObservation,
@@ -36,7 +37,7 @@ from soma.session.reconcile import (
     reconcile,
 )
 from soma.session.records import Phase, ServedBy, SessionState, Turn, chat_messages
-from soma.storage.session_store import SessionClosed, SessionMissing, SessionStore
+from soma.storage.session_store import SessionStore
 from soma.telemetry import metrics
 from soma.telemetry.session_trace import session_span
 from soma.v1 import common_pb2, gate_pb2, mining_pb2, training_pb2
@@ -128,26 +129,25 @@ class AdaptationDriver:
     # -- one step -------------------------------------------------------------------------
     def tick(self, session_id: str, now: float | None = None) -> dict | None:
         """One reconcile step; returns the session's summary (see `summary`), None when it is gone."""
-        for _ in range(5):
-            try:
-                state = self.store.get(session_id)
-                if state is None or state.closed:
-                    return None
-                raw, version = self.store.get_live(session_id)
-            except SessionMissing:
+        seen: dict[str, SessionState] = {}
+
+        def step(record: LiveRecord) -> LiveRecord | None:
+            state = self.store.get(session_id)
+            if state is None or state.closed:
                 return None
-            record = live_record.from_dict(raw)
-            new = self._step(session_id, state, record, time.time() if now is None else now)
-            if new == record:
-                return summary(new, state)
-            try:
-                if self.store.put_live(session_id, live_record.to_dict(new), version, new.phase, new.generation):
-                    self._record_changes(session_id, record, new)
-                    return summary(new, state)
-            except (SessionMissing, SessionClosed):
-                return None
-        log.warning("session %s: the live record kept changing under the driver; next tick", session_id)
-        return None
+            seen["state"] = state
+            return self._step(session_id, state, record, time.time() if now is None else now)
+
+        try:
+            update = update_live(self.store, session_id, step, tries=5)
+        except LiveRecordContended:
+            log.warning("session %s: the live record kept changing under the driver; next tick", session_id)
+            return None
+        if update is None:
+            return None
+        if update.changed:
+            self._record_changes(session_id, update.before, update.after)
+        return summary(update.after, seen["state"])
 
     def _step(self, session_id: str, state: SessionState, record: LiveRecord, now: float) -> LiveRecord:
         live = record.live
@@ -366,45 +366,3 @@ def summary(record: LiveRecord, state: SessionState) -> dict:
         },
         "lastActivity": state.updated_at,
     }
-
-
-def build_driver(
-    settings: Any, internal_address: str | None = None, *, store: Any = None, channels: dict | None = None
-) -> AdaptationDriver:
-    """The driver over the configured session store, adapter store and service addresses
-    (`dialogue.*_address`; empty ones go to `internal_address`, the process's own services).
-    The operator builds it from the pod's SOMA_* settings; `soma serve` in embedded mode hands it
-    the dialogue service's own session store and gate channel (`store`, `channels`)."""
-    from soma.storage.adapter_store import open_store  # noqa: PLC0415
-    from soma.storage.session_store import open_session_store  # noqa: PLC0415
-    from soma.telemetry.tracing import traced_channel  # noqa: PLC0415
-    from soma.v1 import gate_pb2_grpc, mining_pb2_grpc, training_pb2_grpc  # noqa: PLC0415
-
-    d = settings.dialogue
-    channels = dict(channels or {})
-    addresses = {k: getattr(d, f"{k}_address") or internal_address for k in ("mining", "training", "gate")}
-    missing = [k for k, v in addresses.items() if not v and k not in channels]
-    if missing:
-        from soma.config import ConfigError  # noqa: PLC0415
-
-        raise ConfigError(
-            ", ".join(f"dialogue.{k}_address (env SOMA_DIALOGUE__{k.upper()}_ADDRESS)" for k in missing)
-            + " must name the service(s) the adaptation driver calls"
-        )
-    for key, address in addresses.items():
-        if key not in channels:
-            channels[key] = traced_channel(address, max_message_mb=settings.server.max_message_mb)
-    method = settings.jobs.method_config()
-    driver = AdaptationDriver(
-        store if store is not None else open_session_store(settings.dialogue),
-        AdaptationClients(
-            mining_pb2_grpc.MiningServiceStub(channels["mining"]),
-            training_pb2_grpc.TrainingServiceStub(channels["training"]),
-            gate_pb2_grpc.GateServiceStub(channels["gate"]),
-        ),
-        method,
-        d.policy(method.warm_turns),
-        adapter_store=open_store(settings.adapters),
-    )
-    driver.channels = channels  # stubs do not keep their channels open
-    return driver
