@@ -185,7 +185,7 @@ def test_openai_backend_maps_the_servers_errors(teacher, vllm_server):
 
 def test_teacher_service_serves_through_the_openai_backend(vllm_server, tmp_path):
     """`soma serve --target teacher` with backend openai: F is vLLM's server, reached over HTTP."""
-    from soma.teacher.client import GrpcTeacher
+    from soma.adaptation.teacher import GrpcTeacher
 
     env = {
         "SOMA_TEACHER__BACKEND": "openai",

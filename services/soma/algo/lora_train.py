@@ -24,6 +24,7 @@ from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
+from soma.adapter_identity import Adapters, safe_lora_config
 from soma.algo import lm
 from soma.algo.config import LoraConfig
 from soma.algo.lora_objective import IGNORE, TrainingExample, build_example, collate, normalised_weights
@@ -55,7 +56,7 @@ def _peft_config(cfg: LoraConfig) -> PeftLoraConfig:
     )
 
 
-class SessionAdapters:
+class SessionAdapters(Adapters):
     """Named per-session LoRA adapters over one frozen base model."""
 
     def __init__(self, model: Any, cfg: LoraConfig):
@@ -155,24 +156,6 @@ class SessionAdapters:
         missing = [k for k in result.missing_keys if "lora_" in k and f".{name}." in k]
         if missing:
             raise RuntimeError(f"adapter {name!r}: state is missing {len(missing)} LoRA tensors, e.g. {missing[0]}")
-
-
-_SAFE_FIELDS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "task_type")
-
-
-def safe_lora_config(raw: dict) -> PeftLoraConfig:
-    """A stored adapter's config, reduced to plain LoRA: nothing in it may touch the shared base
-    weights (PiSSA/OLoRA inits rewrite them, modules_to_save replaces them) or grow without bound."""
-    if raw.get("peft_type") not in ("LORA", None):
-        raise ValueError(f"adapter type {raw.get('peft_type')!r} is not LoRA")
-    fields = {k: raw[k] for k in _SAFE_FIELDS if k in raw and raw[k] is not None}
-    rank = int(fields.get("r", 8))
-    if not 1 <= rank <= 256:
-        raise ValueError(f"adapter rank {rank} is outside 1..256")
-    if fields.get("bias", "none") != "none":
-        raise ValueError("adapter trains biases; only bias='none' adapters are accepted")
-    fields["target_modules"] = sorted(fields.get("target_modules") or [])
-    return PeftLoraConfig(**fields)
 
 
 @dataclass

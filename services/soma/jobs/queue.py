@@ -16,10 +16,10 @@ from celery import Celery
 from celery.result import AsyncResult
 from opentelemetry import propagate
 
+from soma.adapter_identity import check_key
 from soma.config import JobsSettings
 from soma.errors import NotFound, Unavailable
 from soma.jobs.app import MINE_TASK, TRAIN_TASK
-from soma.storage.adapter_store import check_key
 
 KINDS = {"mine": (MINE_TASK, "mining_queue"), "train": (TRAIN_TASK, "training_queue")}
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}

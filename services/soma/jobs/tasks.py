@@ -59,13 +59,13 @@ def _job_span(task: Any, kind: str, session_id: str, generation: int):
 def load_resources(settings: Settings) -> work.JobResources:
     import torch
 
+    from soma.adaptation.teacher import GrpcTeacher
     from soma.algo import lm, neighbourhood
     from soma.algo.adaptation import Surrogate
     from soma.algo.lora_train import SessionAdapters
     from soma.models.catalog import resolve_model
     from soma.models.chat_backend import TransformersChatBackend
     from soma.storage.adapter_store import open_store
-    from soma.teacher.client import GrpcTeacher
 
     torch.set_num_threads(settings.jobs.worker_threads)
     cfg = settings.jobs.method_config()

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from soma.adapter_identity import adapter_name
 from soma.algo.adaptation import (
     VARIANTS,
     Surrogate,
@@ -27,7 +28,6 @@ from soma.algo.mining import WarmTurn
 from soma.algo.teacher_client import TeacherClient, VerbalizedTeacher
 from soma.errors import NotFound
 from soma.storage.adapter_store import AdapterStore, build_manifest
-from soma.surrogate.adapter_cache import adapter_name
 
 Progress = Callable[[float, str], None]
 log = logging.getLogger("soma.jobs")

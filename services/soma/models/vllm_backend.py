@@ -47,6 +47,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from soma.adapter_identity import Adapters
 from soma.chat import CANCELLED, LENGTH, STOP, ContextTooLong, GenerationOutcome, Message, SamplingParams, outcome_of
 from soma.models.chat_backend import TransformersChatBackend
 
@@ -351,7 +352,7 @@ class VllmChatBackend:
         return [outcome_of(stream) for stream in streams]
 
 
-class VllmSessionAdapters:
+class VllmSessionAdapters(Adapters):
     """Session LoRA adapters for a vLLM backend, with the interface `AdapterCache` drives.
 
     ``load`` writes the adapter (already sha-verified by the adapter store; its config reduced to
@@ -375,10 +376,9 @@ class VllmSessionAdapters:
         return set(self._requests)
 
     def load(self, name: str, weights: bytes, config: bytes) -> None:
-        from peft import LoraConfig as PeftLoraConfig  # noqa: F401, PLC0415 - safe_lora_config needs peft
         from vllm.lora.request import LoRARequest  # noqa: PLC0415
 
-        from soma.algo.lora_train import safe_lora_config  # noqa: PLC0415
+        from soma.adapter_identity import safe_lora_config  # noqa: PLC0415
 
         peft_config = safe_lora_config(json.loads(config))
         if peft_config.r > self._backend.max_lora_rank:

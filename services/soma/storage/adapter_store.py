@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from soma.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from soma.session.records import is_valid_session_id
+from soma.adapter_identity import AdapterCorrupt, check_key, check_safetensors
+from soma.errors import FailedPrecondition, NotFound, Unavailable
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
@@ -35,10 +35,6 @@ FILES = (WEIGHTS, CONFIG)
 
 class AdapterNotFound(NotFound):
     pass
-
-
-class AdapterCorrupt(DataLoss):
-    """A stored adapter whose bytes do not match its manifest, or that is not safetensors."""
 
 
 class StoreUnavailable(Unavailable):
@@ -87,33 +83,6 @@ class StoredAdapter:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def check_key(session_id: str, generation: int) -> str:
-    """The key prefix {session}/{generation}; refuses ids that could escape it."""
-    if not is_valid_session_id(session_id):
-        raise InvalidArgument(
-            f"session id {session_id!r} is not valid: use 1-128 letters, digits, '.', '_' or '-', starting with a "
-            "letter or digit"
-        )
-    if not isinstance(generation, int) or generation < 1:
-        raise InvalidArgument(f"adapter generation must be an integer ≥ 1, got {generation!r}")
-    return f"{session_id}/{generation}"
-
-
-def check_safetensors(data: bytes) -> None:
-    """Refuse anything that is not a well-formed safetensors file (header length + JSON header)."""
-    if len(data) < 8:
-        raise AdapterCorrupt("adapter weights are not a safetensors file (too short)")
-    header_len = int.from_bytes(data[:8], "little")
-    if header_len <= 0 or 8 + header_len > len(data):
-        raise AdapterCorrupt("adapter weights are not a safetensors file (bad header length)")
-    try:
-        header = json.loads(data[8 : 8 + header_len])
-    except ValueError as exc:
-        raise AdapterCorrupt("adapter weights are not a safetensors file (header is not JSON)") from exc
-    if not isinstance(header, dict):
-        raise AdapterCorrupt("adapter weights are not a safetensors file (header is not an object)")
 
 
 def build_manifest(

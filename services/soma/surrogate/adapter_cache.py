@@ -9,15 +9,14 @@ it, so an adapter is never evicted under a running generation.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from soma.algo.lora_train import SessionAdapters
+from soma.adapter_identity import Adapters, adapter_name
 from soma.errors import FailedPrecondition
-from soma.storage.adapter_store import AdapterStore, check_key
+from soma.storage.adapter_store import AdapterStore
 
 
 @dataclass
@@ -28,14 +27,9 @@ class CacheStats:
     load_seconds: float = 0.0
 
 
-def adapter_name(session_id: str, generation: int) -> str:
-    """A PEFT-safe module name for (session, generation): session ids may hold '.', torch names may not."""
-    return "a" + hashlib.sha256(check_key(session_id, generation).encode()).hexdigest()[:24]
-
-
 class AdapterCache:
     def __init__(
-        self, adapters: SessionAdapters, store: AdapterStore, *, max_count: int, max_bytes: int, base_model: str = ""
+        self, adapters: Adapters, store: AdapterStore, *, max_count: int, max_bytes: int, base_model: str = ""
     ):
         if max_count < 1 or max_bytes < 1:
             raise ValueError("the adapter cache needs max_count ≥ 1 and max_bytes ≥ 1")

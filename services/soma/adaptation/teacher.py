@@ -1,4 +1,4 @@
-"""A TeacherClient (soma.algo.teacher_client) over the TeacherService gRPC API."""
+"""GrpcTeacher: a TeacherClient over the TeacherService gRPC API (the mining job asks F)."""
 
 from __future__ import annotations
 
