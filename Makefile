@@ -50,8 +50,9 @@ proto-check: setup
 lint: setup
 	cd $(PROTO_DIR) && ../$(VENV)/bin/buf lint
 	$(VENV)/bin/ruff check services operators tests
+	PYTHONPATH=services:operators $(VENV)/bin/lint-imports
 
-test: setup models vllm
+test: setup models vllm lint
 	$(VENV)/bin/pytest -q
 
 demo: setup models

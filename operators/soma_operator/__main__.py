@@ -42,11 +42,11 @@ def main(
     argparse.ArgumentParser(
         prog="python -m soma_operator", description=soma_operator.__doc__, formatter_class=argparse.RawTextHelpFormatter
     ).parse_args(argv)
-    import kopf  # noqa: PLC0415 - --help needs neither kopf nor the driver
+    import kopf  # --help needs neither kopf nor the driver
 
-    from soma.config import load_settings  # noqa: PLC0415
-    from soma.k8s.session_resource import SessionResources, kubernetes_api  # noqa: PLC0415
-    from soma_operator.handlers import kopf_settings, register  # noqa: PLC0415
+    from soma.config import load_settings
+    from soma.k8s.session_resource import SessionResources, kubernetes_api
+    from soma_operator.handlers import kopf_settings, register
 
     settings = OperatorSettings()
     soma_settings = load_settings(settings.config_file)
@@ -54,7 +54,7 @@ def main(
         level=soma_settings.telemetry.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if build_driver is None:
-        from soma.adaptation.build import build_driver  # noqa: PLC0415
+        from soma.adaptation.build import build_driver
     driver = build_driver(soma_settings)
     api = api if api is not None else kubernetes_api()
     registry = kopf.OperatorRegistry()

@@ -2,7 +2,7 @@
 generation), the PEFT-safe module name, the safetensors check, the plain-LoRA config check, and
 the `Adapters` protocol that the PEFT and vLLM implementations provide.
 
-Torch-free: peft loads only inside `safe_lora_config`, when an adapter is really loaded.
+Torch-free and peft-free: the implementations turn `safe_lora_fields` into a peft LoraConfig.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from soma.errors import DataLoss, InvalidArgument
-from soma.session.records import is_valid_session_id
+from soma.ids import is_valid_session_id
 
 
 class AdapterCorrupt(DataLoss):
@@ -70,13 +70,6 @@ def safe_lora_fields(raw: dict) -> dict[str, Any]:
     return fields
 
 
-def safe_lora_config(raw: dict) -> Any:
-    """`safe_lora_fields` as a peft LoraConfig."""
-    from peft import LoraConfig  # noqa: PLC0415 - peft only where an adapter is really loaded
-
-    return LoraConfig(**safe_lora_fields(raw))
-
-
 class Adapters(Protocol):
     """Session adapters resident on one surrogate replica (PEFT modules or vLLM LoRA requests),
     as the adapter cache and the surrogate service use them."""
@@ -90,4 +83,3 @@ class Adapters(Protocol):
     def using(self, name: str | None) -> AbstractContextManager[Any]:
         """Generate with adapter `name` (None: the base model) inside the block."""
         ...
-

@@ -187,7 +187,7 @@ class JobsSettings(_Section):
     )
 
     def method_config(self):
-        from soma.algo.config import preset  # noqa: PLC0415 - torch-free, but keeps config import light
+        from soma.algo.config import preset  # torch-free, but keeps config import light
 
         return preset(self.budget).with_changes(self.method)
 
@@ -291,8 +291,8 @@ class DialogueSettings(_Section):
 
     def policy(self, warm_turns: int):
         """The reconcile policy of live sessions (W comes from the method config)."""
-        from soma.session.machine import Policy  # noqa: PLC0415
-        from soma.session.reconcile import ReconcilePolicy  # noqa: PLC0415
+        from soma.session.machine import Policy
+        from soma.session.reconcile import ReconcilePolicy
 
         return ReconcilePolicy(
             Policy(warm_turns=warm_turns, rewarm_turns=self.rewarm_turns, max_attempts=self.max_attempts),

@@ -47,7 +47,7 @@ def _check_addresses(target: str, settings: Settings) -> None:
 
 
 def _chat_backend(path: str, section: ModelSettings, key: str):
-    from soma.models.backends import make_chat_backend  # noqa: PLC0415
+    from soma.models.backends import make_chat_backend
 
     return make_chat_backend(path, section, key)
 
@@ -71,7 +71,7 @@ def build_server(target: str, settings: Settings) -> SomaServer:
     # Resolve every model first so a missing package fails before anything loads.
     paths = {}
     if {"teacher", "surrogate", "gate"} & set(wanted):
-        from soma.models import resolve_model  # noqa: PLC0415 - model code only for the targets that run one
+        from soma.models import resolve_model  # model code only for the targets that run one
     if "teacher" in wanted:  # an OpenAI-compatible teacher is only a name on the remote API
         remote = settings.teacher.backend == "openai"
         paths["teacher"] = settings.teacher.model if remote else resolve_model(settings.teacher.model, cache)
@@ -84,21 +84,21 @@ def build_server(target: str, settings: Settings) -> SomaServer:
         "surrogate" in wanted or "gate" in wanted or ("teacher" in wanted and settings.teacher.backend != "openai")
     )
     if local_model and settings.torch_threads:
-        import torch  # noqa: PLC0415
+        import torch
 
         torch.set_num_threads(settings.torch_threads)
 
     if "teacher" in wanted:
-        from soma.teacher import service as teacher  # noqa: PLC0415
+        from soma.teacher import service as teacher
 
         server.add(teacher.hosted(_chat_backend(paths["teacher"], settings.teacher, "teacher"), settings.teacher))
     if "surrogate" in wanted:
-        from soma.algo.config import LoraConfig  # noqa: PLC0415
-        from soma.algo.lora_train import SessionAdapters  # noqa: PLC0415
-        from soma.errors import FailedPrecondition  # noqa: PLC0415
-        from soma.storage.adapter_store import open_store  # noqa: PLC0415
-        from soma.surrogate import service as surrogate  # noqa: PLC0415
-        from soma.surrogate.adapter_cache import AdapterCache  # noqa: PLC0415
+        from soma.algo.config import LoraConfig
+        from soma.algo.lora_train import SessionAdapters
+        from soma.errors import FailedPrecondition
+        from soma.storage.adapter_store import open_store
+        from soma.surrogate import service as surrogate
+        from soma.surrogate.adapter_cache import AdapterCache
 
         backend = _chat_backend(paths["surrogate"], settings.surrogate, "surrogate")
         try:
@@ -116,14 +116,14 @@ def build_server(target: str, settings: Settings) -> SomaServer:
         )
         server.add(surrogate.hosted(backend, settings.surrogate, cache))
     if "gate" in wanted:
-        from soma.gate import service as gate  # noqa: PLC0415
-        from soma.models.encoder import SentenceEncoder  # noqa: PLC0415
+        from soma.gate import service as gate
+        from soma.models.encoder import SentenceEncoder
 
         server.add(gate.hosted(SentenceEncoder(paths["gate"]), settings.gate))
     if "mining" in wanted or "training" in wanted:
-        from soma.jobs import service as jobs  # noqa: PLC0415
-        from soma.jobs.app import make_celery  # noqa: PLC0415
-        from soma.jobs.queue import JobQueue  # noqa: PLC0415
+        from soma.jobs import service as jobs
+        from soma.jobs.app import make_celery
+        from soma.jobs.queue import JobQueue
 
         queue = JobQueue(make_celery(settings.jobs), settings.jobs)
         jobs.register_queue_depth(queue)
@@ -138,8 +138,8 @@ def build_server(target: str, settings: Settings) -> SomaServer:
 
 def _dialogue(settings: Settings, internal_address: str | None):
     """The dialogue service, with live adaptation wired to the other services' addresses."""
-    from soma.dialogue import service as dialogue  # noqa: PLC0415
-    from soma.storage.session_store import open_session_store  # noqa: PLC0415
+    from soma.dialogue import service as dialogue
+    from soma.storage.session_store import open_session_store
 
     d = settings.dialogue
     store = open_session_store(d)
@@ -150,9 +150,9 @@ def _dialogue(settings: Settings, internal_address: str | None):
     teacher_address = d.teacher_address or internal_address
     if d.adaptation == "off":
         return dialogue.hosted(store, teacher_address, d, channel)
-    from soma.adaptation.loop import ReconcileLoop  # noqa: PLC0415
-    from soma.dialogue.live_adaptation import LiveAdaptation  # noqa: PLC0415
-    from soma.v1 import gate_pb2_grpc  # noqa: PLC0415
+    from soma.adaptation.loop import ReconcileLoop
+    from soma.dialogue.live_adaptation import LiveAdaptation
+    from soma.v1 import gate_pb2_grpc
 
     def address(key: str) -> str:
         return getattr(d, f"{key}_address") or internal_address
@@ -164,7 +164,7 @@ def _dialogue(settings: Settings, internal_address: str | None):
     live = LiveAdaptation(store, gate, method, policy, channels=channels)
     on_open = on_close = loop = None
     if d.adaptation == "embedded":
-        from soma.adaptation.build import build_driver  # noqa: PLC0415
+        from soma.adaptation.build import build_driver
 
         driver = build_driver(settings, internal_address, store=store, channels=channels)  # one store, one gate channel
         loop = ReconcileLoop(driver, store, d.reconcile_interval_s).start()
@@ -174,7 +174,7 @@ def _dialogue(settings: Settings, internal_address: str | None):
             driver.adapter_store.delete_session(session_id)  # every generation; the transcript went with close()
 
     else:  # operator: the SomaSession operator runs the driver; this service creates the objects
-        from soma.k8s.session_resource import SessionResources, current_namespace  # noqa: PLC0415
+        from soma.k8s.session_resource import SessionResources, current_namespace
 
         resources = SessionResources(d.kubernetes_namespace or current_namespace())
         on_open, on_close = somasession_hooks(resources, settings)
@@ -215,8 +215,8 @@ def somasession_hooks(resources, settings: Settings):
 
 def start_embedded_worker(settings: Settings, teacher_address: str, config_path=None):
     """`soma worker` for both queues, as a child process of `soma serve --target all`."""
-    import os  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
+    import os
+    import subprocess
 
     env = dict(os.environ)
     env.setdefault("SOMA_JOBS__TEACHER_ADDRESS", settings.jobs.teacher_address or teacher_address)
@@ -241,9 +241,9 @@ def start_embedded_worker(settings: Settings, teacher_address: str, config_path=
 
 
 def stop_worker(proc, timeout_s: float = 60.0) -> None:
-    import os  # noqa: PLC0415
-    import signal  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
+    import os
+    import signal
+    import subprocess
 
     if proc is None or proc.poll() is not None:
         return
@@ -271,7 +271,7 @@ def run(target: str, settings: Settings, config_path=None) -> int:
     setup_tracing(f"{settings.telemetry.service_name}-{target}", settings.telemetry.otlp_endpoint)
     server = build_server(target, settings)
     if target == "all":  # its worker is a child process: its job metrics are exported here
-        from soma.jobs.metrics_folder import export_worker_metrics, worker_metrics_dir  # noqa: PLC0415
+        from soma.jobs.metrics_folder import export_worker_metrics, worker_metrics_dir
 
         export_worker_metrics(worker_metrics_dir(settings.state_dir))
     start_metrics_server(settings.telemetry.metrics_port, settings.server.host)

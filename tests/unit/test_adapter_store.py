@@ -190,7 +190,7 @@ def test_a_generation_is_written_once(store, trained):
 
 
 def test_stored_adapter_configs_are_reduced_to_plain_lora():
-    from soma.adapter_identity import safe_lora_config
+    from soma.algo.lora_train import safe_lora_config
 
     cfg = safe_lora_config(
         {

@@ -26,7 +26,6 @@ def build_driver(
     addresses = {k: getattr(d, f"{k}_address") or internal_address for k in ("mining", "training", "gate")}
     missing = [k for k, v in addresses.items() if not v and k not in channels]
     if missing:
-
         raise ConfigError(
             ", ".join(f"dialogue.{k}_address (env SOMA_DIALOGUE__{k.upper()}_ADDRESS)" for k in missing)
             + " must name the service(s) the adaptation driver calls"

@@ -24,7 +24,7 @@ from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
-from soma.adapter_identity import Adapters, safe_lora_config
+from soma.adapter_identity import Adapters, safe_lora_fields
 from soma.algo import lm
 from soma.algo.config import LoraConfig
 from soma.algo.lora_objective import IGNORE, TrainingExample, build_example, collate, normalised_weights
@@ -156,6 +156,11 @@ class SessionAdapters(Adapters):
         missing = [k for k in result.missing_keys if "lora_" in k and f".{name}." in k]
         if missing:
             raise RuntimeError(f"adapter {name!r}: state is missing {len(missing)} LoRA tensors, e.g. {missing[0]}")
+
+
+def safe_lora_config(raw: dict) -> PeftLoraConfig:
+    """A stored adapter's config as a peft LoraConfig, reduced to plain LoRA (`safe_lora_fields`)."""
+    return PeftLoraConfig(**safe_lora_fields(raw))
 
 
 @dataclass

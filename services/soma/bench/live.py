@@ -35,14 +35,14 @@ def bundled_live_dialogue() -> Path:
 
 def measure_cache(settings, target_mb: float, hits: int) -> dict:
     """Miss and hit cost of the surrogate's adapter cache for an adapter of ≥ target_mb."""
-    import torch  # noqa: PLC0415
-    from transformers import AutoModelForCausalLM  # noqa: PLC0415
+    import torch
+    from transformers import AutoModelForCausalLM
 
-    from soma.algo.config import LoraConfig  # noqa: PLC0415
-    from soma.algo.lora_train import SessionAdapters  # noqa: PLC0415
-    from soma.models import resolve_model  # noqa: PLC0415
-    from soma.storage.adapter_store import LocalAdapterStore, build_manifest  # noqa: PLC0415
-    from soma.surrogate.adapter_cache import AdapterCache  # noqa: PLC0415
+    from soma.algo.config import LoraConfig
+    from soma.algo.lora_train import SessionAdapters
+    from soma.models import resolve_model
+    from soma.storage.adapter_store import LocalAdapterStore, build_manifest
+    from soma.surrogate.adapter_cache import AdapterCache
 
     path = resolve_model(settings.surrogate.model, settings.model_cache)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -128,14 +128,14 @@ def play(address: str, queries: list[str], max_new_tokens: int, think_s: float, 
 
 
 def run_bench_live(args: argparse.Namespace) -> int:
-    from soma.models.prepare import prepare_model  # noqa: PLC0415
+    from soma.models.prepare import prepare_model
 
     settings = load_settings(args.config)
     for name in (settings.teacher.model, settings.surrogate.model, settings.gate.encoder):
         prepare_model(name, settings.model_cache)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    from soma.algo.config import preset  # noqa: PLC0415
+    from soma.algo.config import preset
 
     method = preset(args.budget or settings.jobs.budget).with_changes(settings.jobs.method)
     w = method.warm_turns

@@ -52,7 +52,7 @@ def format_table(results: list[TurnResult]) -> str:
 
 def _job_line(client: DialogueClient, session_id: str, generation: int) -> str:
     """The running adaptation job's stage and progress, read from the mining and training services."""
-    from soma.v1 import mining_pb2, mining_pb2_grpc, training_pb2, training_pb2_grpc  # noqa: PLC0415
+    from soma.v1 import mining_pb2, mining_pb2_grpc, training_pb2, training_pb2_grpc
 
     for kind, stub, request in (
         ("training", training_pb2_grpc.TrainingServiceStub(client.channel), training_pb2.GetTrainingJobRequest),

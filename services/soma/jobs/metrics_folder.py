@@ -35,7 +35,7 @@ class _WorkerSeries:
     also hold the serving metrics at zero, which would repeat the exporting process's series."""
 
     def __init__(self, folder: Path):
-        from prometheus_client import multiprocess  # noqa: PLC0415
+        from prometheus_client import multiprocess
 
         self._inner = multiprocess.MultiProcessCollector(None, path=str(folder))
 
@@ -46,7 +46,7 @@ class _WorkerSeries:
 def export_worker_metrics(folder: Path, registry=None) -> None:
     """Add the worker's own series in `folder` to a registry (default: the process's own), read at
     each scrape."""
-    import prometheus_client  # noqa: PLC0415
+    import prometheus_client
 
     folder.mkdir(parents=True, exist_ok=True)
     (registry or prometheus_client.REGISTRY).register(_WorkerSeries(folder))
@@ -56,8 +56,8 @@ def serve_worker_metrics(folder: Path, port: int, host: str) -> None:
     """A worker pod's own /metrics: the summed files of its processes (port 0 = off)."""
     if not port:
         return
-    import prometheus_client  # noqa: PLC0415
-    from prometheus_client import multiprocess  # noqa: PLC0415
+    import prometheus_client
+    from prometheus_client import multiprocess
 
     registry = prometheus_client.CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(folder))  # a worker pod: all of its series

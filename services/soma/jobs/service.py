@@ -176,7 +176,7 @@ class QueueDepthCollector:
         self.queue = queue
 
     def collect(self):
-        from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415
+        from prometheus_client.core import GaugeMetricFamily
 
         family = GaugeMetricFamily("soma_queue_depth", "Jobs waiting in each queue.", labels=["queue"])
         for name in (self.queue.settings.mining_queue, self.queue.settings.training_queue):
@@ -193,7 +193,7 @@ _depth_registered = False
 def register_queue_depth(queue: JobQueue) -> None:
     global _depth_registered
     if not _depth_registered:
-        import prometheus_client  # noqa: PLC0415
+        import prometheus_client
 
         prometheus_client.REGISTRY.register(QueueDepthCollector(queue))
         _depth_registered = True

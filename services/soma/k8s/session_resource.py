@@ -47,7 +47,7 @@ def current_namespace(default: str = "default") -> str:
 
 def kubernetes_api() -> Any:
     """A CustomObjectsApi configured from the pod's service account, else the local kubeconfig."""
-    from kubernetes import client, config  # noqa: PLC0415 - only cluster mode needs the client
+    from kubernetes import client, config  # only cluster mode needs the client
 
     try:
         config.load_incluster_config()
@@ -81,7 +81,7 @@ class SessionResources:
         ttl_seconds: int,
     ) -> str:
         """Create the session's object (spec only); an existing one is fine. Returns its name."""
-        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+        from kubernetes.client.exceptions import ApiException
 
         name = object_name(session_id)
         body = {
@@ -111,7 +111,7 @@ class SessionResources:
 
     def delete_named(self, name: str) -> bool:
         """Delete the object `name` (the operator's TTL expiry knows objects by name); False on 404."""
-        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+        from kubernetes.client.exceptions import ApiException
 
         try:
             self.api.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)

@@ -39,7 +39,7 @@ def _load_error(key: str, section: ModelSettings, err: Exception) -> ConfigError
 
 
 def _transformers(path: str, section: ModelSettings, key: str) -> Any:
-    from soma.models.chat_backend import TransformersChatBackend  # noqa: PLC0415
+    from soma.models.chat_backend import TransformersChatBackend
 
     try:
         return TransformersChatBackend(
@@ -52,9 +52,9 @@ def _transformers(path: str, section: ModelSettings, key: str) -> Any:
 def _vllm(path: str, section: ModelSettings, key: str) -> Any:
     if not vllm_available():
         raise ConfigError(f"{key}.backend=vllm, but vllm is not installed in this Python; run {SETUP_VLLM}")
-    from vllm.platforms import current_platform  # noqa: PLC0415
+    from vllm.platforms import current_platform
 
-    from soma.models.vllm_backend import VllmChatBackend  # noqa: PLC0415
+    from soma.models.vllm_backend import VllmChatBackend
 
     kv_cache_gb = section.vllm_kv_cache_gb or (1.0 if current_platform.is_cpu() else None)
     try:
@@ -87,7 +87,7 @@ def _openai(section: ModelSettings, key: str) -> Any:
             f"{key}.backend=openai needs {key}.openai_base_url (env SOMA_{key.upper()}__OPENAI_BASE_URL), "
             "e.g. http://vllm:8000/v1"
         )
-    from soma.models.openai_backend import OpenAIChatBackend  # noqa: PLC0415
+    from soma.models.openai_backend import OpenAIChatBackend
 
     try:
         return OpenAIChatBackend(

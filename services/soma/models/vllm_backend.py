@@ -69,10 +69,10 @@ def _configure_environment(engine_process: bool) -> None:
 
 @contextlib.contextmanager
 def _process_rng_kept() -> Iterator[None]:
-    import random  # noqa: PLC0415
+    import random
 
-    import numpy as np  # noqa: PLC0415
-    import torch  # noqa: PLC0415
+    import numpy as np
+    import torch
 
     states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
     try:
@@ -112,8 +112,8 @@ class VllmChatBackend:
         lora_dir: str | None = None,
     ):
         _configure_environment(engine_process)
-        from transformers import AutoConfig, AutoTokenizer  # noqa: PLC0415
-        from vllm import EngineArgs, LLMEngine  # noqa: PLC0415
+        from transformers import AutoConfig, AutoTokenizer
+        from vllm import EngineArgs, LLMEngine
 
         self.name = name
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -225,8 +225,8 @@ class VllmChatBackend:
     # -- generation -------------------------------------------------------------------------------
 
     def _sampling(self, params: SamplingParams) -> Any:
-        from vllm import SamplingParams as VllmSampling  # noqa: PLC0415
-        from vllm.sampling_params import RequestOutputKind  # noqa: PLC0415
+        from vllm import SamplingParams as VllmSampling
+        from vllm.sampling_params import RequestOutputKind
 
         greedy = params.temperature <= 0
         return VllmSampling(
@@ -376,9 +376,9 @@ class VllmSessionAdapters(Adapters):
         return set(self._requests)
 
     def load(self, name: str, weights: bytes, config: bytes) -> None:
-        from vllm.lora.request import LoRARequest  # noqa: PLC0415
+        from vllm.lora.request import LoRARequest
 
-        from soma.adapter_identity import safe_lora_config  # noqa: PLC0415
+        from soma.algo.lora_train import safe_lora_config
 
         peft_config = safe_lora_config(json.loads(config))
         if peft_config.r > self._backend.max_lora_rank:

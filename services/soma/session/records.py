@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass, field
 
-SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+from soma.ids import SESSION_ID_PATTERN, is_valid_session_id  # noqa: F401 - part of the records' vocabulary
 
 
 class Phase(enum.Enum):
@@ -60,11 +59,6 @@ class Turn:
     model_latency_ms: float
     finish_reason: str
     dropped_messages: int = 0
-
-
-def is_valid_session_id(session_id: str) -> bool:
-    """Ids are safe as file names and object keys: no path characters, bounded length."""
-    return bool(SESSION_ID_PATTERN.fullmatch(session_id))
 
 
 def chat_messages(state: SessionState, history: list[Turn], query: str) -> list[dict[str, str]]:

@@ -289,7 +289,7 @@ class SqliteSessionStore:
 def open_session_store(settings: Any) -> SessionStore:
     """The configured store (soma.config.DialogueSettings): SQLite in embedded mode, Redis in a cluster."""
     if settings.session_store == "redis":
-        from soma.storage.redis_session_store import RedisSessionStore  # noqa: PLC0415
+        from soma.storage.redis_session_store import RedisSessionStore
 
         return RedisSessionStore(settings.redis_url)
     return SqliteSessionStore(settings.session_db)
