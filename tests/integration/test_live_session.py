@@ -179,6 +179,11 @@ def test_a_session_switches_to_its_surrogate_and_rolls_back_on_a_topic_change(li
     )
     assert [t.query for t in transcript][3:5] == [ON_TOPIC[3], OFF_TOPIC[0]]
     assert all(t.answer for t in transcript)
+    # the stored turn is the streamed one: each carries the phase the session was in after it
+    streamed = {1: first, 2: second, 3: third, 4: on_topic, 5: off_1, 6: off_2, 8: again}
+    assert {i: PHASE(transcript[i - 1].record.phase) for i in streamed} == {
+        i: PHASE(r.phase) for i, r in streamed.items()
+    }
 
     m = scrape_metrics(live_stack["metrics_port"])
     assert m['soma_turns_total{served_by="surrogate"}'] >= 2

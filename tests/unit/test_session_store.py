@@ -214,6 +214,19 @@ def test_turns_keep_the_phase_the_live_record_set(store):
     assert store.get("s1").phase is Phase.SURROGATE and store.get("s1").turn_count == 1
 
 
+def test_a_stored_turn_takes_the_phase_it_left_the_session_in(store):
+    _open(store)
+    for i in (1, 2):
+        store.append_turn("s1", _turn(i, f"answer {i}"), None)
+    store.set_turn_phase("s1", 2, Phase.ADAPTING)
+    turns = store.turns("s1")
+    assert [t.phase for t in turns] == [Phase.WARMUP, Phase.ADAPTING]
+    assert [t.answer for t in turns] == ["answer 1", "answer 2"]  # the rest of the turn is untouched
+    store.close("s1")
+    with pytest.raises(SessionMissing):  # the transcript went with close
+        store.set_turn_phase("s1", 2, Phase.SURROGATE)
+
+
 def test_closed_sessions_take_no_live_writes_and_leave_the_active_set(store):
     _open(store)
     store.put_live("s1", {"v": 1}, 0, Phase.ADAPTING, 1)

@@ -305,8 +305,12 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
                 after = self.live.commit_turn(
                     session_id, stored.turn_count, decision.served_by is ServedBy.TEACHER, drift
                 )
-                if after is not None:
-                    turn.phase = after.phase
+                if after is not None and after.phase is not turn.phase:
+                    turn.phase = after.phase  # stored and streamed alike: the phase after this turn
+                    try:
+                        self.store.set_turn_phase(session_id, turn_index, after.phase)
+                    except SessionMissing:
+                        pass  # closed and erased meanwhile: nothing left to correct
             yield dialogue_pb2.ChatResponse(turn=turn_record_to_proto(turn))
 
     def _surrogate_turn(self, session_id, state, history, query, decision, chat_request, context):

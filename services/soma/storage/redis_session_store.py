@@ -159,6 +159,26 @@ class RedisSessionStore:
         assert state is not None
         return state
 
+    def set_turn_phase(self, session_id: str, turn_index: int, phase: Phase) -> None:
+        from redis.exceptions import WatchError
+
+        key = self._keys(session_id)[1]
+        with self.redis.pipeline() as pipe:  # optimistic: re-read if the list changes under us
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.lindex(key, turn_index - 1)
+                    if raw is None:
+                        raise SessionMissing(session_id)
+                    turn = _turn(raw)
+                    turn.phase = phase
+                    pipe.multi()
+                    pipe.lset(key, turn_index - 1, _turn_json(turn))
+                    pipe.execute()
+                    return
+                except WatchError:
+                    continue
+
     def close(self, session_id: str) -> SessionState:
         status = self._close(
             keys=[*self._keys(session_id), self._active], args=[Phase.CLOSED.value, repr(time.time())]

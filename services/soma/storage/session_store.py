@@ -43,6 +43,8 @@ class SessionStore(Protocol):
     def get(self, session_id: str) -> SessionState | None: ...
     def turns(self, session_id: str) -> list[Turn]: ...
     def append_turn(self, session_id: str, turn: Turn, new_phase: Phase | None = None) -> SessionState: ...
+    def set_turn_phase(self, session_id: str, turn_index: int, phase: Phase) -> None:
+        """Record the phase a stored turn left the session in (known once the live record moved)."""
     def close(self, session_id: str) -> SessionState: ...
     def delete(self, session_id: str) -> bool: ...
     def get_live(self, session_id: str) -> tuple[dict | None, int]: ...
@@ -226,6 +228,19 @@ class SqliteSessionStore:
             )
             row = conn.execute("SELECT * FROM sessions WHERE session_id=?", (session_id,)).fetchone()
         return _state_from_row(row)
+
+    def set_turn_phase(self, session_id: str, turn_index: int, phase: Phase) -> None:
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT record FROM turns WHERE session_id=? AND turn_index=?", (session_id, turn_index)
+            ).fetchone()
+            if row is None:
+                raise SessionMissing(session_id)
+            record = {**json.loads(row["record"]), "phase": phase.value}
+            conn.execute(
+                "UPDATE turns SET record=? WHERE session_id=? AND turn_index=?",
+                (json.dumps(record), session_id, turn_index),
+            )
 
     def close(self, session_id: str) -> SessionState:
         """Mark the session CLOSED and delete its transcript; the state row stays as a tombstone."""
