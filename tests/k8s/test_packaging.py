@@ -62,7 +62,7 @@ def test_cpu_image_pins_the_cpu_torch_build():
     assert torch and "torch==2.13.0" in torch[0]
     assert "--index-url https://download.pytorch.org/whl/cpu" in torch[0]
     # torch is installed before soma, so soma's dependency on it is already met by the CPU build
-    assert runs.index(torch[0]) < next(i for i, r in enumerate(runs) if re.search(r"pip install \.", r))
+    assert runs.index(torch[0]) < next(i for i, r in enumerate(runs) if re.search(r"pip install '?\.", r))
     assert "WITH_MODELS" in " ".join(_all(path, "ARG"))
 
 
@@ -71,6 +71,26 @@ def test_cuda_image_installs_vllm_from_pypi():
     base_arg = next(a for a in _all(path, "ARG") if a.startswith("CUDA_IMAGE="))
     assert base_arg.split("=", 1)[1].startswith(("nvidia/cuda:", "vllm/vllm-openai:"))
     assert any(re.search(r"pip install vllm", r) for r in _all(path, "RUN"))
+
+
+@pytest.mark.parametrize("flavour", DOCKERFILES)
+def test_images_install_the_dependency_groups_instead_of_repeating_pins(flavour):
+    import tomllib
+
+    groups = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    text = DOCKERFILES[flavour].read_text()
+    installed = re.findall(r"'\.\[([a-z,]+)\]'", text)
+    assert installed and set(installed[0].split(",")) == {"serve", "jobs", "operator"}
+    assert set(installed[0].split(",")) <= set(groups)
+    assert "kopf==" not in text and "kubernetes==" not in text  # the operator group brings them
+
+
+def test_the_client_group_brings_no_model_library():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    client = project["dependencies"] + project["optional-dependencies"]["client"]
+    assert not [d for d in client if re.match(r"(torch|transformers|peft|vllm|accelerate)\b", d)]
 
 
 def _dockerignore_allowlist() -> set[str]:
