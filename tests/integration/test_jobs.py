@@ -119,12 +119,9 @@ def test_mining_then_training_through_the_services(stack):
         worker_log = (stack["root"] / "worker.log").read_text()
         assert worker_log.count("mining sess-1/1") == 1  # the resubmission did not run the job again
 
+        # hand-off by job id: the training service reads the cases from the job backend
         request = training_pb2.SubmitTrainingJobRequest(
-            session_id="sess-1",
-            generation=1,
-            warm_turns=WARM,
-            mined_cases=mined.cases,
-            warm_hardness=mined.warm_hardness,
+            session_id="sess-1", generation=1, warm_turns=WARM, mining_job_id=job.job_id
         )
         tjob = training.SubmitTrainingJob(request).job
         updates = _watch(
@@ -177,6 +174,33 @@ def test_bad_job_requests_get_clear_errors(stack):
         with pytest.raises(grpc.RpcError) as info:  # a training job's id is not a mining job
             mining.GetMiningJob(mining_pb2.GetMiningJobRequest(job_id="train-sess-1-1"))
         assert info.value.code() == grpc.StatusCode.NOT_FOUND and "no mining job" in info.value.details()
+    with grpc.insecure_channel(stack["training"]) as t:
+        training = training_pb2_grpc.TrainingServiceStub(t)
+        with pytest.raises(grpc.RpcError) as info:  # another session's mining job
+            training.SubmitTrainingJob(
+                training_pb2.SubmitTrainingJobRequest(
+                    session_id="sess-x", generation=1, warm_turns=WARM, mining_job_id="mine-sess-1-1"
+                )
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not the mining job" in info.value.details()
+        with pytest.raises(grpc.RpcError) as info:  # the session's own id, but no such job was ever run
+            training.SubmitTrainingJob(
+                training_pb2.SubmitTrainingJobRequest(
+                    session_id="nobody", generation=1, warm_turns=WARM, mining_job_id="mine-nobody-1"
+                )
+            )
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as info:  # the job id and inline cases at once
+            training.SubmitTrainingJob(
+                training_pb2.SubmitTrainingJobRequest(
+                    session_id="nobody",
+                    generation=1,
+                    warm_turns=WARM,
+                    mining_job_id="mine-nobody-1",
+                    warm_hardness=[1.0, 1.0, 1.0],
+                )
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not both" in info.value.details()
 
 
 def _start_worker(stack, name: str) -> subprocess.Popen:

@@ -179,31 +179,19 @@ class AdaptationDriver:
                     mining_pb2.GetMiningJobRequest(job_id=live.job_id), timeout=self.rpc_timeout_s
                 )
                 result = None
-                if r.job.state == common_pb2.JOB_STATE_SUCCEEDED:
-                    result = {
-                        "cases": [
-                            {
-                                "turn_index": c.turn_index,
-                                "verbalized_prompt": c.verbalized_prompt,
-                                "teacher_answer": c.teacher_answer,
-                                "hardness": c.hardness,
-                                "finish_reason": c.finish_reason,
-                            }
-                            for c in r.cases
-                        ],
-                        "warm_hardness": list(r.warm_hardness),
-                    }
+                if r.job.state == common_pb2.JOB_STATE_SUCCEEDED:  # the cases stay in the job backend
+                    result = {"job_id": live.job_id, "cases": len(r.cases)}
             else:
                 r = self.clients.training.GetTrainingJob(
                     training_pb2.GetTrainingJobRequest(job_id=live.job_id), timeout=self.rpc_timeout_s
                 )
                 result = None
                 if r.job.state == common_pb2.JOB_STATE_SUCCEEDED:
-                    result = {
+                    result = {  # the acceptance batch stays in the job backend: the gate step reads it
+                        "job_id": live.job_id,
                         "uri": r.adapter.uri,
                         "sha256": r.adapter.sha256,
                         "metrics": dict(r.adapter.metrics),
-                        "acceptance": [[e.teacher_answer, e.old_answer, e.new_answer] for e in r.acceptance],
                     }
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:
@@ -261,13 +249,12 @@ class AdaptationDriver:
             log.warning("session %s gen %d: served contexts unavailable (%s)", session_id, gen, err.details())
             return replace(record, live=job_submit_failed(record.live, str(err.details()), now, self.policy))
         mined = action.mined or {}
-        request = training_pb2.SubmitTrainingJobRequest(
-            session_id=session_id,
-            generation=gen,
-            warm_turns=warm,
-            mined_cases=[mining_pb2.MinedCase(**c) for c in mined.get("cases", [])],
-            warm_hardness=mined.get("warm_hardness", []),
-        )
+        request = training_pb2.SubmitTrainingJobRequest(session_id=session_id, generation=gen, warm_turns=warm)
+        if isinstance(mined.get("cases"), list):  # a record written before hand-off by job id
+            request.mined_cases.extend(mining_pb2.MinedCase(**c) for c in mined["cases"])
+            request.warm_hardness.extend(mined.get("warm_hardness", []))
+        else:
+            request.mining_job_id = mined.get("job_id", "")
         try:
             job = self.clients.training.SubmitTrainingJob(request, timeout=self.rpc_timeout_s).job
         except grpc.RpcError as err:
@@ -276,16 +263,39 @@ class AdaptationDriver:
         log.info("session %s gen %d: training job %s", session_id, gen, job.job_id)
         return replace(record, live=job_submitted(record.live, job.job_id, now))
 
+    def _acceptance_batch(self, trained: dict) -> list[gate_pb2.AcceptanceExample]:
+        """The training job's held-out acceptance batch, read from the job backend by the job's id."""
+        if "acceptance" in trained:  # a record written before hand-off by job id
+            return [
+                gate_pb2.AcceptanceExample(teacher_answer=t, old_answer=o, new_answer=n)
+                for t, o, n in trained["acceptance"]
+            ]
+        r = self.clients.training.GetTrainingJob(
+            training_pb2.GetTrainingJobRequest(job_id=trained["job_id"]), timeout=self.rpc_timeout_s
+        )
+        return list(r.acceptance)
+
     def _run_gate(self, session_id, state, record: LiveRecord, action: RunGate, now) -> LiveRecord:
         gen, g = record.generation, self.method.gate
         trained = action.trained or {}
+        try:
+            batch = self._acceptance_batch(trained)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:  # the job backend lost it: this generation failed
+                reason = f"the acceptance batch is gone from the job backend ({err.details()})"
+                return replace(record, live=on_gate_result(record.live, gen, False, reason, now, self.policy))
+            self._warn_once(
+                f"gate:{session_id}",
+                "session %s gen %d: training job unavailable (%s); asking again",
+                session_id,
+                gen,
+                err.details(),
+            )
+            return record
         turns = self.store.turns(session_id)
         request = gate_pb2.AcceptRequest(
             session_id=session_id,
-            batch=[
-                gate_pb2.AcceptanceExample(teacher_answer=t, old_answer=o, new_answer=n)
-                for t, o, n in trained.get("acceptance", [])
-            ],
+            batch=batch,
             epsilon=g.epsilon,
             delta=g.delta,
             bound=gate_pb2.Bound.Value(f"BOUND_{g.bound.upper()}"),

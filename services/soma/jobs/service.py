@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import grpc
 
 from soma.chat import LENGTH, STOP
-from soma.errors import InvalidArgument
-from soma.jobs.queue import JobQueue, JobView
+from soma.errors import FailedPrecondition, InvalidArgument
+from soma.jobs.queue import JobQueue, JobView, job_id
 from soma.server.app import HostedService
 from soma.v1 import common_pb2, gate_pb2, mining_pb2, mining_pb2_grpc, training_pb2, training_pb2_grpc
 from soma.wire import finish_from_proto, finish_to_proto, messages_from_proto
@@ -68,8 +68,6 @@ def warm_rows(turns) -> list[dict]:
 def _check_ids(session_id: str, generation: int) -> None:
     if generation < 1:
         raise InvalidArgument("generation must be ≥ 1")
-    from soma.jobs.queue import job_id
-
     job_id("x", session_id, generation)  # raises InvalidArgument for unsafe session ids
 
 
@@ -118,6 +116,16 @@ class MiningServicer(mining_pb2_grpc.MiningServiceServicer):
         )
 
 
+def _case_row(c: mining_pb2.MinedCase) -> dict:
+    return {
+        "turn_index": c.turn_index,
+        "verbalized_prompt": c.verbalized_prompt,
+        "teacher_answer": c.teacher_answer,
+        "hardness": c.hardness,
+        "finished": finish_from_proto(c.finish_reason) == STOP,
+    }
+
+
 class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     def __init__(self, queue: JobQueue):
         self.queue = queue
@@ -125,25 +133,34 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     def SubmitTrainingJob(self, request, context):
         _check_ids(request.session_id, request.generation)
         warm = warm_rows(request.warm_turns)
-        if request.warm_hardness and len(request.warm_hardness) != len(warm):
-            raise InvalidArgument(f"warm_hardness has {len(request.warm_hardness)} values for {len(warm)} warm turns")
-        mined = []
-        for j, c in enumerate(request.mined_cases):
-            if c.turn_index >= len(warm):
-                raise InvalidArgument(f"mined_cases[{j}].turn_index={c.turn_index} names no warm turn")
-            mined.append(
-                {
-                    "turn_index": c.turn_index,
-                    "verbalized_prompt": c.verbalized_prompt,
-                    "teacher_answer": c.teacher_answer,
-                    "hardness": c.hardness,
-                    "finished": finish_from_proto(c.finish_reason) == STOP,
-                }
-            )
-        view = self.queue.submit(
-            "train", request.session_id, request.generation, [warm, list(request.warm_hardness), mined]
-        )
+        if request.mining_job_id:
+            warm_hardness, mined = self._mined_by_job(request)
+        else:
+            warm_hardness, mined = list(request.warm_hardness), [_case_row(c) for c in request.mined_cases]
+        if warm_hardness and len(warm_hardness) != len(warm):
+            raise InvalidArgument(f"warm_hardness has {len(warm_hardness)} values for {len(warm)} warm turns")
+        for j, c in enumerate(mined):
+            if c["turn_index"] >= len(warm):
+                raise InvalidArgument(f"mined_cases[{j}].turn_index={c['turn_index']} names no warm turn")
+        view = self.queue.submit("train", request.session_id, request.generation, [warm, warm_hardness, mined])
         return training_pb2.SubmitTrainingJobResponse(job=job_status(view))
+
+    def _mined_by_job(self, request) -> tuple[list[float], list[dict]]:
+        """The cases and warm hardness of the session's own succeeded mining job, from the job backend."""
+        if request.mined_cases or request.warm_hardness:
+            raise InvalidArgument("give mining_job_id or mined_cases and warm_hardness, not both")
+        expected = job_id("mine", request.session_id, request.generation)
+        if request.mining_job_id != expected:
+            raise InvalidArgument(
+                f"mining_job_id={request.mining_job_id!r} is not the mining job of session {request.session_id} "
+                f"generation {request.generation} ({expected})"
+            )
+        view = self.queue.status(request.mining_job_id, "mine")  # NOT_FOUND when the backend has no such job
+        if view.state != "SUCCEEDED" or not view.result:
+            raise FailedPrecondition(
+                f"mining job {request.mining_job_id} is {view.state}: training starts from a succeeded mining job"
+            )
+        return [float(h) for h in view.result["warm_hardness"]], [dict(c) for c in view.result["cases"]]
 
     def GetTrainingJob(self, request, context):
         view = self.queue.status(request.job_id, "train")
