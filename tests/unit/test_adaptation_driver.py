@@ -132,12 +132,15 @@ def test_the_chain_runs_mining_training_gate_and_switches(setup):
     summary = driver.tick("s1", now=1002.0)
     [train] = training.submitted
     assert summary["step"] == "training"
-    assert [c.verbalized_prompt for c in train.mined_cases] == ["vp"] and list(train.warm_hardness) == [1.0, 3.0]
+    # hand-off by job id: the cases stay in the job backend, the live record keeps ids and numbers
+    assert train.mining_job_id == "mine-s1-1" and not train.mined_cases and not train.warm_hardness
+    assert _record(store).live.mined == {"job_id": "mine-s1-1", "cases": 1}
 
     training.state = common_pb2.JOB_STATE_SUCCEEDED
     summary = driver.tick("s1", now=1003.0)
     [accept] = gate.requests
-    assert [(e.teacher_answer, e.new_answer) for e in accept.batch] == [("t", "n")]
+    assert [(e.teacher_answer, e.new_answer) for e in accept.batch] == [("t", "n")]  # read from the training job
+    assert "acceptance" not in _record(store).live.trained and _record(store).live.trained["job_id"] == "train-s1-1"
     assert accept.current_query == "q2" and list(accept.warm_queries) == ["q1", "q2"]
     assert summary["phase"] == "SURROGATE" and summary["adapter_uri"] == "file:///a/s/1"
     assert summary["counters"]["switches"] == 1 and summary["counters"]["turns"] == 2
@@ -207,9 +210,14 @@ def test_training_gets_each_warm_turns_served_context_from_the_serving_compress(
     # serving the same turn asks the gate the very same request
     serving = LiveAdaptation(store, gate, method, POLICY)
     turns = store.turns("s1")
-    messages = serving.surrogate_messages(store.get("s1"), turns[:1], "q2")
-    assert gate.compressed[-1] == gate.compressed[1]
-    assert [m["content"] for m in messages] == [m.content for m in second.served_context]
+    plan = serving.plan_surrogate_turn("s1", _record(store), store.get("s1"), turns[:1], "q2")
+    asked = gate_pb2.CompressRequest()
+    asked.CopyFrom(gate.compressed[-1])
+    assert asked.observe.query == "q2" and list(asked.observe.warm_queries) == ["q1", "q2"]  # one call, drift too
+    asked.ClearField("observe")
+    assert asked == gate.compressed[1]
+    assert [m.content for m in plan.messages] == [m.content for m in second.served_context]
+    assert plan.drift.check is not None and plan.drift.check.locality > 0
 
 
 def test_training_on_the_full_history_asks_for_no_served_context(setup):

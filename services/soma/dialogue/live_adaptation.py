@@ -26,7 +26,6 @@ from soma.storage.session_store import SessionStore
 from soma.telemetry import metrics
 from soma.telemetry.session_trace import session_span
 from soma.v1 import gate_pb2
-from soma.wire import messages_from_proto
 
 log = logging.getLogger("soma.dialogue")
 
@@ -35,6 +34,13 @@ log = logging.getLogger("soma.dialogue")
 class DriftOutcome:
     check: TurnCheck | None  # None: the gate could not be asked; the turn is not counted
     rollback_reason: str = ""
+
+
+@dataclass
+class SurrogatePlan:
+    drift: DriftOutcome
+    messages: list | None  # S̃_t as protobuf messages, forwarded to the surrogate as they are; None: gate failed
+    error: grpc.RpcError | None = None
 
 
 class LiveAdaptation:
@@ -68,38 +74,38 @@ class LiveAdaptation:
         record = LiveRecord(trace_id=trace_ids[0], span_id=trace_ids[1])
         self.store.put_live(session_id, live_record.to_dict(record), 0, record.phase, record.generation)
 
-    def drift(self, session_id: str, record: LiveRecord, query: str) -> DriftOutcome:
-        """The drift monitor's check of a query the surrogate is about to serve."""
+    def plan_surrogate_turn(
+        self, session_id: str, record: LiveRecord, state: SessionState, history: list[Turn], query: str
+    ) -> SurrogatePlan:
+        """One gate call for a turn the surrogate is about to serve: S̃_t (the summary of the older
+        turns, the last K turns and the query) and the drift monitor's check of the query."""
         d = self.method.drift
-        try:
-            r = self.gate.ObserveTurn(
+        request = compress_request(self.method, state.system_prompt, history, query)
+        if record.warm_queries:
+            request.observe.CopyFrom(
                 gate_pb2.ObserveTurnRequest(
                     session_id=session_id,
                     query=query,
                     warm_queries=list(record.warm_queries),
                     min_locality=d.min_locality,
-                ),
-                timeout=self.rpc_timeout_s,
+                )
             )
+        try:
+            response = self.gate.Compress(request, timeout=self.rpc_timeout_s)
         except grpc.RpcError as err:
-            log.warning("session %s: drift check unavailable (%s); turn not counted", session_id, err.details())
-            return DriftOutcome(None)
-        check = TurnCheck(r.locality, r.locality_ok)
+            log.warning("session %s: the gate is unavailable (%s); drift check not counted", session_id, err.details())
+            return SurrogatePlan(DriftOutcome(None), None, err)
+        if not response.HasField("observed"):
+            return SurrogatePlan(DriftOutcome(None), list(response.messages))
+        check = TurnCheck(response.observed.locality, response.observed.locality_ok)
         _, fire = live_record.drift_check(record, check, d.consecutive, d.window)
         reason = ""
         if fire:
             reason = (
                 f"{d.consecutive} turns in a row off the session's topic "
-                f"(locality {r.locality:.3f} < drift.min_locality {d.min_locality})"
+                f"(locality {check.locality:.3f} < drift.min_locality {d.min_locality})"
             )
-        return DriftOutcome(check, reason)
-
-    def surrogate_messages(self, state: SessionState, history: list[Turn], query: str) -> list[dict[str, str]]:
-        """S̃_t: the summary of the older turns, the last K turns and the query (GateService.Compress)."""
-        response = self.gate.Compress(
-            compress_request(self.method, state.system_prompt, history, query), timeout=self.rpc_timeout_s
-        )
-        return messages_from_proto(response.messages)
+        return SurrogatePlan(DriftOutcome(check, reason), list(response.messages))
 
     def commit_turn(
         self, session_id: str, turn_count: int, by_teacher: bool, drift: DriftOutcome | None

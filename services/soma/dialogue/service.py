@@ -244,19 +244,18 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
         history = self._history(session_id)
         live = self.live.record(session_id) if self.live else None
         decision = route_turn(state, live, live=self.live is not None)
-        drift = None
+        drift = plan = None
         phase = live.phase if live else Phase.WARMUP
-        if decision.served_by is ServedBy.SURROGATE:
-            drift = self.live.drift(session_id, live, query)
+        if decision.served_by is ServedBy.SURROGATE:  # one gate call: S̃_t and the drift check
+            plan = self.live.plan_surrogate_turn(session_id, live, state, history, query)
+            drift = plan.drift
             if drift.rollback_reason:
                 decision, phase = drift_rerouted(decision, drift.rollback_reason), Phase.ROLLED_BACK
         trace.get_current_span().set_attribute("gen_ai.conversation.id", session_id)  # the Chat RPC's span
         with session_span(session_id, live, "soma.turn", turn_index=turn_index) as span:
             result = None
             if decision.served_by is ServedBy.SURROGATE:
-                outcome = yield from self._surrogate_turn(
-                    session_id, state, history, query, decision, chat_request, context
-                )
+                outcome = yield from self._surrogate_turn(session_id, state, plan, decision, chat_request, context)
                 if isinstance(outcome, str):  # the surrogate failed before its first chunk: the teacher serves
                     decision = RouteDecision(ServedBy.TEACHER, outcome)
                 else:
@@ -313,13 +312,12 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
                         pass  # closed and erased meanwhile: nothing left to correct
             yield dialogue_pb2.ChatResponse(turn=turn_record_to_proto(turn))
 
-    def _surrogate_turn(self, session_id, state, history, query, decision, chat_request, context):
-        """Serve with the session's adapter and S̃_t; a failure before the first chunk (adapter
+    def _surrogate_turn(self, session_id, state, plan, decision, chat_request, context):
+        """Serve with the session's adapter and S̃_t; a failure before the first chunk (gate, adapter
         missing or corrupt, store or surrogate down) returns the reason, and the teacher serves."""
-        try:
-            messages = self.live.surrogate_messages(state, history, query)
-        except grpc.RpcError as err:
-            return self._fallback(session_id, "compress", err)
+        if plan.messages is None:
+            return self._fallback(session_id, "compress", plan.error)
+        messages = plan.messages
         adapter = surrogate_pb2.AdapterRef(session_id=session_id, generation=decision.generation)
         try:
             return (
@@ -360,7 +358,7 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
         else:
             stub, address = self._surrogate, self.surrogate_address
             request = surrogate_pb2.SurrogateServiceGenerateRequest(
-                messages=messages_to_proto(messages),
+                messages=messages,  # S̃_t as the gate built it: protobuf end to end
                 params=chat_request.params,
                 request_id=f"{session_id}/{turn_index}",
                 adapter=adapter,

@@ -120,10 +120,13 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
             place=place,
             max_summarized_turns=window,
         )
-        return gate_pb2.CompressResponse(
+        response = gate_pb2.CompressResponse(
             messages=messages_to_proto(messages),
             summarized_turns=max(0, min(window, len(history) - request.recent_turns)),
         )
+        if request.HasField("observe"):
+            response.observed.CopyFrom(self.ObserveTurn(request.observe, context))
+        return response
 
 
 def hosted(encoder: object, settings: GateSettings) -> HostedService:

@@ -125,7 +125,7 @@ class ObserveTurnResponse(_message.Message):
     def __init__(self, locality: _Optional[float] = ..., locality_ok: _Optional[bool] = ..., gap: _Optional[float] = ..., gap_ok: _Optional[bool] = ...) -> None: ...
 
 class CompressRequest(_message.Message):
-    __slots__ = ("system_prompt", "turns", "query", "recent_turns", "summary_chars", "summary_place", "max_summarized_turns")
+    __slots__ = ("system_prompt", "turns", "query", "recent_turns", "summary_chars", "summary_place", "max_summarized_turns", "observe")
     SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
     TURNS_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +133,7 @@ class CompressRequest(_message.Message):
     SUMMARY_CHARS_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_PLACE_FIELD_NUMBER: _ClassVar[int]
     MAX_SUMMARIZED_TURNS_FIELD_NUMBER: _ClassVar[int]
+    OBSERVE_FIELD_NUMBER: _ClassVar[int]
     system_prompt: str
     turns: _containers.RepeatedCompositeFieldContainer[AnswerPair]
     query: str
@@ -140,12 +141,15 @@ class CompressRequest(_message.Message):
     summary_chars: int
     summary_place: SummaryPlace
     max_summarized_turns: int
-    def __init__(self, system_prompt: _Optional[str] = ..., turns: _Optional[_Iterable[_Union[AnswerPair, _Mapping]]] = ..., query: _Optional[str] = ..., recent_turns: _Optional[int] = ..., summary_chars: _Optional[int] = ..., summary_place: _Optional[_Union[SummaryPlace, str]] = ..., max_summarized_turns: _Optional[int] = ...) -> None: ...
+    observe: ObserveTurnRequest
+    def __init__(self, system_prompt: _Optional[str] = ..., turns: _Optional[_Iterable[_Union[AnswerPair, _Mapping]]] = ..., query: _Optional[str] = ..., recent_turns: _Optional[int] = ..., summary_chars: _Optional[int] = ..., summary_place: _Optional[_Union[SummaryPlace, str]] = ..., max_summarized_turns: _Optional[int] = ..., observe: _Optional[_Union[ObserveTurnRequest, _Mapping]] = ...) -> None: ...
 
 class CompressResponse(_message.Message):
-    __slots__ = ("messages", "summarized_turns")
+    __slots__ = ("messages", "summarized_turns", "observed")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     SUMMARIZED_TURNS_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.Message]
     summarized_turns: int
-    def __init__(self, messages: _Optional[_Iterable[_Union[_common_pb2.Message, _Mapping]]] = ..., summarized_turns: _Optional[int] = ...) -> None: ...
+    observed: ObserveTurnResponse
+    def __init__(self, messages: _Optional[_Iterable[_Union[_common_pb2.Message, _Mapping]]] = ..., summarized_turns: _Optional[int] = ..., observed: _Optional[_Union[ObserveTurnResponse, _Mapping]] = ...) -> None: ...
