@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from soma.config import TARGETS, ConfigError, load_settings
+from soma.config import ConfigError, load_settings
+from soma.serve import TARGETS
 
 
 def _settings(args: argparse.Namespace):

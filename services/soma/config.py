@@ -9,6 +9,8 @@ names the value a GPU cluster would use where it differs.
 from __future__ import annotations
 
 import contextvars
+import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -18,9 +20,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
-TARGETS = ("all", "dialogue", "teacher", "surrogate", "gate", "mining", "training")
 # Chosen by `soma bench fidelity`'s teacher degeneracy on the dev dialogues (README, Benchmarks).
 TEACHER_REPETITION_PENALTY = 1.25
+
+
+log = logging.getLogger("soma.config")
 
 
 class ConfigError(ValueError):
@@ -181,22 +185,9 @@ class JobsSettings(_Section):
         le=19,
         description="OS niceness of the job processes: turns get the CPU first. Cluster (GPU worker pods): 0.",
     )
-    budget: Literal["tiny", "cpu", "paper"] = Field("cpu", description="Method config preset of the jobs. GPU: paper.")
-    method: dict[str, Any] = Field(
-        default_factory=dict, description='Method settings over the budget, dotted keys: {"lora.steps": 12}.'
-    )
-
-    def method_config(self):
-        from soma.algo.config import preset  # torch-free, but keeps config import light
-
-        return preset(self.budget).with_changes(self.method)
 
     @model_validator(mode="after")
     def _limits(self) -> JobsSettings:
-        try:
-            self.method_config()
-        except ValueError as err:
-            raise ValueError(f"jobs.method: {err}") from None
         if self.time_limit_s <= self.soft_time_limit_s:
             raise ValueError(
                 f"jobs.time_limit_s ({self.time_limit_s}) must exceed jobs.soft_time_limit_s ({self.soft_time_limit_s})"
@@ -264,9 +255,60 @@ class DialogueSettings(_Section):
     max_history_chars: int = Field(
         400_000, ge=1000, description="History sent to the model per turn; older turns beyond it are left out."
     )
-    adaptation: Literal["off", "embedded", "operator"] = Field(
+    session_ttl_s: int = Field(
+        86_400, ge=60, description="SomaSession ttlSeconds (operator mode): idle sessions are deleted after it."
+    )
+    kubernetes_namespace: str = Field(
+        "", description="Namespace of the SomaSession objects (adaptation operator); empty = the pod's own."
+    )
+
+    @model_validator(mode="after")
+    def _redis_url(self) -> DialogueSettings:
+        if self.session_store == "redis" and not self.redis_url:
+            raise ValueError("dialogue.redis_url is required when dialogue.session_store is redis")
+        return self
+
+    @field_validator("teacher_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return _host_port(value)
+
+
+def _host_port(value: str) -> str:
+    if value and not re.fullmatch(r"(unix:.+|[A-Za-z0-9.\-]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5})", value):
+        raise ValueError(f"{value!r} is not host:port")
+    return value
+
+
+class MethodSettings(_Section):
+    """The SOMA method's settings: what the mining and training jobs run, the gate decides and the
+    driver schedules (W)."""
+
+    budget: Literal["tiny", "cpu", "paper"] = Field("cpu", description="Method config preset. GPU: paper.")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description='Method settings over the budget, dotted keys: {"lora.steps": 12}.'
+    )
+
+    def config(self):
+        from soma.algo.config import preset  # torch-free, but keeps config import light
+
+        return preset(self.budget).with_changes(self.overrides)
+
+    @model_validator(mode="after")
+    def _valid(self) -> MethodSettings:
+        try:
+            self.config()
+        except ValueError as err:
+            raise ValueError(f"method.overrides: {err}") from None
+        return self
+
+
+class AdaptationSettings(_Section):
+    """Live adaptation as the dialogue service and the adaptation driver run it."""
+
+    mode: Literal["off", "embedded", "operator"] = Field(
         "embedded",
-        description="Who drives live adaptation: this process (embedded), the SomaSession operator, or off "
+        description="Who drives live adaptation: the dialogue process (embedded), the SomaSession operator, or off "
         "(the teacher serves every turn). Cluster: operator.",
     )
     surrogate_address: str = Field("", description="host:port of the surrogate service; empty = this process.")
@@ -282,12 +324,16 @@ class DialogueSettings(_Section):
     )
     job_timeout_s: float = Field(1800.0, gt=0, description="An adaptation job running longer counts as failed.")
     retry_backoff_s: float = Field(5.0, ge=0, description="Wait before re-adapting after a failure; doubles each time.")
-    session_ttl_s: int = Field(
-        86_400, ge=60, description="SomaSession ttlSeconds (operator mode): idle sessions are deleted after it."
-    )
-    kubernetes_namespace: str = Field(
-        "", description="Namespace of the SomaSession objects (adaptation operator); empty = the pod's own."
-    )
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML reads a bare `off` as false
+
+    @field_validator("surrogate_address", "gate_address", "mining_address", "training_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return _host_port(value)
 
     def policy(self, warm_turns: int):
         """The reconcile policy of live sessions (W comes from the method config)."""
@@ -300,25 +346,42 @@ class DialogueSettings(_Section):
             backoff_s=self.retry_backoff_s,
         )
 
-    @model_validator(mode="after")
-    def _redis_url(self) -> DialogueSettings:
-        if self.session_store == "redis" and not self.redis_url:
-            raise ValueError("dialogue.redis_url is required when dialogue.session_store is redis")
-        return self
-
-    @field_validator("teacher_address", "surrogate_address", "gate_address", "mining_address", "training_address")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        if value and not re.fullmatch(r"(unix:.+|[A-Za-z0-9.\-]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5})", value):
-            raise ValueError(f"{value!r} is not host:port")
-        return value
-
 
 class TelemetrySettings(_Section):
     otlp_endpoint: str = Field("", description="OTLP/gRPC collector, e.g. http://otel-collector:4317; empty = off.")
     service_name: str = Field("soma", description="OpenTelemetry service.name prefix.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off. Cluster: 9464.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level (stderr).")
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value  # validation names the key and the problem
+
+
+# Keys that moved to the section of the process that reads them (old -> new); the old names keep
+# working as deprecated aliases. New settings go in the section of the process that reads them.
+MOVED_KEYS = {
+    ("jobs", "budget"): ("method", "budget"),
+    ("jobs", "method"): ("method", "overrides"),
+    ("dialogue", "adaptation"): ("adaptation", "mode"),
+    **{
+        ("dialogue", key): ("adaptation", key)
+        for key in (
+            "surrogate_address",
+            "gate_address",
+            "mining_address",
+            "training_address",
+            "reconcile_interval_s",
+            "rewarm_turns",
+            "max_attempts",
+            "job_timeout_s",
+            "retry_backoff_s",
+        )
+    },
+}
 
 
 class Settings(BaseSettings):
@@ -336,6 +399,8 @@ class Settings(BaseSettings):
     telemetry: TelemetrySettings = TelemetrySettings()
     adapters: AdapterStoreSettings = AdapterStoreSettings()
     jobs: JobsSettings = JobsSettings()
+    method: MethodSettings = MethodSettings()
+    adaptation: AdaptationSettings = AdaptationSettings()
     state_dir: Path = Field(
         default_factory=default_state_dir,
         description="soma's own data (sessions, adapters, job queue) unless set one by one; made absolute at start. "
@@ -344,6 +409,39 @@ class Settings(BaseSettings):
     )
     model_cache: Path = Field(Path("~/.cache/soma/models"), description="Where prepared models are cached.")
     torch_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads; 0 = torch default.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        """The old names of moved keys (MOVED_KEYS) still work, with a warning naming the new one."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for (old_section, old_key), (new_section, new_key) in MOVED_KEYS.items():
+            section = data.get(old_section)
+            if not isinstance(section, dict) or old_key not in section:
+                continue
+            section = dict(section)
+            value = section.pop(old_key)
+            if new_key == "overrides" and isinstance(value, str):  # from the environment: JSON, as before
+                value = _json_or_text(value)
+            data[old_section] = section
+            target = data.get(new_section)
+            target = dict(target) if isinstance(target, dict) else (target.model_dump() if target is not None else {})
+            target.setdefault(new_key, value)  # the new name wins where both are set
+            data[new_section] = target
+            log.warning(
+                "%s.%s (env SOMA_%s__%s) is deprecated: use %s.%s (env SOMA_%s__%s)",
+                old_section,
+                old_key,
+                old_section.upper(),
+                old_key.upper(),
+                new_section,
+                new_key,
+                new_section.upper(),
+                new_key.upper(),
+            )
+        return data
 
     @model_validator(mode="after")
     def _threads_left_for_health(self) -> Settings:

@@ -8,42 +8,17 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from soma.config import TARGETS, ConfigError, ModelSettings, Settings, ensure_data_folders
+from soma.config import ConfigError, ModelSettings, Settings, ensure_data_folders
 from soma.launcher import exit_with_parent
 from soma.server.app import SomaServer
 from soma.telemetry.metrics import start_metrics_server
 from soma.telemetry.tracing import setup_tracing, shutdown_tracing, traced_channel
 
 log = logging.getLogger("soma.serve")
-
-SERVICES_OF = {
-    "all": ("teacher", "surrogate", "gate", "dialogue", "mining", "training"),
-    "mining": ("mining",),
-    "training": ("training",),
-    "teacher": ("teacher",),
-    "surrogate": ("surrogate",),
-    "gate": ("gate",),
-    "dialogue": ("dialogue",),
-}
-
-
-def _check_addresses(target: str, settings: Settings) -> None:
-    if target != "dialogue":
-        return
-    d = settings.dialogue
-    needed = ["teacher"]
-    if d.adaptation != "off":
-        needed += ["surrogate", "gate"]
-    if d.adaptation == "embedded":
-        needed += ["mining", "training"]
-    for key in needed:
-        if not getattr(d, f"{key}_address"):
-            raise ConfigError(
-                f"dialogue.{key}_address (env SOMA_DIALOGUE__{key.upper()}_ADDRESS) is required with "
-                f"--target dialogue and dialogue.adaptation={d.adaptation}: the host:port of a {key} service"
-                + ("" if key == "teacher" else " (or set dialogue.adaptation=off)")
-            )
 
 
 def _chat_backend(path: str, section: ModelSettings, key: str):
@@ -52,12 +27,142 @@ def _chat_backend(path: str, section: ModelSettings, key: str):
     return make_chat_backend(path, section, key)
 
 
+class _Build:
+    """What the service builders of one target share: the settings, the resolved model paths, the
+    process's private address (target all) and the job queue (mining and training share it)."""
+
+    def __init__(self, settings: Settings, paths: dict[str, str], internal_address: str | None):
+        self.settings, self.paths, self.internal_address = settings, paths, internal_address
+        self._queue = None
+
+    def queue(self):
+        if self._queue is None:
+            from soma.jobs import service as jobs
+            from soma.jobs.app import make_celery
+            from soma.jobs.queue import JobQueue
+
+            self._queue = JobQueue(make_celery(self.settings.jobs), self.settings.jobs)
+            jobs.register_queue_depth(self._queue)
+        return self._queue
+
+
+def _teacher(b: _Build):
+    from soma.teacher import service as teacher
+
+    return teacher.hosted(_chat_backend(b.paths["teacher"], b.settings.teacher, "teacher"), b.settings.teacher)
+
+
+def _surrogate(b: _Build):
+    from soma.algo.config import LoraConfig
+    from soma.algo.lora_train import SessionAdapters
+    from soma.errors import FailedPrecondition
+    from soma.storage.adapter_store import open_store
+    from soma.surrogate import service as surrogate
+    from soma.surrogate.adapter_cache import AdapterCache
+
+    settings = b.settings
+    backend = _chat_backend(b.paths["surrogate"], settings.surrogate, "surrogate")
+    try:
+        store = open_store(settings.adapters)
+    except FailedPrecondition as err:
+        raise ConfigError(f"adapters (env SOMA_ADAPTERS__*): {err}") from None
+    # a vLLM backend brings its own session adapters (a LoRARequest each); transformers gets PEFT's
+    adapters = getattr(backend, "adapters", None) or SessionAdapters(backend.model, LoraConfig())
+    cache = AdapterCache(
+        adapters,
+        store,
+        base_model=settings.surrogate.model,
+        max_count=settings.surrogate.adapter_cache_count,
+        max_bytes=settings.surrogate.adapter_cache_mb * 1024 * 1024,
+    )
+    return surrogate.hosted(backend, settings.surrogate, cache)
+
+
+def _gate(b: _Build):
+    from soma.gate import service as gate
+    from soma.models.encoder import SentenceEncoder
+
+    return gate.hosted(SentenceEncoder(b.paths["gate"]), b.settings.gate)
+
+
+def _mining(b: _Build):
+    from soma.jobs import service as jobs
+
+    return jobs.hosted_mining(b.queue())
+
+
+def _training(b: _Build):
+    from soma.jobs import service as jobs
+
+    return jobs.hosted_training(b.queue())
+
+
+def _dialogue_service(b: _Build):
+    return _dialogue(b.settings, b.internal_address)
+
+
+@dataclass(frozen=True)
+class Service:
+    """One service a target can host: the model it loads (a settings section, or None) and its builder."""
+
+    model: str | None
+    build: Callable[[_Build], Any]
+
+
+# The services, in the order a target builds them, and the targets: each service alone, or all.
+SERVICES: dict[str, Service] = {
+    "teacher": Service("teacher", _teacher),
+    "surrogate": Service("surrogate", _surrogate),
+    "gate": Service("gate", _gate),
+    "dialogue": Service(None, _dialogue_service),
+    "mining": Service(None, _mining),
+    "training": Service(None, _training),
+}
+SERVICES_OF: dict[str, tuple[str, ...]] = {"all": tuple(SERVICES), **{name: (name,) for name in SERVICES}}
+TARGETS = tuple(SERVICES_OF)
+
+
+def _check_addresses(target: str, settings: Settings) -> None:
+    if target != "dialogue":
+        return
+    mode = settings.adaptation.mode
+    needed = [("dialogue", "teacher")]
+    if mode != "off":
+        needed += [("adaptation", "surrogate"), ("adaptation", "gate")]
+    if mode == "embedded":
+        needed += [("adaptation", "mining"), ("adaptation", "training")]
+    for section, key in needed:
+        if not getattr(getattr(settings, section), f"{key}_address"):
+            raise ConfigError(
+                f"{section}.{key}_address (env SOMA_{section.upper()}__{key.upper()}_ADDRESS) is required with "
+                f"--target dialogue and adaptation.mode={mode}: the host:port of a {key} service"
+                + ("" if key == "teacher" else " (or set adaptation.mode=off)")
+            )
+
+
+def _model_paths(wanted: tuple[str, ...], settings: Settings) -> dict[str, str]:
+    """Every model the target loads, resolved first, so a missing package fails before anything loads."""
+    sections = [SERVICES[name].model for name in wanted if SERVICES[name].model]
+    if not sections:
+        return {}
+    from soma.models import resolve_model  # model code only for the targets that run one
+
+    paths = {}
+    for section in sections:
+        if section == "teacher" and settings.teacher.backend == "openai":
+            paths[section] = settings.teacher.model  # an OpenAI-compatible teacher is only a name on the remote API
+        else:
+            name = settings.gate.encoder if section == "gate" else getattr(settings, section).model
+            paths[section] = resolve_model(name, settings.model_cache)
+    return paths
+
+
 def build_server(target: str, settings: Settings) -> SomaServer:
     """Load the target's models and services into a bound (not yet started) server.
 
     Model libraries (torch, transformers) load only for the targets that run a model: the dialogue
     target and the job front doors start without them."""
-    if target not in TARGETS:
+    if target not in SERVICES_OF:
         raise ConfigError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     _check_addresses(target, settings)
     wanted = SERVICES_OF[target]
@@ -67,72 +172,15 @@ def build_server(target: str, settings: Settings) -> SomaServer:
     except OSError as err:
         raise ConfigError(f"server.port (env SOMA_SERVER__PORT): {err}") from None
     internal_address = server.enable_internal_server() if target == "all" else None
-    cache = settings.model_cache
-    # Resolve every model first so a missing package fails before anything loads.
-    paths = {}
-    if {"teacher", "surrogate", "gate"} & set(wanted):
-        from soma.models import resolve_model  # model code only for the targets that run one
-    if "teacher" in wanted:  # an OpenAI-compatible teacher is only a name on the remote API
-        remote = settings.teacher.backend == "openai"
-        paths["teacher"] = settings.teacher.model if remote else resolve_model(settings.teacher.model, cache)
-    if "surrogate" in wanted:
-        paths["surrogate"] = resolve_model(settings.surrogate.model, cache)
-    if "gate" in wanted:
-        paths["gate"] = resolve_model(settings.gate.encoder, cache)
-
-    local_model = (
-        "surrogate" in wanted or "gate" in wanted or ("teacher" in wanted and settings.teacher.backend != "openai")
-    )
+    paths = _model_paths(wanted, settings)
+    local_model = any(k != "teacher" or settings.teacher.backend != "openai" for k in paths)
     if local_model and settings.torch_threads:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
-
-    if "teacher" in wanted:
-        from soma.teacher import service as teacher
-
-        server.add(teacher.hosted(_chat_backend(paths["teacher"], settings.teacher, "teacher"), settings.teacher))
-    if "surrogate" in wanted:
-        from soma.algo.config import LoraConfig
-        from soma.algo.lora_train import SessionAdapters
-        from soma.errors import FailedPrecondition
-        from soma.storage.adapter_store import open_store
-        from soma.surrogate import service as surrogate
-        from soma.surrogate.adapter_cache import AdapterCache
-
-        backend = _chat_backend(paths["surrogate"], settings.surrogate, "surrogate")
-        try:
-            store = open_store(settings.adapters)
-        except FailedPrecondition as err:
-            raise ConfigError(f"adapters (env SOMA_ADAPTERS__*): {err}") from None
-        # a vLLM backend brings its own session adapters (a LoRARequest each); transformers gets PEFT's
-        adapters = getattr(backend, "adapters", None) or SessionAdapters(backend.model, LoraConfig())
-        cache = AdapterCache(
-            adapters,
-            store,
-            base_model=settings.surrogate.model,
-            max_count=settings.surrogate.adapter_cache_count,
-            max_bytes=settings.surrogate.adapter_cache_mb * 1024 * 1024,
-        )
-        server.add(surrogate.hosted(backend, settings.surrogate, cache))
-    if "gate" in wanted:
-        from soma.gate import service as gate
-        from soma.models.encoder import SentenceEncoder
-
-        server.add(gate.hosted(SentenceEncoder(paths["gate"]), settings.gate))
-    if "mining" in wanted or "training" in wanted:
-        from soma.jobs import service as jobs
-        from soma.jobs.app import make_celery
-        from soma.jobs.queue import JobQueue
-
-        queue = JobQueue(make_celery(settings.jobs), settings.jobs)
-        jobs.register_queue_depth(queue)
-        if "mining" in wanted:
-            server.add(jobs.hosted_mining(queue))
-        if "training" in wanted:
-            server.add(jobs.hosted_training(queue))
-    if "dialogue" in wanted:
-        server.add(_dialogue(settings, internal_address))
+    build = _Build(settings, paths, internal_address)
+    for name in wanted:
+        server.add(SERVICES[name].build(build))
     return server
 
 
@@ -148,26 +196,27 @@ def _dialogue(settings: Settings, internal_address: str | None):
         return traced_channel(address, max_message_mb=settings.server.max_message_mb)
 
     teacher_address = d.teacher_address or internal_address
-    if d.adaptation == "off":
+    a = settings.adaptation
+    if a.mode == "off":
         return dialogue.hosted(store, teacher_address, d, channel)
     from soma.adaptation.loop import ReconcileLoop
     from soma.dialogue.live_adaptation import LiveAdaptation
     from soma.v1 import gate_pb2_grpc
 
     def address(key: str) -> str:
-        return getattr(d, f"{key}_address") or internal_address
+        return getattr(a, f"{key}_address") or internal_address
 
-    method = settings.jobs.method_config()
-    policy = d.policy(method.warm_turns)
+    method = settings.method.config()
+    policy = a.policy(method.warm_turns)
     channels = {"gate": channel(address("gate"))}
     gate = gate_pb2_grpc.GateServiceStub(channels["gate"])
     live = LiveAdaptation(store, gate, method, policy, channels=channels)
     on_open = on_close = loop = None
-    if d.adaptation == "embedded":
+    if a.mode == "embedded":
         from soma.adaptation.build import build_driver
 
         driver = build_driver(settings, internal_address, store=store, channels=channels)  # one store, one gate channel
-        loop = ReconcileLoop(driver, store, d.reconcile_interval_s).start()
+        loop = ReconcileLoop(driver, store, a.reconcile_interval_s).start()
         live.on_adapting = loop.wake
 
         def on_close(session_id: str) -> None:
@@ -195,7 +244,7 @@ def _dialogue(settings: Settings, internal_address: str | None):
 def somasession_hooks(resources, settings: Settings):
     """Cluster mode: OpenSession creates the session's SomaSession (spec only, written once);
     CloseSession deletes it, and the operator's finalizer removes its adapters and transcript."""
-    warm_turns = settings.jobs.method_config().warm_turns
+    warm_turns = settings.method.config().warm_turns
 
     def on_open(state) -> None:
         resources.create(

@@ -3,7 +3,7 @@
 Each server here runs in a scratch working directory with a scratch HOME and none of the
 caller's SOMA_* or XDG_* variables, so nothing leaks in from the developer's machine. Two
 things are set, and only these: the `tiny` method budget through its one documented setting
-(`jobs.budget`; the default `cpu` budget takes minutes per session on 2 cores), and the
+(`method.budget`; the default `cpu` budget takes minutes per session on 2 cores), and the
 prepared model cache, linked into the scratch HOME at its default place
 (`~/.cache/soma/models`) because preparing the models again would take minutes and 3 GB;
 it holds converted model weights, no state. Clients ask for short answers per request, as
@@ -62,7 +62,7 @@ def scratch(tmp_path: Path) -> dict:
         "state": home / ".local" / "state" / "soma",  # where the defaults must put soma's data
         "work_a": work_a,
         "work_b": work_b,
-        "env": {"HOME": str(home), "SOMA_JOBS__BUDGET": "tiny"},
+        "env": {"HOME": str(home), "SOMA_METHOD__BUDGET": "tiny"},
         "log": tmp_path / "serve.log",
     }
 

@@ -49,9 +49,11 @@ def stack(tmp_path_factory):
         "SOMA_JOBS__LOCAL_DIR": str(root / "queue"),
         "SOMA_ADAPTERS__LOCAL_DIR": str(root / "adapters"),
         "SOMA_DIALOGUE__SESSION_DB": str(root / "sessions.db"),
-        "SOMA_JOBS__BUDGET": "tiny",
+        "SOMA_METHOD__BUDGET": "tiny",
         # slow enough training (no holdout, so no early stop) to kill a worker in the middle of it
-        "SOMA_JOBS__METHOD": json.dumps({"lora.steps": 300, "lora.holdout_fraction": 0.0, "gate.acceptance_size": 1}),
+        "SOMA_METHOD__OVERRIDES": json.dumps(
+            {"lora.steps": 300, "lora.holdout_fraction": 0.0, "gate.acceptance_size": 1}
+        ),
         "SOMA_JOBS__SHUTDOWN_WAIT_S": "1",
     }
     sessions = SqliteSessionStore(root / "sessions.db")

@@ -37,7 +37,8 @@ def test_dialogue_target_serves_a_session_without_torch(tmp_path):
         "SOMA_DIALOGUE__SESSION_DB": str(tmp_path / "s.db"),
         "SOMA_ADAPTERS__LOCAL_DIR": str(tmp_path / "adapters"),
         "SOMA_STATE_DIR": str(tmp_path / "state"),
-        **{f"SOMA_DIALOGUE__{k}_ADDRESS": dead for k in ("TEACHER", "SURROGATE", "GATE", "MINING", "TRAINING")},
+        "SOMA_DIALOGUE__TEACHER_ADDRESS": dead,
+        **{f"SOMA_ADAPTATION__{k}_ADDRESS": dead for k in ("SURROGATE", "GATE", "MINING", "TRAINING")},
     }
     script = f"""
         import json, sys
@@ -45,7 +46,7 @@ def test_dialogue_target_serves_a_session_without_torch(tmp_path):
         from soma.config import load_settings
         from soma.serve import build_server
         settings = load_settings()
-        assert settings.dialogue.adaptation == "embedded", settings.dialogue.adaptation
+        assert settings.adaptation.mode == "embedded", settings.adaptation.mode
         server = build_server("dialogue", settings)
         server.start()
         with DialogueClient(server.address) as client:

@@ -38,10 +38,10 @@ ON_TOPIC = [
 OFF_TOPIC = ["What is a good recipe for banana bread?", "Which flowers grow best in a shady garden?"]
 LIVE_ENV = {
     **SERVER_ENV,
-    "SOMA_JOBS__BUDGET": "tiny",
-    "SOMA_JOBS__METHOD": json.dumps({"gate.epsilon": 0, "gate.max_mean_gap": 0}),
-    "SOMA_DIALOGUE__RECONCILE_INTERVAL_S": "0.3",
-    "SOMA_DIALOGUE__RETRY_BACKOFF_S": "1",
+    "SOMA_METHOD__BUDGET": "tiny",
+    "SOMA_METHOD__OVERRIDES": json.dumps({"gate.epsilon": 0, "gate.max_mean_gap": 0}),
+    "SOMA_ADAPTATION__RECONCILE_INTERVAL_S": "0.3",
+    "SOMA_ADAPTATION__RETRY_BACKOFF_S": "1",
 }
 PHASE = common_pb2.SessionPhase.Name
 

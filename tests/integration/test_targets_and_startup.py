@@ -32,7 +32,7 @@ def test_split_targets_talk_over_grpc(tmp_path):
             **SERVER_ENV,
             "SOMA_DIALOGUE__TEACHER_ADDRESS": teacher.address,
             "SOMA_DIALOGUE__SESSION_DB": str(tmp_path / "s.db"),
-            "SOMA_DIALOGUE__ADAPTATION": "off",  # a dialogue with a teacher only
+            "SOMA_ADAPTATION__MODE": "off",  # a dialogue with a teacher only
         }
         with start_server("dialogue", env=env, log_path=tmp_path / "dialogue.log") as dlg:
             with DialogueClient(dlg.address) as client:
@@ -49,7 +49,7 @@ def test_teacher_down_is_unavailable_and_transcript_intact(tmp_path):
         "SOMA_DIALOGUE__SESSION_DB": str(tmp_path / "s.db"),
         "SOMA_DIALOGUE__TEACHER_TIMEOUT_S": "5",
         "SOMA_ADAPTERS__LOCAL_DIR": str(tmp_path / "adapters"),
-        **{f"SOMA_DIALOGUE__{k}_ADDRESS": dead for k in ("SURROGATE", "GATE", "MINING", "TRAINING")},
+        **{f"SOMA_ADAPTATION__{k}_ADDRESS": dead for k in ("SURROGATE", "GATE", "MINING", "TRAINING")},
     }
     with start_server("dialogue", env=env, log_path=tmp_path / "dialogue.log") as dlg:
         with DialogueClient(dlg.address) as client:
@@ -83,8 +83,8 @@ def test_malformed_config_exits_naming_the_key(tmp_path):
     assert out.returncode == 2 and "dialogue.teacher_address" in out.stderr
     # live adaptation needs the other services too, and says which key names each
     out = _serve(["--target", "dialogue", "--port", "0"], env={"SOMA_DIALOGUE__TEACHER_ADDRESS": "teacher:50051"})
-    assert out.returncode == 2 and "dialogue.surrogate_address" in out.stderr
-    assert "dialogue.adaptation=off" in out.stderr
+    assert out.returncode == 2 and "adaptation.surrogate_address" in out.stderr
+    assert "adaptation.mode=off" in out.stderr
 
 
 def test_missing_model_package_exits_naming_the_package(tmp_path):

@@ -176,7 +176,7 @@ def test_service_addresses_point_at_rendered_services(rendered):
     assert 6379 in ports["soma-redis"] and 9000 in ports["soma-minio"]
     assert env["SOMA_SERVER__HOST"] == "0.0.0.0"
     assert env["SOMA_TELEMETRY__METRICS_PORT"] == "9464"
-    assert env["SOMA_DIALOGUE__ADAPTATION"] == "operator"
+    assert env["SOMA_ADAPTATION__MODE"] == "operator"
 
 
 @pytest.mark.parametrize("value_set", ["default", "gpu", "external"])
@@ -220,7 +220,7 @@ def test_gpu_workers_land_on_the_a100_pool_with_a_gpu_each(rendered):
         container = _container(worker)
         assert _gpu_limit(container) == 1
         assert container["image"].startswith("soma-cuda:")
-        assert env_values(container)["SOMA_JOBS__BUDGET"] == "paper"
+        assert env_values(container)["SOMA_METHOD__BUDGET"] == "paper"
         assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in spec["volumes"])  # /dev/shm
         # the worker gets time to requeue its job on SIGTERM
         assert spec["terminationGracePeriodSeconds"] > int(env_values(container)["SOMA_JOBS__SHUTDOWN_WAIT_S"])
@@ -283,7 +283,7 @@ def test_minimal_is_one_embedded_pod_without_gpus(rendered):
     assert env["SOMA_STATE_DIR"] == "/var/lib/soma"
     assert env["SOMA_TEACHER__REPETITION_PENALTY"] == "1.25"  # the CPU teacher's, as in soma's own defaults
     assert {"name": "state", "mountPath": "/var/lib/soma"} in container["volumeMounts"]
-    assert env["SOMA_DIALOGUE__ADAPTATION"] == "embedded"
+    assert env["SOMA_ADAPTATION__MODE"] == "embedded"
     assert not any(k.endswith("_ADDRESS") or "REDIS" in k or "S3_" in k for k in env)
     # nowhere in the rendered text is a GPU asked for
     assert GPU not in str(docs)

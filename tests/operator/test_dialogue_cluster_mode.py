@@ -25,7 +25,8 @@ async def test_open_and_close_session_create_and_delete_the_somasession(k8s, tmp
     settings = load_settings(
         overrides={
             "server": {"port": 0, "grace_period_s": 1},
-            "dialogue": {"adaptation": "operator", "session_ttl_s": 600},
+            "dialogue": {"session_ttl_s": 600},
+            "adaptation": {"mode": "operator"},
             "teacher": {"model": "Qwen/Qwen3-8B"},
         }
     )
@@ -52,7 +53,7 @@ async def test_open_and_close_session_create_and_delete_the_somasession(k8s, tmp
                 "tenant": "tenant-a",
                 "teacherModel": "Qwen/Qwen3-8B",
                 "surrogateModel": "smollm2-135m-instruct",
-                "warmTurns": settings.jobs.method_config().warm_turns,
+                "warmTurns": settings.method.config().warm_turns,
                 "ttlSeconds": 600,
             }
             assert "status" not in obj  # the operator's, never the dialogue service's

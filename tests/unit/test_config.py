@@ -136,3 +136,29 @@ def test_a_data_folder_that_cannot_be_written_is_named(monkeypatch, tmp_path: Pa
     monkeypatch.delenv("SOMA_ADAPTERS__LOCAL_DIR")
     ensure_data_folders(load_settings())  # the defaults under the state folder are created
     assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["adapters", "jobs"]
+
+
+def test_moved_keys_keep_their_old_names_with_a_warning(monkeypatch, caplog):
+    monkeypatch.setenv("SOMA_JOBS__BUDGET", "tiny")
+    monkeypatch.setenv("SOMA_JOBS__METHOD", '{"lora.steps": 3}')
+    monkeypatch.setenv("SOMA_DIALOGUE__ADAPTATION", "off")
+    monkeypatch.setenv("SOMA_DIALOGUE__REWARM_TURNS", "5")
+    with caplog.at_level("WARNING", logger="soma.config"):
+        settings = load_settings()
+    assert (settings.method.budget, settings.method.config().lora.steps) == ("tiny", 3)
+    assert (settings.adaptation.mode, settings.adaptation.rewarm_turns) == ("off", 5)
+    assert "SOMA_JOBS__BUDGET) is deprecated: use method.budget (env SOMA_METHOD__BUDGET)" in caplog.text
+    monkeypatch.setenv("SOMA_ADAPTATION__MODE", "operator")  # the new name wins where both are set
+    assert load_settings().adaptation.mode == "operator"
+
+
+def test_moved_keys_work_in_yaml_too(tmp_path):
+    cfg = tmp_path / "old.yaml"
+    cfg.write_text("dialogue:\n  adaptation: off\n  mining_address: miner:50051\njobs:\n  budget: paper\n")
+    settings = load_settings(cfg)
+    assert settings.adaptation.mode == "off" and settings.adaptation.mining_address == "miner:50051"
+    assert settings.method.budget == "paper"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dialogue:\n  mining_address: not an address\n")
+    with pytest.raises(ConfigError, match="adaptation.mining_address"):
+        load_settings(bad)

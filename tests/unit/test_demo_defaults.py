@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_demo_passes_no_method_override(tmp_path):
     env = demo_env(tmp_path)
-    assert set(env) == {"SOMA_STATE_DIR"}  # no SOMA_JOBS__METHOD: the shipped gate decides
+    assert set(env) == {"SOMA_STATE_DIR"}  # no SOMA_METHOD__OVERRIDES: the shipped gate decides
     args = build_parser().parse_args(["demo"])
     assert not any("gate" in name or "epsilon" in name for name in vars(args))
     recipe = [line.strip() for line in (ROOT / "Makefile").read_text().split("\ndemo:")[1].splitlines()[1:3]]

@@ -117,9 +117,9 @@ imagePullPolicy: {{ $img.pullPolicy }}
   "SOMA_SURROGATE__MODEL" $v.surrogate.model
   "SOMA_SURROGATE__DTYPE" $v.surrogate.dtype
   "SOMA_GATE__ENCODER" $v.gate.encoder
-  "SOMA_JOBS__BUDGET" $v.jobs.budget
+  "SOMA_METHOD__BUDGET" $v.jobs.budget
   "SOMA_JOBS__SHUTDOWN_WAIT_S" (toString $v.jobs.shutdownWaitSeconds)
-  "SOMA_DIALOGUE__ADAPTATION" (include "soma.adaptation" $root)
+  "SOMA_ADAPTATION__MODE" (include "soma.adaptation" $root)
 -}}
 {{- if eq $v.teacher.backend "openai" -}}
 {{- $_ := set $env "SOMA_TEACHER__OPENAI_BASE_URL" (required "teacher.openai.baseUrl is required with backend openai" $v.teacher.openai.baseUrl) -}}
@@ -129,10 +129,10 @@ imagePullPolicy: {{ $img.pullPolicy }}
 {{- $_ := set $env "SOMA_STATE_DIR" "/var/lib/soma" -}}
 {{- else -}}
 {{- $_ := set $env "SOMA_DIALOGUE__TEACHER_ADDRESS" (include "soma.address" (list $root "teacher")) -}}
-{{- $_ := set $env "SOMA_DIALOGUE__SURROGATE_ADDRESS" (include "soma.address" (list $root "surrogate")) -}}
-{{- $_ := set $env "SOMA_DIALOGUE__GATE_ADDRESS" (include "soma.address" (list $root "gate")) -}}
-{{- $_ := set $env "SOMA_DIALOGUE__MINING_ADDRESS" (include "soma.address" (list $root "mining")) -}}
-{{- $_ := set $env "SOMA_DIALOGUE__TRAINING_ADDRESS" (include "soma.address" (list $root "training")) -}}
+{{- $_ := set $env "SOMA_ADAPTATION__SURROGATE_ADDRESS" (include "soma.address" (list $root "surrogate")) -}}
+{{- $_ := set $env "SOMA_ADAPTATION__GATE_ADDRESS" (include "soma.address" (list $root "gate")) -}}
+{{- $_ := set $env "SOMA_ADAPTATION__MINING_ADDRESS" (include "soma.address" (list $root "mining")) -}}
+{{- $_ := set $env "SOMA_ADAPTATION__TRAINING_ADDRESS" (include "soma.address" (list $root "training")) -}}
 {{- $_ := set $env "SOMA_DIALOGUE__KUBERNETES_NAMESPACE" $root.Release.Namespace -}}
 {{- $_ := set $env "SOMA_DIALOGUE__SESSION_STORE" "redis" -}}
 {{- $_ := set $env "SOMA_DIALOGUE__REDIS_URL" (include "soma.redisUrl" (list $root 2)) -}}

@@ -17,23 +17,23 @@ def build_driver(
     settings: Any, internal_address: str | None = None, *, store: Any = None, channels: dict | None = None
 ) -> AdaptationDriver:
     """The driver over the configured session store, adapter store and service addresses
-    (`dialogue.*_address`; empty ones go to `internal_address`, the process's own services).
+    (`adaptation.*_address`; empty ones go to `internal_address`, the process's own services).
     The operator builds it from the pod's SOMA_* settings; `soma serve` in embedded mode hands it
     the dialogue service's own session store and gate channel (`store`, `channels`)."""
 
-    d = settings.dialogue
+    a = settings.adaptation
     channels = dict(channels or {})
-    addresses = {k: getattr(d, f"{k}_address") or internal_address for k in ("mining", "training", "gate")}
+    addresses = {k: getattr(a, f"{k}_address") or internal_address for k in ("mining", "training", "gate")}
     missing = [k for k, v in addresses.items() if not v and k not in channels]
     if missing:
         raise ConfigError(
-            ", ".join(f"dialogue.{k}_address (env SOMA_DIALOGUE__{k.upper()}_ADDRESS)" for k in missing)
+            ", ".join(f"adaptation.{k}_address (env SOMA_ADAPTATION__{k.upper()}_ADDRESS)" for k in missing)
             + " must name the service(s) the adaptation driver calls"
         )
     for key, address in addresses.items():
         if key not in channels:
             channels[key] = traced_channel(address, max_message_mb=settings.server.max_message_mb)
-    method = settings.jobs.method_config()
+    method = settings.method.config()
     driver = AdaptationDriver(
         store if store is not None else open_session_store(settings.dialogue),
         AdaptationClients(
@@ -42,7 +42,7 @@ def build_driver(
             gate_pb2_grpc.GateServiceStub(channels["gate"]),
         ),
         method,
-        d.policy(method.warm_turns),
+        settings.adaptation.policy(method.warm_turns),
         adapter_store=open_store(settings.adapters),
     )
     driver.channels = channels  # stubs do not keep their channels open

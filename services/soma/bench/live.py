@@ -137,7 +137,7 @@ def run_bench_live(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     from soma.algo.config import preset
 
-    method = preset(args.budget or settings.jobs.budget).with_changes(settings.jobs.method)
+    method = preset(args.budget or settings.method.budget).with_changes(settings.method.overrides)
     w = method.warm_turns
     queries = load_user_turns(args.dialogue or bundled_live_dialogue())
     if len(queries) < w + 6:
@@ -158,11 +158,13 @@ def run_bench_live(args: argparse.Namespace) -> int:
                 "SOMA_DIALOGUE__SESSION_DB": str(Path(tmp) / "sessions.db"),
                 "SOMA_ADAPTERS__LOCAL_DIR": str(Path(tmp) / "adapters"),
                 "SOMA_JOBS__LOCAL_DIR": str(Path(tmp) / "jobs"),
-                "SOMA_DIALOGUE__ADAPTATION": adaptation,
-                "SOMA_JOBS__BUDGET": args.budget or settings.jobs.budget,
+                "SOMA_ADAPTATION__MODE": adaptation,
+                "SOMA_METHOD__BUDGET": args.budget or settings.method.budget,
             }
             if args.gate_epsilon is not None:
-                env["SOMA_JOBS__METHOD"] = json.dumps({**settings.jobs.method, "gate.epsilon": args.gate_epsilon})
+                env["SOMA_METHOD__OVERRIDES"] = json.dumps(
+                    {**settings.method.overrides, "gate.epsilon": args.gate_epsilon}
+                )
             print(f"{name}: soma serve --target all (adaptation {adaptation}) ...", flush=True)
             with start_server("all", extra, env=env, log_path=out / f"server-{name}.log") as server:
                 started = time.perf_counter()
@@ -191,7 +193,7 @@ def summarize(runs: dict, cache: dict, w: int, args) -> dict:
     g_ratio = [r["latency_ms"] / base[r["turn"]]["latency_ms"] for r in g_turns]
     return {
         "warm_turns": w,
-        "budget": args.budget or "jobs.budget",
+        "budget": args.budget or "method.budget",
         "max_new_tokens": args.max_new_tokens,
         "think_s": args.think_s,
         "gate_epsilon": args.gate_epsilon,
@@ -263,7 +265,7 @@ def to_markdown(r: dict) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dialogue", type=Path, help="JSON Lines or text file of user turns (default: bundled)")
     p.add_argument(
-        "--budget", choices=("tiny", "cpu", "paper"), default=None, help="method budget (default: jobs.budget)"
+        "--budget", choices=("tiny", "cpu", "paper"), default=None, help="method budget (default: method.budget)"
     )
     p.add_argument("--turns-after", type=int, default=6, help="turns after the warm window W (default 6)")
     p.add_argument("--max-new-tokens", type=int, default=48)

@@ -122,7 +122,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     turns = load_user_turns(args.script or bundled_dialogue())
     settings = load_settings(args.config)
-    warm = settings.jobs.method_config().warm_turns
+    warm = settings.method.config().warm_turns
     started = time.perf_counter()
     for name in EMBEDDED_MODELS:
         prepare_model(name, settings.model_cache)

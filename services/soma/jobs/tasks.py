@@ -68,7 +68,7 @@ def load_resources(settings: Settings) -> work.JobResources:
     from soma.storage.adapter_store import open_store
 
     torch.set_num_threads(settings.jobs.worker_threads)
-    cfg = settings.jobs.method_config()
+    cfg = settings.method.config()
     path = resolve_model(settings.surrogate.model, settings.model_cache)
     backend = TransformersChatBackend(path, name=settings.surrogate.model, dtype=settings.surrogate.dtype)
     table = neighbourhood.cached_neighbours(

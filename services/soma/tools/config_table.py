@@ -1,4 +1,4 @@
-"""Print the configuration table of the README from the Settings model, so the docs cannot
+"""Print the configuration tables of docs/configuration.md from the Settings model, so the docs cannot
 drift from the code (a unit test compares the two)."""
 
 from __future__ import annotations
