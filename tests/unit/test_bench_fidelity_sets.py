@@ -9,18 +9,36 @@ from soma.bench.dialogues import DatasetError, select
 
 def test_kept_dialogue_sets_are_the_seeded_draw_and_disjoint():
     from soma.bench.dialogues import read_id_list
-    from soma.bench.fidelity_cli import DEFAULT_DATASETS, SETS_DIR
+    from soma.bench.fidelity_cli import SETS_DIR, SHARED_DATA_DIR
 
-    if not all(p.is_file() for p in DEFAULT_DATASETS):
+    shared = [SHARED_DATA_DIR / "persuasionforgood.dev.jsonl", SHARED_DATA_DIR / "multiwoz21.test.jsonl"]
+    if not all(p.is_file() for p in shared):
         pytest.skip("the developers' data folder (../shared/data) is not next to this checkout")
     tuning, report = read_id_list(SETS_DIR / "tuning.txt"), read_id_list(SETS_DIR / "report.txt")
     assert len(tuning) == 12 and len(report) == 40 and not set(tuning) & set(report)
-    drawn = [d.id for d in select(DEFAULT_DATASETS, 52, 10, 0)]
+    drawn = [d.id for d in select(shared, 52, 10, 0)]
     assert drawn == tuning + report
-    chosen = select(DEFAULT_DATASETS, 3, 10, 0, ids=tuning, max_turns=6)
+    chosen = select(shared, 3, 10, 0, ids=tuning, max_turns=6)
     assert [d.id for d in chosen] == tuning[:3] and all(len(d.queries) == 6 for d in chosen)
     with pytest.raises(DatasetError, match="not in"):
-        select(DEFAULT_DATASETS, 3, 10, 0, ids=["no-such-dialogue"])
+        select(shared, 3, 10, 0, ids=["no-such-dialogue"])
+
+
+def test_the_bundled_sets_hold_exactly_the_kept_dialogues():
+    """A clone without ../shared/data runs the benchmarks on the fixed sets bundled in the repository."""
+    from soma.bench.dialogues import read_dialogues, read_id_list
+    from soma.bench.fidelity_cli import BUNDLED_DIR, SETS_DIR, SHARED_DATA_DIR
+
+    ids = read_id_list(SETS_DIR / "tuning.txt") + read_id_list(SETS_DIR / "report.txt")
+    files = sorted(BUNDLED_DIR.glob("*.jsonl"))
+    bundled = {d.id: d for f in files for d in read_dialogues(f)}
+    assert sorted(bundled) == sorted(ids)
+    assert [d.id for d in select(files, 52, 10, 0, ids=ids)] == ids  # every set runs from the bundle
+    assert (BUNDLED_DIR / "licenses").is_dir()
+    if (SHARED_DATA_DIR / "multiwoz21.test.jsonl").is_file():  # and each is the developers' row, unchanged
+        for f in files:
+            full = {d.id: d for d in read_dialogues(SHARED_DATA_DIR / f.name)}
+            assert all(full[i] == d for i, d in bundled.items() if d.dataset == f.stem)
 
 
 class CountingTeacher:

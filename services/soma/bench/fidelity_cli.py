@@ -22,12 +22,20 @@ METHODS = (
 )
 PAIR_NAMES = ("cpu", "cpu-family")
 BUDGETS = ("tiny", "cpu", "paper")
-# The developers' data sits next to the repository (../shared/data); SOMA_DATA_DIR overrides.
-DATA_DIR = Path(os.environ.get("SOMA_DATA_DIR", Path(__file__).resolve().parents[3].parent / "shared" / "data"))
-# Long dialogues: each gives ≥ 6 post-switch answers at W = 4 (one turn-1 answer decides nothing).
-DEFAULT_DATASETS = [DATA_DIR / "persuasionforgood.dev.jsonl", DATA_DIR / "multiwoz21.test.jsonl"]
 # Fixed, disjoint dialogue lists of the default datasets (docs/bench/sets/README.md says how they were drawn).
 SETS_DIR = Path(__file__).resolve().parents[3] / "docs" / "bench" / "sets"
+# The developers' full data sits next to the repository (../shared/data); a clone without it uses the
+# dialogues of the fixed sets, bundled in the repository (python -m soma.bench.bundle_sets).
+# SOMA_DATA_DIR overrides both.
+SHARED_DATA_DIR = Path(__file__).resolve().parents[3].parent / "shared" / "data"
+BUNDLED_DIR = SETS_DIR / "data"
+DATA_DIR = Path(
+    os.environ.get(
+        "SOMA_DATA_DIR", SHARED_DATA_DIR if (SHARED_DATA_DIR / "multiwoz21.test.jsonl").is_file() else BUNDLED_DIR
+    )
+)
+# Long dialogues: each gives ≥ 6 post-switch answers at W = 4 (one turn-1 answer decides nothing).
+DEFAULT_DATASETS = [DATA_DIR / "persuasionforgood.dev.jsonl", DATA_DIR / "multiwoz21.test.jsonl"]
 TEACHER_CACHE = Path("~/.cache/soma/teacher-answers.sqlite")
 
 
