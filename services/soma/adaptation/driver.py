@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 
-from soma.adaptation.live_store import LiveRecordContended, update_live
+from soma.adaptation.live_store import apply_live
 from soma.algo.config import MethodConfig
 from soma.session.live import LiveRecord
 from soma.session.reconcile import (
@@ -138,16 +138,10 @@ class AdaptationDriver:
             seen["state"] = state
             return self._step(session_id, state, record, time.time() if now is None else now)
 
-        try:
-            update = update_live(self.store, session_id, step, tries=5)
-        except LiveRecordContended:
-            log.warning("session %s: the live record kept changing under the driver; next tick", session_id)
-            return None
-        if update is None:
-            return None
-        if update.changed:
-            self._record_changes(session_id, update.before, update.after)
-        return summary(update.after, seen["state"])
+        after = apply_live(
+            self.store, session_id, step, writer="driver (next tick)", on_changed=self._record_changes, tries=5
+        )
+        return None if after is None else summary(after, seen["state"])
 
     def _step(self, session_id: str, state: SessionState, record: LiveRecord, now: float) -> LiveRecord:
         live = record.live

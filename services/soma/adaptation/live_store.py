@@ -7,12 +7,15 @@ nobody wrote in between; on a race they re-read and compute again.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from soma.session import live as live_record
 from soma.session.live import LiveRecord
 from soma.storage.session_store import SessionClosed, SessionMissing, SessionStore
+
+log = logging.getLogger("soma.adaptation")
 
 
 class LiveRecordContended(RuntimeError):
@@ -59,3 +62,27 @@ def update_live(
         except (SessionMissing, SessionClosed):
             return None
     raise LiveRecordContended(f"session {session_id}: the live record changed under the writer {tries} times")
+
+
+def apply_live(
+    store: SessionStore,
+    session_id: str,
+    change: Callable[[LiveRecord], LiveRecord | None],
+    *,
+    writer: str,
+    on_changed: Callable[[str, LiveRecord, LiveRecord], None],
+    tries: int = 10,
+) -> LiveRecord | None:
+    """`update_live` as both writers use it: `on_changed(session_id, before, after)` after a write
+    that changed the record; None (logged, naming the writer) when the session is gone or the
+    record stayed contended."""
+    try:
+        update = update_live(store, session_id, change, tries=tries)
+    except LiveRecordContended:
+        log.warning("session %s: the live record kept changing under the %s after %d tries", session_id, writer, tries)
+        return None
+    if update is None:
+        return None
+    if update.changed:
+        on_changed(session_id, update.before, update.after)
+    return update.after

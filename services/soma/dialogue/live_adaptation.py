@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from soma.adaptation.driver import compress_request
-from soma.adaptation.live_store import LiveRecordContended, update_live
+from soma.adaptation.live_store import apply_live
 from soma.algo.config import MethodConfig
 from soma.algo.drift import TurnCheck
 from soma.session import live as live_record
@@ -122,16 +122,9 @@ class LiveAdaptation:
                     record = live_record.roll_back(record, drift.rollback_reason)
             return live_record.after_turn(record, turn_count, by_teacher, self.policy)
 
-        try:
-            update = update_live(self.store, session_id, turn)
-        except LiveRecordContended:
-            log.error("session %s: could not store the turn's adaptation state after 10 tries", session_id)
-            return None
-        if update is None:
-            return None
-        if update.changed:
-            self._report(session_id, update.before, update.after)
-        return update.after
+        return apply_live(
+            self.store, session_id, turn, writer="dialogue service (turn not counted)", on_changed=self._report
+        )
 
     def _report(self, session_id: str, before: LiveRecord, after: LiveRecord) -> None:
         for t in after.live.adaptation.history[len(before.live.adaptation.history) :]:

@@ -11,6 +11,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from opentelemetry import trace
@@ -54,6 +56,19 @@ log = logging.getLogger("soma.dialogue")
 tracer = trace.get_tracer("soma.dialogue")
 
 _LABEL_MAX_CHARS = 256
+
+
+@dataclass
+class _TurnPlan:
+    """What a turn was decided to be before any model runs."""
+
+    state: SessionState
+    turn_index: int
+    history: list[Turn]
+    live: Any  # LiveRecord | None
+    decision: RouteDecision
+    phase: Phase = Phase.WARMUP
+    surrogate: Any = None  # SurrogatePlan when the surrogate serves
 
 
 class _SessionLocks:
@@ -234,83 +249,101 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
         return history[len(history) - kept :]
 
     def _chat(self, session_id, query, chat_request, context, started) -> Iterator[dialogue_pb2.ChatResponse]:
+        """A turn in three steps: plan (who serves it, with what context), stream (the model's answer
+        to the client), commit (store the turn, advance the live record)."""
+        plan = self._plan(session_id, query, chat_request)
+        trace.get_current_span().set_attribute("gen_ai.conversation.id", session_id)  # the Chat RPC's span
+        with session_span(session_id, plan.live, "soma.turn", turn_index=plan.turn_index) as span:
+            result = yield from self._stream(session_id, query, plan, chat_request, context)
+            if result is None:
+                return  # the client left
+            span.set_attributes(
+                {
+                    "soma.served_by": plan.decision.served_by.value,
+                    "soma.route_reason": plan.decision.reason,
+                    "soma.phase": plan.phase.value,
+                    "soma.completion_tokens": result.completion_tokens,
+                }
+            )
+            if not context.is_active():
+                return  # the client cancelled: a turn it never received is not stored
+            turn = self._commit(session_id, query, plan, result, started)
+            yield dialogue_pb2.ChatResponse(turn=turn_record_to_proto(turn))
+
+    def _plan(self, session_id: str, query: str, chat_request) -> _TurnPlan:
         state = self._open_session(session_id)
         if chat_request.turn_index and chat_request.turn_index != state.turn_count + 1:
             raise Aborted(
                 f"turn_index={chat_request.turn_index} but session {session_id} is at turn {state.turn_count + 1}"
                 f" ({state.turn_count} stored); read it with GetSession before retrying"
             )
-        turn_index = state.turn_count + 1
         history = self._history(session_id)
         live = self.live.record(session_id) if self.live else None
-        decision = route_turn(state, live, live=self.live is not None)
-        drift = plan = None
-        phase = live.phase if live else Phase.WARMUP
-        if decision.served_by is ServedBy.SURROGATE:  # one gate call: S̃_t and the drift check
-            plan = self.live.plan_surrogate_turn(session_id, live, state, history, query)
-            drift = plan.drift
-            if drift.rollback_reason:
-                decision, phase = drift_rerouted(decision, drift.rollback_reason), Phase.ROLLED_BACK
-        trace.get_current_span().set_attribute("gen_ai.conversation.id", session_id)  # the Chat RPC's span
-        with session_span(session_id, live, "soma.turn", turn_index=turn_index) as span:
-            result = None
-            if decision.served_by is ServedBy.SURROGATE:
-                outcome = yield from self._surrogate_turn(session_id, state, plan, decision, chat_request, context)
-                if isinstance(outcome, str):  # the surrogate failed before its first chunk: the teacher serves
-                    decision = RouteDecision(ServedBy.TEACHER, outcome)
-                else:
-                    result = outcome
-            if result is None:
-                messages = chat_messages(state, history, query)
-                result = yield from self._model_turn(
-                    "teacher", session_id, turn_index, messages, chat_request, context, fallback_ok=False
-                )
-            if result is None:
-                return  # the client left
-            span.set_attributes(
-                {
-                    "soma.served_by": decision.served_by.value,
-                    "soma.route_reason": decision.reason,
-                    "soma.phase": phase.value,
-                    "soma.completion_tokens": result.completion_tokens,
-                }
+        plan = _TurnPlan(
+            state, state.turn_count + 1, history, live, route_turn(state, live, live=self.live is not None)
+        )
+        plan.phase = live.phase if live else Phase.WARMUP
+        if plan.decision.served_by is ServedBy.SURROGATE:  # one gate call: S̃_t and the drift check
+            plan.surrogate = self.live.plan_surrogate_turn(session_id, live, state, history, query)
+            reason = plan.surrogate.drift.rollback_reason
+            if reason:
+                plan.decision, plan.phase = drift_rerouted(plan.decision, reason), Phase.ROLLED_BACK
+        return plan
+
+    def _stream(self, session_id: str, query: str, plan: _TurnPlan, chat_request, context):
+        """The serving model's answer, streamed; the teacher serves when the surrogate fails before
+        its first chunk. Returns the GenerationResult, None when the client left."""
+        if plan.decision.served_by is ServedBy.SURROGATE:
+            outcome = yield from self._surrogate_turn(
+                session_id, plan.state, plan.surrogate, plan.decision, chat_request, context
             )
-            turn = Turn(
-                turn_index=turn_index,
-                query=query,
-                answer=result.text,
-                served_by=decision.served_by,
-                route_reason=decision.reason,
-                phase=phase,
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
-                latency_ms=(time.perf_counter() - started) * 1000.0,
-                model_latency_ms=result.model_latency_ms,
-                finish_reason=finish_from_proto(result.finish_reason),
-                dropped_messages=result.dropped_messages,
+            if not isinstance(outcome, str):
+                return outcome
+            plan.decision = RouteDecision(ServedBy.TEACHER, outcome)  # failed before its first chunk
+        messages = chat_messages(plan.state, plan.history, query)
+        return (
+            yield from self._model_turn(
+                "teacher", session_id, plan.turn_index, messages, chat_request, context, fallback_ok=False
             )
-            if not context.is_active():
-                return  # the client cancelled: a turn it never received is not stored
-            try:
-                stored = self.store.append_turn(session_id, turn, None if self.live else Phase.WARMUP)
-            except SessionClosed:
-                raise FailedPrecondition(f"session {session_id} was closed while this turn was generated") from None
-            except SessionMissing:
-                raise NotFound(f"session {session_id} disappeared while this turn was generated") from None
-            except TurnConflict as err:
-                raise Aborted(f"session {session_id} changed while this turn was generated ({err}); retry") from None
-            TURNS.labels(decision.served_by.value.lower()).inc()
-            if self.live:
-                after = self.live.commit_turn(
-                    session_id, stored.turn_count, decision.served_by is ServedBy.TEACHER, drift
-                )
-                if after is not None and after.phase is not turn.phase:
-                    turn.phase = after.phase  # stored and streamed alike: the phase after this turn
-                    try:
-                        self.store.set_turn_phase(session_id, turn_index, after.phase)
-                    except SessionMissing:
-                        pass  # closed and erased meanwhile: nothing left to correct
-            yield dialogue_pb2.ChatResponse(turn=turn_record_to_proto(turn))
+        )
+
+    def _commit(self, session_id: str, query: str, plan: _TurnPlan, result, started: float) -> Turn:
+        """Store the turn, then advance the live record; the stored turn carries the phase after it."""
+        turn = Turn(
+            turn_index=plan.turn_index,
+            query=query,
+            answer=result.text,
+            served_by=plan.decision.served_by,
+            route_reason=plan.decision.reason,
+            phase=plan.phase,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            latency_ms=(time.perf_counter() - started) * 1000.0,
+            model_latency_ms=result.model_latency_ms,
+            finish_reason=finish_from_proto(result.finish_reason),
+            dropped_messages=result.dropped_messages,
+        )
+        try:
+            stored = self.store.append_turn(session_id, turn, None if self.live else Phase.WARMUP)
+        except SessionClosed:
+            raise FailedPrecondition(f"session {session_id} was closed while this turn was generated") from None
+        except SessionMissing:
+            raise NotFound(f"session {session_id} disappeared while this turn was generated") from None
+        except TurnConflict as err:
+            raise Aborted(f"session {session_id} changed while this turn was generated ({err}); retry") from None
+        TURNS.labels(plan.decision.served_by.value.lower()).inc()
+        if self.live:
+            drift = plan.surrogate.drift if plan.surrogate else None
+            after = self.live.commit_turn(
+                session_id, stored.turn_count, plan.decision.served_by is ServedBy.TEACHER, drift
+            )
+            if after is not None and after.phase is not turn.phase:
+                turn.phase = after.phase  # stored and streamed alike: the phase after this turn
+                try:
+                    self.store.set_turn_phase(session_id, plan.turn_index, after.phase)
+                except SessionMissing:
+                    pass  # closed and erased meanwhile: nothing left to correct
+        return turn
 
     def _surrogate_turn(self, session_id, state, plan, decision, chat_request, context):
         """Serve with the session's adapter and S̃_t; a failure before the first chunk (gate, adapter
