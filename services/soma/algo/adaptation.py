@@ -143,7 +143,8 @@ def split_acceptance(cases: Sequence[Case], size: int, rng: random.Random, min_t
 
 
 def random_gate_turns(n_turns: int, cfg: MethodConfig, seed: int) -> set[int]:
-    """The warm turns `gate.split = random` puts in B (warm-only B), as `training_split` draws them."""
+    """The warm turns `gate.split = random` puts in B when B holds warm turns only: `training_split`
+    draws B with this call, and the mining job asks F only about the turns outside it."""
     stand_ins = [Case((), "", 0.0, "warm", f"warm:{t}", t) for t in range(n_turns)]
     _, acceptance = split_acceptance(stand_ins, cfg.gate.acceptance_size, random.Random(seed), min_training=1)
     return {c.turn for c in acceptance}
@@ -351,9 +352,14 @@ def training_split(
     if cfg.gate.split == "hardest_train":
         training, acceptance = hardest_split(warm, mined, cfg)
     else:
-        pool = [*warm, *mined] if cfg.gate.mined_in_acceptance else list(warm)
-        rest, acceptance = split_acceptance(pool, cfg.gate.acceptance_size, random.Random(seed), min_training=1)
-        gate_turns = {c.turn for c in acceptance}
+        if cfg.gate.mined_in_acceptance:  # the paper's pooled B: warm and mined cases, by turn
+            pool = [*warm, *mined]
+            rest, acceptance = split_acceptance(pool, cfg.gate.acceptance_size, random.Random(seed), min_training=1)
+            gate_turns = {c.turn for c in acceptance}
+        else:  # warm-only B: the very draw the mining job asks F about (random_gate_turns)
+            gate_turns = random_gate_turns(len(warm), cfg, seed)
+            acceptance = [c for c in warm if c.turn in gate_turns]
+            rest = [c for c in warm if c.turn not in gate_turns]
         rest_warm = sorted((c for c in rest if c.source == "warm"), key=lambda c: c.hardness, reverse=True)
         kept = rest_warm[: cfg.lora.top_warm]
         training = kept + [c for c in mined if c.turn not in gate_turns]
