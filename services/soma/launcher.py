@@ -35,14 +35,17 @@ def exit_with_parent(variable: str) -> None:
 
 
 _READY = re.compile(r"soma serving target=(\S+) .* on (\S+:\d+)")
+_INTERNAL = re.compile(r"internal services on (unix:\S+)")
 
 
 class ServerProcess:
     """A running `soma serve`; stop() drains it with SIGTERM."""
 
-    def __init__(self, proc: subprocess.Popen, address: str, log_path: Path | None):
+    def __init__(self, proc: subprocess.Popen, address: str, log_path: Path | None, internal_address: str = ""):
         self.proc = proc
         self.address = address
+        # target all: the private socket of the internal services (teacher, surrogate, gate, jobs)
+        self.internal_address = internal_address or address
         self.log_path = log_path
 
     def stop(self, timeout: float = 60.0) -> int:
@@ -98,6 +101,9 @@ def start_server(
         for line in proc.stdout:
             match = _READY.search(line)
             if match and "address" not in found:
+                internal = _INTERNAL.search(line)
+                if internal:
+                    found["internal"] = internal.group(1)
                 found["address"] = match.group(2)
 
     threading.Thread(target=read_stdout, daemon=True).start()
@@ -111,4 +117,4 @@ def start_server(
             raise TimeoutError(f"soma serve not ready after {timeout:.0f}s")
         time.sleep(0.1)
     wait_healthy(found["address"], timeout=max(5.0, deadline - time.monotonic()))
-    return ServerProcess(proc, found["address"], log_path)
+    return ServerProcess(proc, found["address"], log_path, found.get("internal", ""))

@@ -10,13 +10,15 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from soma.config import ConfigError, ModelSettings, Settings, ensure_data_folders
-from soma.launcher import exit_with_parent
-from soma.server.app import SomaServer
-from soma.telemetry.metrics import start_metrics_server
-from soma.telemetry.tracing import setup_tracing, shutdown_tracing, traced_channel
+
+if TYPE_CHECKING:
+    from soma.server.app import SomaServer
+
+# Nothing here imports prometheus_client at module level: `soma worker` (whose CLI imports this
+# module for TARGETS) must switch prometheus to multiprocess mode before it is imported.
 
 log = logging.getLogger("soma.serve")
 
@@ -118,6 +120,7 @@ SERVICES: dict[str, Service] = {
     "mining": Service(None, _mining),
     "training": Service(None, _training),
 }
+PUBLIC_IN_ALL = ("dialogue",)
 SERVICES_OF: dict[str, tuple[str, ...]] = {"all": tuple(SERVICES), **{name: (name,) for name in SERVICES}}
 TARGETS = tuple(SERVICES_OF)
 
@@ -167,6 +170,8 @@ def build_server(target: str, settings: Settings) -> SomaServer:
     _check_addresses(target, settings)
     wanted = SERVICES_OF[target]
     # Bind first: a port in use fails in a second, not after the models have loaded.
+    from soma.server.app import SomaServer
+
     try:
         server = SomaServer(settings.server)
     except OSError as err:
@@ -180,7 +185,9 @@ def build_server(target: str, settings: Settings) -> SomaServer:
         torch.set_num_threads(settings.torch_threads)
     build = _Build(settings, paths, internal_address)
     for name in wanted:
-        server.add(SERVICES[name].build(build))
+        # in `all` only the Dialogue API is public; the rest answer on the private socket (a
+        # one-service target serves its service publicly: other pods call it there)
+        server.add(SERVICES[name].build(build), public=target != "all" or name in PUBLIC_IN_ALL)
     return server
 
 
@@ -193,6 +200,8 @@ def _dialogue(settings: Settings, internal_address: str | None):
     store = open_session_store(d)
 
     def channel(address: str):
+        from soma.telemetry.tracing import traced_channel
+
         return traced_channel(address, max_message_mb=settings.server.max_message_mb)
 
     teacher_address = d.teacher_address or internal_address
@@ -311,6 +320,10 @@ def stop_worker(proc, timeout_s: float = 60.0) -> None:
 
 
 def run(target: str, settings: Settings, config_path=None) -> int:
+    from soma.launcher import exit_with_parent
+    from soma.telemetry.metrics import start_metrics_server
+    from soma.telemetry.tracing import setup_tracing, shutdown_tracing
+
     logging.basicConfig(
         level=settings.telemetry.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -331,7 +344,8 @@ def run(target: str, settings: Settings, config_path=None) -> int:
     teacher = server.local_address or server.address
     worker = start_embedded_worker(settings, teacher, config_path) if target == "all" else None
     names = ", ".join(SERVICES_OF[target])
-    print(f"soma serving target={target} ({names}) on {server.address}", flush=True)
+    private = f"; internal services on {server.local_address}" if server.local_address else ""
+    print(f"soma serving target={target} ({names}) on {server.address}{private}", flush=True)
     try:
         server.wait()
     finally:

@@ -42,3 +42,10 @@ def all_server(server_dir):
 def channel(all_server):
     with grpc.insecure_channel(all_server.address) as ch:
         yield ch
+
+
+@pytest.fixture(scope="session")
+def internal_channel(all_server):
+    """The `all` server's private socket, where its internal services (teacher, surrogate, gate, jobs) answer."""
+    with grpc.insecure_channel(all_server.internal_address) as ch:
+        yield ch

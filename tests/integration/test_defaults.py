@@ -116,7 +116,7 @@ def test_the_defaults_adapt_a_session_to_a_stored_adapter(scratch):
         assert (adapter / "adapter_model.safetensors").stat().st_size == manifest["files"]["adapter_model.safetensors"][
             "size"
         ]
-        training = training_pb2_grpc.TrainingServiceStub(channel)
+        training = training_pb2_grpc.TrainingServiceStub(grpc.insecure_channel(server.internal_address))
         done = training.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=f"train-{sid}-1"))
         assert done.job.state == common_pb2.JOB_STATE_SUCCEEDED, done.job.message
         assert done.adapter.uri == adapter.as_uri()
@@ -170,7 +170,7 @@ def test_a_restart_drops_stale_queued_jobs_and_another_folder_sees_the_same_sess
             closed = stub.GetSession(dialogue_pb2.GetSessionRequest(session_id="closed")).session
             assert PHASE(closed.phase) == "SESSION_PHASE_CLOSED"
 
-            mining = mining_pb2_grpc.MiningServiceStub(channel)
+            mining = mining_pb2_grpc.MiningServiceStub(grpc.insecure_channel(server.internal_address))
             deadline = time.monotonic() + 300
             jobs = {}
             while time.monotonic() < deadline:

@@ -68,3 +68,14 @@ def test_operator_package_imports_without_torch():
         print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r})))
     """
     assert _heavy_modules_after(script) == []
+
+
+def test_the_cli_imports_no_prometheus_before_the_worker_picks_its_mode():
+    """`soma worker` puts prometheus_client in multiprocess mode before importing it; a CLI that
+    imported it first (through the serve module's TARGETS) silently lost every job metric."""
+    script = """
+        import json, sys
+        import soma.cli
+        print(json.dumps(sorted(m for m in sys.modules if m.startswith("prometheus_client"))))
+    """
+    assert _heavy_modules_after(script) == []

@@ -224,7 +224,8 @@ def test_a_killed_worker_mid_training_gets_its_job_again_and_the_session_switche
     s.turn(ON_TOPIC[0])
     s.turn(ON_TOPIC[1])
     # wait until the training job is really training (the worker's child has taken it and reports it)
-    training = training_pb2_grpc.TrainingServiceStub(live_stack["channel"])
+    internal = grpc.insecure_channel(live_stack["server"].internal_address)
+    training = training_pb2_grpc.TrainingServiceStub(internal)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:

@@ -25,8 +25,7 @@ from soma.v1 import (
 
 pytestmark = pytest.mark.integration
 
-SERVICES = [
-    "soma.v1.DialogueService",
+INTERNAL = [
     "soma.v1.TeacherService",
     "soma.v1.SurrogateService",
     "soma.v1.GateService",
@@ -35,22 +34,55 @@ SERVICES = [
 ]
 
 
-def test_health_reports_every_service(channel):
+def test_health_reports_the_public_service(channel):
     stub = health_pb2_grpc.HealthStub(channel)
-    for service in ["", *SERVICES]:
+    for service in ["", "soma.v1.DialogueService"]:
         assert (
             stub.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
         )
-    with pytest.raises(grpc.RpcError) as info:
-        stub.Check(health_pb2.HealthCheckRequest(service="soma.v1.NoSuchService"))
-    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    for service in ["soma.v1.NoSuchService", *INTERNAL]:  # internal services are not even named publicly
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Check(health_pb2.HealthCheckRequest(service=service))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_reflection_lists_every_service(channel):
+def _listed(channel) -> set[str]:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
-    names = {s.name for s in next(responses).list_services_response.service}
-    assert set(SERVICES) | {"grpc.health.v1.Health"} <= names
+    return {s.name for s in next(responses).list_services_response.service}
+
+
+def test_reflection_lists_only_the_public_services(channel, internal_channel):
+    assert _listed(channel) == {
+        "soma.v1.DialogueService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+    assert set(INTERNAL) | {"soma.v1.DialogueService"} <= _listed(internal_channel)
+
+
+def test_internal_services_are_off_the_public_port(channel):
+    """In `all` only the Dialogue API is public: free teacher inference, another session's adapter
+    or a forged job are not reachable from the port clients use."""
+    from soma.v1 import mining_pb2, mining_pb2_grpc, training_pb2, training_pb2_grpc
+
+    calls = [
+        lambda: next(
+            teacher_pb2_grpc.TeacherServiceStub(channel).Generate(teacher_pb2.TeacherServiceGenerateRequest())
+        ),
+        lambda: next(
+            surrogate_pb2_grpc.SurrogateServiceStub(channel).Generate(surrogate_pb2.SurrogateServiceGenerateRequest())
+        ),
+        lambda: gate_pb2_grpc.GateServiceStub(channel).Gap(gate_pb2.GapRequest()),
+        lambda: mining_pb2_grpc.MiningServiceStub(channel).GetMiningJob(mining_pb2.GetMiningJobRequest(job_id="x")),
+        lambda: training_pb2_grpc.TrainingServiceStub(channel).SubmitTrainingJob(
+            training_pb2.SubmitTrainingJobRequest(session_id="victim", generation=1)
+        ),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_multi_turn_dialogue_uses_the_history(all_server, server_dir):
@@ -115,8 +147,8 @@ def test_bad_input_gets_clear_status_and_keeps_transcript(all_server):
         assert code == grpc.StatusCode.FAILED_PRECONDITION and "closed" in msg
 
 
-def test_teacher_streams_and_counts(channel):
-    stub = teacher_pb2_grpc.TeacherServiceStub(channel)
+def test_teacher_streams_and_counts(internal_channel):
+    stub = teacher_pb2_grpc.TeacherServiceStub(internal_channel)
     request = teacher_pb2.TeacherServiceGenerateRequest(
         messages=[common_pb2.Message(role=common_pb2.ROLE_USER, content="Count from 1 to 50, comma separated.")],
         params=common_pb2.GenerationParams(max_new_tokens=8),
@@ -157,8 +189,8 @@ def _smollm_adapter(store_dir, session_id: str, generation: int) -> None:
     LocalAdapterStore(store_dir).put(manifest, weights, config)
 
 
-def test_surrogate_serves_session_adapters_from_the_store(channel, server_dir):
-    stub = surrogate_pb2_grpc.SurrogateServiceStub(channel)
+def test_surrogate_serves_session_adapters_from_the_store(internal_channel, server_dir):
+    stub = surrogate_pb2_grpc.SurrogateServiceStub(internal_channel)
     messages = [common_pb2.Message(role=common_pb2.ROLE_USER, content="What is the capital of France?")]
     params = common_pb2.GenerationParams(max_new_tokens=12)
 
@@ -187,8 +219,8 @@ def test_surrogate_serves_session_adapters_from_the_store(channel, server_dir):
     assert code == grpc.StatusCode.DATA_LOSS and "sha256" in msg
 
 
-def test_gate_gap_is_batched_and_meaningful(channel):
-    stub = gate_pb2_grpc.GateServiceStub(channel)
+def test_gate_gap_is_batched_and_meaningful(internal_channel):
+    stub = gate_pb2_grpc.GateServiceStub(internal_channel)
     same = "The capital of France is Paris."
     gaps = stub.Gap(
         gate_pb2.GapRequest(

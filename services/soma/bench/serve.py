@@ -116,7 +116,9 @@ def run_bench_serve(args: argparse.Namespace) -> int:
                 dtype=settings.teacher.dtype,
             )
             print(f"measuring teacher throughput, {args.throughput_runs} interleaved runs ...", flush=True)
-            throughput = measure_throughput(server.address, backend, args.throughput_runs, args.throughput_tokens)
+            throughput = measure_throughput(
+                server.internal_address, backend, args.throughput_runs, args.throughput_tokens
+            )
     report = {
         "teacher": settings.teacher.model,
         "overhead": overhead,

@@ -50,13 +50,14 @@ def format_table(results: list[TurnResult]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)])
 
 
-def _job_line(client: DialogueClient, session_id: str, generation: int) -> str:
-    """The running adaptation job's stage and progress, read from the mining and training services."""
+def _job_line(jobs: grpc.Channel, session_id: str, generation: int) -> str:
+    """The running adaptation job's stage and progress, read from the mining and training services
+    (on the server's private socket: in `all` only the Dialogue API is public)."""
     from soma.v1 import mining_pb2, mining_pb2_grpc, training_pb2, training_pb2_grpc
 
     for kind, stub, request in (
-        ("training", training_pb2_grpc.TrainingServiceStub(client.channel), training_pb2.GetTrainingJobRequest),
-        ("mining", mining_pb2_grpc.MiningServiceStub(client.channel), mining_pb2.GetMiningJobRequest),
+        ("training", training_pb2_grpc.TrainingServiceStub(jobs), training_pb2.GetTrainingJobRequest),
+        ("mining", mining_pb2_grpc.MiningServiceStub(jobs), mining_pb2.GetMiningJobRequest),
     ):
         job_id = f"{'train' if kind == 'training' else 'mine'}-{session_id}-{generation}"
         try:
@@ -87,7 +88,7 @@ def gate_decisions(log_path: Path, session_id: str) -> list[str]:
     return out
 
 
-def wait_for_adaptation(client: DialogueClient, session_id: str, timeout_s: float) -> str:
+def wait_for_adaptation(client: DialogueClient, session_id: str, timeout_s: float, jobs: grpc.Channel) -> str:
     """Pause like a user reading the answers, showing the adaptation's progress, until it ends."""
     started = time.perf_counter()
     last, tty = "", sys.stdout.isatty()
@@ -99,7 +100,7 @@ def wait_for_adaptation(client: DialogueClient, session_id: str, timeout_s: floa
             print(("\r" if tty else "") + ended.ljust(100))
             return phase
         what = f"{phase} generation {session.adapter_generation}: " + (
-            "the gate is deciding" if phase == "GATING" else _job_line(client, session_id, session.adapter_generation)
+            "the gate is deciding" if phase == "GATING" else _job_line(jobs, session_id, session.adapter_generation)
         )
         if tty:  # one line, redrawn with the clock
             print(f"\r    [{time.perf_counter() - started:4.0f} s] {what}"[:100].ljust(100), end="", flush=True)
@@ -145,7 +146,7 @@ def run_demo(args: argparse.Namespace) -> int:
             )
             results: list[TurnResult] = []
             waited, shown = False, 0
-            with DialogueClient(server.address) as client:
+            with DialogueClient(server.address) as client, grpc.insecure_channel(server.internal_address) as jobs:
                 session = client.open_session(labels={"source": "soma-demo"})
                 for i, query in enumerate(turns, 1):
                     print(f"[{i}] user: {query}")
@@ -163,7 +164,7 @@ def run_demo(args: argparse.Namespace) -> int:
                     results.append(result)
                     if phase in ("ADAPTING", "GATING") and i > warm and not waited and args.wait_s > 0:
                         waited = True
-                        wait_for_adaptation(client, session.session_id, args.wait_s)
+                        wait_for_adaptation(client, session.session_id, args.wait_s, jobs)
                         print()
                     decisions = gate_decisions(log_path, session.session_id)
                     for line in decisions[shown:]:

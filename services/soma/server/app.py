@@ -60,6 +60,7 @@ class SomaServer:
         if self.port == 0:
             raise OSError(f"cannot bind {settings.host}:{settings.port}; is the port in use?")
         self._services: list[HostedService] = []
+        self._public: list[bool] = []
         self._stopped = threading.Event()
         self._draining = threading.Event()
         self._local_dir: str | None = None
@@ -99,20 +100,29 @@ class SomaServer:
         host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "[::]", "::") else self.settings.host
         return f"{host}:{self.port}"
 
-    def add(self, service: HostedService) -> None:
-        service.register(self._grpc)
+    def add(self, service: HostedService, *, public: bool = True) -> None:
+        """Host `service`; with `public=False` (target all's internal services) only on the private
+        socket, so the public port neither serves nor lists it."""
+        if not public and self._internal is None:
+            raise RuntimeError("a service off the public port needs the internal server")
+        if public:
+            service.register(self._grpc)
+            self.health.set(service.name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._internal is not None:
             service.register(self._internal)
         self._services.append(service)
-        self.health.set(service.name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._public.append(public)
 
     def start(self) -> None:
-        names = [s.name for s in self._services]
+        names = [s.name for s, public in zip(self._services, self._public, strict=True) if public]
         reflection.enable_server_reflection(
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             self._grpc,
         )
         if self._internal is not None:
+            reflection.enable_server_reflection(
+                [*(s.name for s in self._services), reflection.SERVICE_NAME], self._internal
+            )
             self._internal.start()
         self._grpc.start()
         for name in names:
