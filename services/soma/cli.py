@@ -56,7 +56,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         print(f"soma chat: cannot read the script: {err}", file=sys.stderr)
         return 2
-    with DialogueClient(args.address) as client:
+    api_key = args.api_key
+    if args.api_key_file is not None:
+        try:
+            api_key = args.api_key_file.read_text().strip()
+        except OSError as err:
+            print(f"soma chat: cannot read the API key file: {err}", file=sys.stderr)
+            return 2
+    with DialogueClient(args.address, api_key, tls_root_cert=args.tls_root_cert) as client:
         try:
             session = client.open_session(system_prompt=args.system or "")
         except grpc.RpcError as err:
@@ -199,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-new-tokens", type=int, default=0, help="0 = server default")
     chat.add_argument("--temperature", type=float, default=0.0)
     chat.add_argument("--keep", action="store_true", help="do not close the session at the end")
+    chat.add_argument("--api-key", help="API key (default: env SOMA_API_KEY, else the local key of an embedded server)")
+    chat.add_argument("--api-key-file", type=Path, help="read the API key from this file")
+    chat.add_argument("--tls-root-cert", type=Path, help="PEM root certificate: speak TLS to the server")
     chat.set_defaults(func=cmd_chat)
 
     models = sub.add_parser("models", help="prepare the CPU models shipped on PyPI")

@@ -15,6 +15,86 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from soma.v1 import common_pb2, dialogue_pb2, dialogue_pb2_grpc
 
 
+def default_api_key() -> str:
+    """SOMA_API_KEY, else the local key an embedded server made under the default state folder."""
+    import os
+
+    from soma.paths import default_state_dir
+
+    if os.environ.get("SOMA_API_KEY"):
+        return os.environ["SOMA_API_KEY"].strip()
+    local = default_state_dir() / "api-key"
+    return local.read_text().strip() if local.is_file() else ""
+
+
+class _BearerKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds `authorization: Bearer <key>` to every call of the channel."""
+
+    def __init__(self, key: str):
+        self._metadata = ("authorization", f"Bearer {key}")
+
+    def _details(self, details):
+        return details._replace(metadata=[*(details.metadata or ()), self._metadata])
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+
+def open_channel(
+    address: str, api_key: str | None = None, *, tls_root_cert: Path | None = None, options=()
+) -> grpc.Channel:
+    """A channel to a soma server that sends the API key with every call (None: `default_api_key()`,
+    "" : no key) and speaks TLS when a root certificate is given."""
+    key = default_api_key() if api_key is None else api_key
+    if tls_root_cert is not None:
+        channel = grpc.secure_channel(
+            address, grpc.ssl_channel_credentials(Path(tls_root_cert).read_bytes()), options=list(options)
+        )
+    else:
+        channel = grpc.insecure_channel(address, options=list(options))
+    if not key:
+        return channel
+    return _KeyedChannel(grpc.intercept_channel(channel, _BearerKey(key)), channel)
+
+
+class _KeyedChannel(grpc.Channel):
+    """An intercepted channel that closes the channel under it."""
+
+    def __init__(self, intercepted: grpc.Channel, raw: grpc.Channel):
+        self._intercepted, self._raw = intercepted, raw
+
+    def subscribe(self, callback, try_to_connect=False):
+        return self._intercepted.subscribe(callback, try_to_connect)
+
+    def unsubscribe(self, callback):
+        return self._intercepted.unsubscribe(callback)
+
+    def unary_unary(self, *args, **kwargs):
+        return self._intercepted.unary_unary(*args, **kwargs)
+
+    def unary_stream(self, *args, **kwargs):
+        return self._intercepted.unary_stream(*args, **kwargs)
+
+    def stream_unary(self, *args, **kwargs):
+        return self._intercepted.stream_unary(*args, **kwargs)
+
+    def stream_stream(self, *args, **kwargs):
+        return self._intercepted.stream_stream(*args, **kwargs)
+
+    def close(self):
+        self._raw.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
 def wait_healthy(address: str, service: str = "", timeout: float = 120.0) -> None:
     """Block until the server at address reports SERVING for service ("" = the server)."""
     deadline = time.monotonic() + timeout
@@ -56,11 +136,15 @@ class TurnResult:
 
 
 class DialogueClient:
-    def __init__(self, address: str):
+    def __init__(self, address: str, api_key: str | None = None, *, tls_root_cert: Path | None = None):
+        """`api_key` None: SOMA_API_KEY, else the local key of an embedded server (`default_api_key`)."""
         self.address = address
         # Streamed answers are read on the calling thread (no handoff per chunk).
-        self._channel = grpc.insecure_channel(
-            address, options=[(grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)]
+        self._channel = open_channel(
+            address,
+            api_key,
+            tls_root_cert=tls_root_cert,
+            options=[(grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)],
         )
         self.stub = dialogue_pb2_grpc.DialogueServiceStub(self._channel)
 

@@ -20,6 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from soma.paths import default_state_dir
+
 # Chosen by `soma bench fidelity`'s teacher degeneracy on the dev dialogues (README, Benchmarks).
 TEACHER_REPETITION_PENALTY = 1.25
 
@@ -29,14 +31,6 @@ log = logging.getLogger("soma.config")
 
 class ConfigError(ValueError):
     """A configuration problem, with a message that names the offending key."""
-
-
-def default_state_dir() -> Path:
-    """soma's own data folder by the XDG base-directory spec: $XDG_STATE_HOME/soma, else
-    ~/.local/state/soma (a relative XDG_STATE_HOME is invalid by the spec and ignored)."""
-    base = os.environ.get("XDG_STATE_HOME", "")
-    root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "state"
-    return root / "soma"
 
 
 def absolute(path: Path) -> Path:
@@ -51,6 +45,8 @@ def _empty_is_none(value: Any) -> Any:
 
 # Where each data folder lands when it is not set: under `state_dir` (Settings._data_folders).
 STATE_SUBPATHS = {
+    ("server", "api_keys_file"): "api-keys.json",
+    ("server", "local_api_key_file"): "api-key",
     ("adapters", "local_dir"): "adapters",
     ("jobs", "local_dir"): "jobs",
     ("dialogue", "session_db"): "sessions.db",
@@ -70,6 +66,37 @@ class ServerSettings(_Section):
     drain_delay_s: float = Field(
         0.0, ge=0, le=300, description="On SIGTERM, report NOT_SERVING this long before refusing RPCs. Cluster: 5."
     )
+    auth: Literal["keys", "none"] = Field(
+        "keys",
+        description="The Dialogue API's authentication: API keys (metadata `authorization: Bearer <key>`), or none "
+        "(loopback hosts only).",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="JSON {sha256 of a key: tenant}; made with a local key when missing. Cluster: a mounted Secret.",
+        json_schema_extra={"shown_default": "<state_dir>/api-keys.json"},
+    )
+    local_api_key_file: Path | None = Field(
+        None,
+        description="The local key made at first start when api_keys_file is missing (mode 0600).",
+        json_schema_extra={"shown_default": "<state_dir>/api-key"},
+    )
+    tls_cert_file: Path | None = Field(None, description="PEM certificate chain of the public port; unset = plaintext.")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    _blank_paths = field_validator(
+        "api_keys_file", "local_api_key_file", "tls_cert_file", "tls_key_file", mode="before"
+    )(_empty_is_none)
+
+    @model_validator(mode="after")
+    def _auth_and_tls(self) -> ServerSettings:
+        if self.auth == "none" and self.host not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError(
+                f"server.auth=none is allowed on a loopback host only, not {self.host!r}: "
+                "keep server.auth=keys (the default) on any other address"
+            )
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("server.tls_cert_file and server.tls_key_file go together: set both or neither")
+        return self
 
 
 class ModelSettings(_Section):

@@ -56,3 +56,9 @@ class DataLoss(SomaError):
 
 class DeadlineExceeded(SomaError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unauthenticated(SomaError):
+    """No valid credential: a missing, malformed or unknown API key."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED

@@ -35,15 +35,20 @@ def exit_with_parent(variable: str) -> None:
 
 
 _READY = re.compile(r"soma serving target=(\S+) .* on (\S+:\d+)")
-_INTERNAL = re.compile(r"internal services on (unix:\S+)")
+_INTERNAL = re.compile(r"internal services on (unix:[^;\s]+)")
+_KEY_FILE = re.compile(r"API key in (\S+)")
 
 
 class ServerProcess:
     """A running `soma serve`; stop() drains it with SIGTERM."""
 
-    def __init__(self, proc: subprocess.Popen, address: str, log_path: Path | None, internal_address: str = ""):
+    def __init__(
+        self, proc: subprocess.Popen, address: str, log_path: Path | None, internal_address: str = "", api_key: str = ""
+    ):
         self.proc = proc
         self.address = address
+        # the local key the server made (or found) for its Dialogue API; "" when auth is off
+        self.api_key = api_key
         # target all: the private socket of the internal services (teacher, surrogate, gate, jobs)
         self.internal_address = internal_address or address
         self.log_path = log_path
@@ -101,9 +106,11 @@ def start_server(
         for line in proc.stdout:
             match = _READY.search(line)
             if match and "address" not in found:
-                internal = _INTERNAL.search(line)
+                internal, key_file = _INTERNAL.search(line), _KEY_FILE.search(line)
                 if internal:
                     found["internal"] = internal.group(1)
+                if key_file:
+                    found["api_key"] = Path(key_file.group(1)).read_text().strip()
                 found["address"] = match.group(2)
 
     threading.Thread(target=read_stdout, daemon=True).start()
@@ -117,4 +124,4 @@ def start_server(
             raise TimeoutError(f"soma serve not ready after {timeout:.0f}s")
         time.sleep(0.1)
     wait_healthy(found["address"], timeout=max(5.0, deadline - time.monotonic()))
-    return ServerProcess(proc, found["address"], log_path, found.get("internal", ""))
+    return ServerProcess(proc, found["address"], log_path, found.get("internal", ""), found.get("api_key", ""))

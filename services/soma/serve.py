@@ -10,6 +10,7 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from soma.config import ConfigError, ModelSettings, Settings, ensure_data_folders
@@ -160,6 +161,30 @@ def _model_paths(wanted: tuple[str, ...], settings: Settings) -> dict[str, str]:
     return paths
 
 
+def _auth(target: str, settings: Settings):
+    """The Dialogue API's key check, for the targets that serve it publicly (None: auth is off)."""
+    if "dialogue" not in SERVICES_OF[target]:
+        return None
+    srv = settings.server
+    if srv.auth == "none":
+        log.warning("server.auth=none: the Dialogue API on %s takes calls without a key", srv.host)
+        return None
+    from soma.server.auth import ApiKeys, AuthInterceptor, ensure_local_key
+
+    if ensure_local_key(srv.api_keys_file, srv.local_api_key_file):
+        log.warning(
+            "made a local API key (tenant local) in %s; clients send it as `authorization: Bearer <key>`",
+            srv.local_api_key_file,
+        )
+    try:
+        keys = ApiKeys.load(srv.api_keys_file)
+    except ValueError as err:
+        raise ConfigError(f"server.api_keys_file (env SOMA_SERVER__API_KEYS_FILE): {err}") from None
+    if not len(keys):
+        raise ConfigError(f"server.api_keys_file (env SOMA_SERVER__API_KEYS_FILE): {srv.api_keys_file} holds no key")
+    return AuthInterceptor(keys)
+
+
 def build_server(target: str, settings: Settings) -> SomaServer:
     """Load the target's models and services into a bound (not yet started) server.
 
@@ -172,8 +197,13 @@ def build_server(target: str, settings: Settings) -> SomaServer:
     # Bind first: a port in use fails in a second, not after the models have loaded.
     from soma.server.app import SomaServer
 
+    auth = _auth(target, settings)
+    for key in ("tls_cert_file", "tls_key_file"):
+        path = getattr(settings.server, key)
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"server.{key} (env SOMA_SERVER__{key.upper()}): {path} does not exist")
     try:
-        server = SomaServer(settings.server)
+        server = SomaServer(settings.server, auth)
     except OSError as err:
         raise ConfigError(f"server.port (env SOMA_SERVER__PORT): {err}") from None
     internal_address = server.enable_internal_server() if target == "all" else None
@@ -345,6 +375,9 @@ def run(target: str, settings: Settings, config_path=None) -> int:
     worker = start_embedded_worker(settings, teacher, config_path) if target == "all" else None
     names = ", ".join(SERVICES_OF[target])
     private = f"; internal services on {server.local_address}" if server.local_address else ""
+    key_file = settings.server.local_api_key_file
+    if "dialogue" in SERVICES_OF[target] and settings.server.auth == "keys" and key_file and key_file.is_file():
+        private += f"; API key in {key_file}"
     print(f"soma serving target={target} ({names}) on {server.address}{private}", flush=True)
     try:
         server.wait()

@@ -5,6 +5,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from soma.client import open_channel
 from soma.launcher import start_server
 
 pytestmark = pytest.mark.integration
@@ -40,7 +41,7 @@ def all_server(server_dir):
 
 @pytest.fixture(scope="session")
 def channel(all_server):
-    with grpc.insecure_channel(all_server.address) as ch:
+    with open_channel(all_server.address, all_server.api_key) as ch:  # the key the server made
         yield ch
 
 

@@ -39,7 +39,7 @@ def test_the_client_group_installs_without_torch_and_plays_a_turn(all_server, tm
     script = f"""
         import importlib.util, json
         from soma.client import DialogueClient
-        with DialogueClient({all_server.address!r}) as client:
+        with DialogueClient({all_server.address!r}, {all_server.api_key!r}) as client:
             sid = client.open_session().session_id
             turn = client.chat(sid, "Say yes.", max_new_tokens=4)
         missing = [m for m in ("torch", "transformers", "peft") if importlib.util.find_spec(m) is None]

@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from soma.client import open_channel
 from soma.config import Settings
 from soma.jobs.app import make_celery
 from soma.jobs.queue import JobQueue
@@ -91,7 +92,7 @@ def test_the_defaults_adapt_a_session_to_a_stored_adapter(scratch):
     adapter under the default state folder and no job fails (every training job failed before:
     the relative default adapter folder had no file URI)."""
     server = _serve(scratch, scratch["work_a"])
-    channel = grpc.insecure_channel(server.address)
+    channel = open_channel(server.address, server.api_key)
     try:
         stub = dialogue_pb2_grpc.DialogueServiceStub(channel)
         sid = stub.OpenSession(dialogue_pb2.OpenSessionRequest()).session.session_id
@@ -139,7 +140,7 @@ def test_a_restart_drops_stale_queued_jobs_and_another_folder_sees_the_same_sess
     the worker of the next server before they run; a server started from another working folder
     serves the sessions of the first."""
     server = _serve(scratch, scratch["work_a"])
-    with grpc.insecure_channel(server.address) as channel:
+    with open_channel(server.address, server.api_key) as channel:
         stub = dialogue_pb2_grpc.DialogueServiceStub(channel)
         for sid in ("kept", "closed"):
             stub.OpenSession(dialogue_pb2.OpenSessionRequest(session_id=sid))
@@ -163,7 +164,7 @@ def test_a_restart_drops_stale_queued_jobs_and_another_folder_sees_the_same_sess
     metrics_port = free_port()
     server = _serve(scratch, scratch["work_b"], SOMA_TELEMETRY__METRICS_PORT=str(metrics_port))
     try:
-        with grpc.insecure_channel(server.address) as channel:
+        with open_channel(server.address, server.api_key) as channel:
             stub = dialogue_pb2_grpc.DialogueServiceStub(channel)
             kept = stub.GetSession(dialogue_pb2.GetSessionRequest(session_id="kept", include_transcript=True))
             assert kept.session.turn_count == 1 and kept.transcript[0].query == QUERIES[0]

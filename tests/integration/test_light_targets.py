@@ -49,7 +49,8 @@ def test_dialogue_target_serves_a_session_without_torch(tmp_path):
         assert settings.adaptation.mode == "embedded", settings.adaptation.mode
         server = build_server("dialogue", settings)
         server.start()
-        with DialogueClient(server.address) as client:
+        key = settings.server.local_api_key_file.read_text().strip()  # made at first start
+        with DialogueClient(server.address, key) as client:
             sid = client.open_session().session_id
             assert client.get_session(sid).session.session_id == sid
         server.stop(0)

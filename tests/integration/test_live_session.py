@@ -22,6 +22,7 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
+from soma.client import open_channel
 from soma.launcher import start_server
 from soma.v1 import common_pb2, dialogue_pb2, dialogue_pb2_grpc, training_pb2, training_pb2_grpc
 from tests.integration.conftest import SERVER_ENV
@@ -124,7 +125,7 @@ def live_stack(tmp_path_factory):
             "SOMA_TELEMETRY__METRICS_PORT": str(metrics_port),
         }
         server = start_server("all", env=env, log_path=root / "all.log")
-        channel = grpc.insecure_channel(server.address)
+        channel = open_channel(server.address, server.api_key)
         try:
             yield {
                 "stub": dialogue_pb2_grpc.DialogueServiceStub(channel),
@@ -317,7 +318,7 @@ def cluster_like(tmp_path_factory):
             "SOMA_JOBS__LOCAL_DIR": str(root / "jobs"),
         }
         server = start_server("all", env=env, log_path=root / "all.log")
-        channel = grpc.insecure_channel(server.address)
+        channel = open_channel(server.address, server.api_key)
         try:
             yield {
                 "stub": dialogue_pb2_grpc.DialogueServiceStub(channel),

@@ -86,8 +86,8 @@ def test_internal_services_are_off_the_public_port(channel):
 
 
 def test_multi_turn_dialogue_uses_the_history(all_server, server_dir):
-    with DialogueClient(all_server.address) as client:
-        sid = client.open_session(labels={"tenant": "tests"}).session_id
+    with DialogueClient(all_server.address, all_server.api_key) as client:
+        sid = client.open_session(labels={"tenant": "tests", "team": "qa"}).session_id
         first = client.chat(sid, "My name is Ada and my favourite language is Python. Say hello.", max_new_tokens=16)
         second = client.chat(sid, "What is my name? Answer with one word.", max_new_tokens=6)
         third = client.chat(sid, "Which language did I say I like? One word.", max_new_tokens=6)
@@ -102,7 +102,8 @@ def test_multi_turn_dialogue_uses_the_history(all_server, server_dir):
         assert "ada" in second.text.lower()
         assert "python" in third.text.lower()
         got = client.get_session(sid, include_transcript=True)
-        assert got.session.turn_count == 3 and got.session.labels["tenant"] == "tests"
+        assert got.session.turn_count == 3 and got.session.labels["team"] == "qa"
+        assert got.session.labels["tenant"] == "local"  # the key's tenant, not the one the request named
         assert [t.answer for t in got.transcript] == [first.text, second.text, third.text]
         client.close_session(sid)
         closed = client.get_session(sid, include_transcript=True)
@@ -122,7 +123,7 @@ def _error(fn):
 
 
 def test_bad_input_gets_clear_status_and_keeps_transcript(all_server):
-    with DialogueClient(all_server.address) as client:
+    with DialogueClient(all_server.address, all_server.api_key) as client:
         sid = client.open_session().session_id
         client.chat(sid, "Say OK.", max_new_tokens=4)
         before = client.get_session(sid, include_transcript=True)
@@ -253,6 +254,8 @@ def test_chat_cli_plays_a_script_as_json(all_server, tmp_path):
             "chat",
             "--address",
             all_server.address,
+            "--api-key",
+            all_server.api_key,
             "--script",
             str(script),
             "--json",

@@ -35,7 +35,7 @@ def test_split_targets_talk_over_grpc(tmp_path):
             "SOMA_ADAPTATION__MODE": "off",  # a dialogue with a teacher only
         }
         with start_server("dialogue", env=env, log_path=tmp_path / "dialogue.log") as dlg:
-            with DialogueClient(dlg.address) as client:
+            with DialogueClient(dlg.address, dlg.api_key) as client:
                 sid = client.open_session().session_id
                 turn = client.chat(sid, "Say yes.", max_new_tokens=4)
                 assert turn.record.completion_tokens > 0 and turn.text
@@ -52,7 +52,7 @@ def test_teacher_down_is_unavailable_and_transcript_intact(tmp_path):
         **{f"SOMA_ADAPTATION__{k}_ADDRESS": dead for k in ("SURROGATE", "GATE", "MINING", "TRAINING")},
     }
     with start_server("dialogue", env=env, log_path=tmp_path / "dialogue.log") as dlg:
-        with DialogueClient(dlg.address) as client:
+        with DialogueClient(dlg.address, dlg.api_key) as client:
             sid = client.open_session().session_id
             with pytest.raises(grpc.RpcError) as info:
                 client.chat(sid, "hello?")
@@ -113,7 +113,7 @@ def test_sigterm_drains_in_flight_turns(tmp_path):
     assert workers, "--target all should run its own job worker"
     result = {}
     first_chunk = threading.Event()
-    with DialogueClient(server.address) as client:
+    with DialogueClient(server.address, server.api_key) as client:
         sid = client.open_session().session_id
 
         def long_turn():
@@ -134,7 +134,7 @@ def test_sigterm_drains_in_flight_turns(tmp_path):
         assert status == health_pb2.HealthCheckResponse.NOT_SERVING
         time.sleep(2.5)  # past the drain delay: new RPCs are refused
         assert worker.is_alive(), "the turn should still be generating"
-        with pytest.raises(grpc.RpcError), DialogueClient(server.address) as late:
+        with pytest.raises(grpc.RpcError), DialogueClient(server.address, server.api_key) as late:
             late.open_session()
         worker.join(300)
         assert server.proc.wait(120) == 0

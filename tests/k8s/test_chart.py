@@ -313,6 +313,10 @@ def test_external_renders_no_redis_or_minio_and_uses_the_existing_secrets(render
         assert values["SOMA_ADAPTERS__S3_SECURE"] == "true"
         s3 = next(v for v in spec["volumes"] if v["name"] == "s3-credentials")
         assert s3["secret"]["secretName"] == "soma-s3"
+        if component(owner) == "dialogue":  # the Dialogue API's keys come from the user's Secret too
+            keys = next(v for v in spec["volumes"] if v["name"] == "api-keys")
+            assert keys["secret"]["secretName"] == "soma-api-keys"
+            assert values["SOMA_SERVER__API_KEYS_FILE"] == "/etc/soma/auth/api-keys.json"
         # the teacher's API key reaches the teacher only
         has_key = "SOMA_TEACHER__OPENAI_API_KEY" in env
         assert has_key == (component(owner) == "teacher"), owner["metadata"]["name"]
@@ -469,3 +473,20 @@ def test_gpu_runtime_class_goes_to_gpu_pods_only():
     for owner, spec in pod_specs(docs):
         gpu = _gpu_limit(spec["containers"][0]) > 0
         assert (spec.get("runtimeClassName") == "nvidia") == gpu, owner["metadata"]["name"]
+
+
+def test_the_dialogue_api_keys_come_from_a_secret_the_chart_makes(rendered):
+    """Default values: one random key for tenant `default`, stored with the sha256 the server reads,
+    mounted into the dialogue pods only."""
+    import base64
+    import hashlib
+    import json
+
+    docs = rendered("default")
+    [secret] = [d for d in of_kind(docs, "Secret") if d["metadata"]["name"] == "soma-api-keys"]
+    key = base64.b64decode(secret["data"]["api-key"]).decode()
+    keys = json.loads(base64.b64decode(secret["data"]["api-keys.json"]))
+    assert key.startswith("soma-") and len(key) > 40
+    assert keys == {hashlib.sha256(key.encode()).hexdigest(): "default"}
+    mounted = {component(o) for o, spec in pod_specs(docs) if any(v["name"] == "api-keys" for v in spec["volumes"])}
+    assert mounted == {"dialogue"}

@@ -73,6 +73,14 @@ imagePullPolicy: {{ $img.pullPolicy }}
 {{- end -}}
 
 {{/* Secret with the S3 keys access_key and secret_key. */}}
+{{- define "soma.apiKeysSecret" -}}
+{{- default (include "soma.componentName" (list . "api-keys")) .Values.auth.apiKeysSecret -}}
+{{- end -}}
+
+{{- define "soma.servesDialogue" -}}
+{{- if or (eq . "all") (eq . "dialogue") -}}true{{- end -}}
+{{- end -}}
+
 {{- define "soma.s3Secret" -}}
 {{- if .Values.minio.enabled -}}
 {{- default (include "soma.componentName" (list . "s3")) .Values.minio.existingSecret -}}
@@ -121,6 +129,9 @@ imagePullPolicy: {{ $img.pullPolicy }}
   "SOMA_JOBS__SHUTDOWN_WAIT_S" (toString $v.jobs.shutdownWaitSeconds)
   "SOMA_ADAPTATION__MODE" (include "soma.adaptation" $root)
 -}}
+{{- if include "soma.servesDialogue" $component -}}
+{{- $_ := set $env "SOMA_SERVER__API_KEYS_FILE" "/etc/soma/auth/api-keys.json" -}}
+{{- end -}}
 {{- if eq $v.teacher.backend "openai" -}}
 {{- $_ := set $env "SOMA_TEACHER__OPENAI_BASE_URL" (required "teacher.openai.baseUrl is required with backend openai" $v.teacher.openai.baseUrl) -}}
 {{- end -}}
@@ -255,6 +266,9 @@ containers:
       {{- if eq .component "all" }}
       - {name: state, mountPath: /var/lib/soma}
       {{- end }}
+      {{- if include "soma.servesDialogue" .component }}
+      - {name: api-keys, mountPath: /etc/soma/auth, readOnly: true}
+      {{- end }}
       {{- if $gpu }}
       - {name: dshm, mountPath: /dev/shm}
       {{- end }}
@@ -275,6 +289,13 @@ volumes:
       items:
         - {key: access_key, path: access_key}
         - {key: secret_key, path: secret_key}
+  {{- end }}
+  {{- if include "soma.servesDialogue" .component }}
+  - name: api-keys
+    secret:
+      secretName: {{ include "soma.apiKeysSecret" $root }}
+      items:
+        - {key: api-keys.json, path: api-keys.json}
   {{- end }}
   {{- if eq .component "all" }}
   - name: state

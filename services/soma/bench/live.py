@@ -95,10 +95,12 @@ def measure_cache(settings, target_mb: float, hits: int) -> dict:
     }
 
 
-def play(address: str, queries: list[str], max_new_tokens: int, think_s: float, session_id: str) -> list[dict]:
+def play(
+    address: str, queries: list[str], max_new_tokens: int, think_s: float, session_id: str, api_key: str | None = None
+) -> list[dict]:
     """Play the dialogue; each turn notes the phase the session was in when the turn started."""
     rows = []
-    with DialogueClient(address) as client:
+    with DialogueClient(address, api_key) as client:
         client.open_session(session_id=session_id)
         for query in queries:
             before = client.get_session(session_id).session
@@ -168,7 +170,9 @@ def run_bench_live(args: argparse.Namespace) -> int:
             print(f"{name}: soma serve --target all (adaptation {adaptation}) ...", flush=True)
             with start_server("all", extra, env=env, log_path=out / f"server-{name}.log") as server:
                 started = time.perf_counter()
-                runs[name] = play(server.address, queries, args.max_new_tokens, args.think_s, f"bench-{name}")
+                runs[name] = play(
+                    server.address, queries, args.max_new_tokens, args.think_s, f"bench-{name}", server.api_key
+                )
                 print(f"  {time.perf_counter() - started:.0f} s", flush=True)
     report = summarize(runs, cache, w, args)
     (out / "report.json").write_text(json.dumps(report, indent=2))

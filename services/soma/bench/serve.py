@@ -40,9 +40,11 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def measure_overhead(address: str, queries: list[str], turns: int, max_new_tokens: int) -> dict:
+def measure_overhead(
+    address: str, queries: list[str], turns: int, max_new_tokens: int, api_key: str | None = None
+) -> dict:
     client_overhead, server_overhead = [], []
-    with DialogueClient(address) as client:
+    with DialogueClient(address, api_key) as client:
         sid = client.open_session().session_id
         client.chat(sid, queries[0], max_new_tokens=max_new_tokens)  # warm-up, not counted
         for i in range(turns):
@@ -108,7 +110,7 @@ def run_bench_serve(args: argparse.Namespace) -> int:
         extra = ["--config", str(args.config)] if args.config else []
         with start_server("all", extra, env=env, log_path=out / "server.log") as server:
             print(f"server at {server.address}; measuring dialogue overhead over {args.turns} turns ...", flush=True)
-            overhead = measure_overhead(server.address, queries, args.turns, args.overhead_tokens)
+            overhead = measure_overhead(server.address, queries, args.turns, args.overhead_tokens, server.api_key)
             print("loading the teacher in-process for the direct baseline ...", flush=True)
             backend = TransformersChatBackend(
                 resolve_model(settings.teacher.model, settings.model_cache),

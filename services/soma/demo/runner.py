@@ -146,7 +146,10 @@ def run_demo(args: argparse.Namespace) -> int:
             )
             results: list[TurnResult] = []
             waited, shown = False, 0
-            with DialogueClient(server.address) as client, grpc.insecure_channel(server.internal_address) as jobs:
+            with (
+                DialogueClient(server.address, server.api_key) as client,
+                grpc.insecure_channel(server.internal_address) as jobs,
+            ):
                 session = client.open_session(labels={"source": "soma-demo"})
                 for i, query in enumerate(turns, 1):
                     print(f"[{i}] user: {query}")

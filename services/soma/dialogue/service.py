@@ -32,6 +32,7 @@ from soma.errors import (
     Unavailable,
 )
 from soma.server.app import HostedService
+from soma.server.auth import current_tenant
 from soma.session.records import Phase, ServedBy, SessionState, Turn, chat_messages, is_valid_session_id
 from soma.storage.session_store import (
     SessionClosed,
@@ -152,8 +153,10 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
         return session_id
 
     def _existing(self, session_id: str) -> SessionState:
+        """The caller's session: another tenant's is NOT_FOUND, as if it did not exist."""
         state = self.store.get(self._session_id(session_id))
-        if state is None:
+        tenant = current_tenant()
+        if state is None or (tenant is not None and state.labels.get("tenant") != tenant):
             raise NotFound(f"session {session_id} does not exist; open it with OpenSession")
         return state
 
@@ -189,6 +192,9 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
             system_prompt=request.system_prompt,
             labels=dict(request.labels),
         )
+        tenant = current_tenant()
+        if tenant is not None:  # the key's tenant owns the session, whatever label the request carried
+            state.labels["tenant"] = tenant
         try:
             self.store.create(state)
         except SessionExists:
@@ -437,7 +443,7 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
     def CloseSession(
         self, request: dialogue_pb2.CloseSessionRequest, context: grpc.ServicerContext
     ) -> dialogue_pb2.CloseSessionResponse:
-        session_id = self._session_id(request.session_id)
+        session_id = self._existing(request.session_id).session_id  # the caller's own, or NOT_FOUND
         try:
             state = self.store.close(session_id)
         except SessionMissing:

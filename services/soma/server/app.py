@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -43,18 +44,26 @@ class HostedService:
 class SomaServer:
     """A started gRPC server; call ``wait()`` to block until it has drained."""
 
-    def __init__(self, settings: ServerSettings):
+    def __init__(self, settings: ServerSettings, auth: grpc.ServerInterceptor | None = None):
+        """`auth` guards the public port only (the private socket of `all` is this process's own)."""
         self.settings = settings
         self._options = [
             ("grpc.max_send_message_length", settings.max_message_mb << 20),
             ("grpc.max_receive_message_length", settings.max_message_mb << 20),
             ("grpc.so_reuseport", 0),
         ]
-        self._grpc = self._new_grpc_server(settings.max_workers, "soma-rpc")
+        self._grpc = self._new_grpc_server(settings.max_workers, "soma-rpc", [auth] if auth else [])
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         try:
-            self.port = self._grpc.add_insecure_port(f"{settings.host}:{settings.port}")
+            bind = f"{settings.host}:{settings.port}"
+            if settings.tls_cert_file is not None:
+                credentials = grpc.ssl_server_credentials(
+                    [(Path(settings.tls_key_file).read_bytes(), Path(settings.tls_cert_file).read_bytes())]
+                )
+                self.port = self._grpc.add_secure_port(bind, credentials)
+            else:
+                self.port = self._grpc.add_insecure_port(bind)
         except RuntimeError as err:
             raise OSError(f"cannot bind {settings.host}:{settings.port} ({err}); is the port in use?") from None
         if self.port == 0:
@@ -67,12 +76,13 @@ class SomaServer:
         self._internal: grpc.Server | None = None
         self.local_address: str | None = None
 
-    def _new_grpc_server(self, workers: int, prefix: str) -> grpc.Server:
+    def _new_grpc_server(self, workers: int, prefix: str, guards: list | None = None) -> grpc.Server:
         return grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=prefix),
             interceptors=[
                 *([tracing_server_interceptor()] if tracing_enabled() else []),
-                StatusAndMetricsInterceptor(),
+                StatusAndMetricsInterceptor(),  # outside the guards: refused calls are counted too
+                *(guards or []),
             ],
             options=self._options,
         )

@@ -1,0 +1,140 @@
+"""API keys of the Dialogue API: stored hashed, each bound to a tenant, checked by one interceptor.
+
+A key is sent as gRPC metadata `authorization: Bearer <key>`. The keys file is JSON
+{"<sha256 hex of a key>": "<tenant>"}; the keys themselves are never stored server-side. Embedded
+mode stays two commands: when the keys file is missing, the first start makes one local key
+(tenant `local`), writes it to a 0600 file and the hash to the keys file, and says where.
+Only the Dialogue API is guarded: health and reflection stay open, and the internal services are
+not on the public port of `all` (in the cluster layout they are not yet authenticated).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from soma.errors import Unauthenticated
+
+GUARDED = "/soma.v1.DialogueService/"
+LOCAL_TENANT = "local"
+_TENANT: contextvars.ContextVar[str | None] = contextvars.ContextVar("soma_tenant", default=None)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def current_tenant() -> str | None:
+    """The tenant of the key that authenticated the RPC being served (None: authentication is off)."""
+    return _TENANT.get()
+
+
+class ApiKeys:
+    """Hashes of the valid keys and their tenants, read once from the keys file."""
+
+    def __init__(self, by_hash: dict[str, str]):
+        self._by_hash = dict(by_hash)
+
+    @classmethod
+    def load(cls, path: Path) -> ApiKeys:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot read the API keys file {path}: {err}") from None
+        if not isinstance(data, dict) or not all(
+            isinstance(k, str) and len(k) == 64 and isinstance(v, str) and v for k, v in data.items()
+        ):
+            raise ValueError(f'{path} must hold a JSON object {{"<sha256 hex of a key>": "<tenant>"}}')
+        return cls(data)
+
+    def tenant_of(self, key: str) -> str | None:
+        return self._by_hash.get(hash_key(key)) if key else None
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def ensure_local_key(keys_file: Path, key_file: Path) -> bool:
+    """Make the local key when there is no keys file yet; True when one was made."""
+    if keys_file.exists():
+        return False
+    key = "soma-" + secrets.token_urlsafe(32)
+    _write_private(key_file, key + "\n")
+    _write_private(keys_file, json.dumps({hash_key(key): LOCAL_TENANT}) + "\n")
+    return True
+
+
+def read_key(path: Path) -> str:
+    return Path(path).read_text().strip()
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """UNAUTHENTICATED without a known key; otherwise the RPC runs with its tenant (`current_tenant`)."""
+
+    def __init__(self, keys: ApiKeys):
+        self.keys = keys
+
+    def _tenant(self, details: Any) -> str:
+        header = dict(details.invocation_metadata or ()).get("authorization", "")
+        if not header:
+            raise Unauthenticated("no API key: send metadata `authorization: Bearer <key>`")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Unauthenticated("malformed authorization metadata: expected `Bearer <key>`")
+        tenant = self.keys.tenant_of(key.strip())
+        if tenant is None:
+            raise Unauthenticated("unknown API key")
+        return tenant
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None or not details.method.startswith(GUARDED):
+            return handler
+        try:
+            tenant, refusal = self._tenant(details), None
+        except Unauthenticated as err:
+            tenant, refusal = None, err
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            def unary(request: Any, context: grpc.ServicerContext) -> Any:
+                if refusal is not None:
+                    raise refusal
+                token = _TENANT.set(tenant)
+                try:
+                    return inner(request, context)
+                finally:
+                    _TENANT.reset(token)
+
+            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream:
+            inner_stream = handler.unary_stream
+
+            def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                if refusal is not None:
+                    raise refusal
+                token = _TENANT.set(tenant)
+                try:
+                    yield from inner_stream(request, context)
+                finally:
+                    _TENANT.reset(token)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
