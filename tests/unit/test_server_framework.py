@@ -135,3 +135,31 @@ def test_observe_turn_reports_gap_only_with_a_shadow_pair():
             assert not far.locality_ok and far.HasField("gap") and far.gap == 0.25 and not far.gap_ok
     finally:
         server.stop(0)
+
+
+def test_tls_from_certificate_files(tmp_path):
+    """server.tls_cert_file / tls_key_file: the public port speaks TLS; a plaintext client gets nowhere."""
+    import subprocess
+
+    from soma.client import open_channel
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    settings = load_settings(overrides={"server": {"port": 0, "tls_cert_file": cert, "tls_key_file": key}})
+    server = SomaServer(settings.server)
+    server.start()
+    try:
+        with open_channel(server.address, "", tls_root_cert=cert) as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        with grpc.insecure_channel(server.address) as plain, pytest.raises(grpc.RpcError) as info:
+            health_pb2_grpc.HealthStub(plain).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    finally:
+        server.stop(0)
+    with pytest.raises(ValueError, match="go together"):
+        load_settings(overrides={"server": {"tls_cert_file": cert}})
