@@ -175,6 +175,12 @@ def cmd_bench_recipe(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_bench_fuzz(args: argparse.Namespace) -> int:
+    from soma.bench.fuzz import run
+
+    return run(args)
+
+
 def cmd_bench_live(args: argparse.Namespace) -> int:
     from soma.bench.live import run_bench_live
 
@@ -253,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_live_arguments(blive)
     blive.add_argument("--config", type=Path)
     blive.set_defaults(func=cmd_bench_live)
+    bfuzz = bench_sub.add_parser("fuzz", help="generated requests to every public RPC of a real server")
+    from soma.bench.fuzz import add_arguments as add_fuzz_arguments
+
+    add_fuzz_arguments(bfuzz)
+    bfuzz.set_defaults(func=cmd_bench_fuzz)
     return parser
 
 
