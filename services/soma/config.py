@@ -81,11 +81,28 @@ class ServerSettings(_Section):
         description="The local key made at first start when api_keys_file is missing (mode 0600).",
         json_schema_extra={"shown_default": "<state_dir>/api-key"},
     )
+    service_token_file: Path | None = Field(
+        None,
+        description="Secret shared by soma's own pods: when set, the internal services (teacher, surrogate, gate, "
+        "mining, training) take calls only with it, and this process sends it. Cluster: the chart's Secret.",
+    )
     tls_cert_file: Path | None = Field(None, description="PEM certificate chain of the public port; unset = plaintext.")
     tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
     _blank_paths = field_validator(
-        "api_keys_file", "local_api_key_file", "tls_cert_file", "tls_key_file", mode="before"
+        "api_keys_file", "local_api_key_file", "service_token_file", "tls_cert_file", "tls_key_file", mode="before"
     )(_empty_is_none)
+
+    def service_token(self) -> str:
+        """The service token ("" when none is configured); a missing or empty file is a ConfigError."""
+        if self.service_token_file is None:
+            return ""
+        try:
+            token = Path(self.service_token_file).expanduser().read_text().strip()
+        except OSError as err:
+            raise ConfigError(f"server.service_token_file (env SOMA_SERVER__SERVICE_TOKEN_FILE): {err}") from None
+        if not token:
+            raise ConfigError(f"server.service_token_file: {self.service_token_file} is empty")
+        return token
 
     @model_validator(mode="after")
     def _auth_and_tls(self) -> ServerSettings:

@@ -202,8 +202,14 @@ def build_server(target: str, settings: Settings) -> SomaServer:
         path = getattr(settings.server, key)
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"server.{key} (env SOMA_SERVER__{key.upper()}): {path} does not exist")
+    guards = [auth] if auth else []
+    token = settings.server.service_token()
+    if token:
+        from soma.server.auth import ServiceTokenInterceptor
+
+        guards.append(ServiceTokenInterceptor(token))
     try:
-        server = SomaServer(settings.server, auth)
+        server = SomaServer(settings.server, guards)
     except OSError as err:
         raise ConfigError(f"server.port (env SOMA_SERVER__PORT): {err}") from None
     internal_address = server.enable_internal_server() if target == "all" else None
@@ -232,7 +238,9 @@ def _dialogue(settings: Settings, internal_address: str | None):
     def channel(address: str):
         from soma.telemetry.tracing import traced_channel
 
-        return traced_channel(address, max_message_mb=settings.server.max_message_mb)
+        return traced_channel(
+            address, max_message_mb=settings.server.max_message_mb, service_token=settings.server.service_token()
+        )
 
     teacher_address = d.teacher_address or internal_address
     a = settings.adaptation

@@ -13,6 +13,7 @@ import pytest
 
 from soma.client import DialogueClient
 from soma.launcher import start_server
+from soma.v1 import common_pb2
 from tests.integration.conftest import SERVER_ENV
 
 pytestmark = pytest.mark.integration
@@ -27,15 +28,35 @@ def _free_port() -> int:
 
 
 def test_split_targets_talk_over_grpc(tmp_path):
-    with start_server("teacher", env=SERVER_ENV, log_path=tmp_path / "teacher.log") as teacher:
+    """The cluster layout: one service per process, soma's own calls carrying the shared service
+    token; an internal RPC without it is UNAUTHENTICATED."""
+    from soma.telemetry.tracing import SERVICE_TOKEN_HEADER
+    from soma.v1 import teacher_pb2, teacher_pb2_grpc
+
+    token = tmp_path / "service-token"
+    token.write_text("a-shared-secret-of-soma-pods\n")
+    shared = {**SERVER_ENV, "SOMA_SERVER__SERVICE_TOKEN_FILE": str(token)}
+    with start_server("teacher", env=shared, log_path=tmp_path / "teacher.log") as teacher:
+        request = teacher_pb2.TeacherServiceGenerateRequest(
+            messages=[common_pb2.Message(role=common_pb2.ROLE_USER, content="Say yes.")]
+        )
+        with grpc.insecure_channel(teacher.address) as channel:
+            stub = teacher_pb2_grpc.TeacherServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                list(stub.Generate(request, timeout=60))
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED and "service token" in info.value.details()
+            with pytest.raises(grpc.RpcError) as info:
+                list(stub.Generate(request, metadata=[(SERVICE_TOKEN_HEADER, "a-guess")], timeout=60))
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         env = {
-            **SERVER_ENV,
+            **shared,
             "SOMA_DIALOGUE__TEACHER_ADDRESS": teacher.address,
             "SOMA_DIALOGUE__SESSION_DB": str(tmp_path / "s.db"),
+            "SOMA_STATE_DIR": str(tmp_path / "state"),
             "SOMA_ADAPTATION__MODE": "off",  # a dialogue with a teacher only
         }
         with start_server("dialogue", env=env, log_path=tmp_path / "dialogue.log") as dlg:
-            with DialogueClient(dlg.address, dlg.api_key) as client:
+            with DialogueClient(dlg.address, dlg.api_key) as client:  # the dialogue sends the token to the teacher
                 sid = client.open_session().session_id
                 turn = client.chat(sid, "Say yes.", max_new_tokens=4)
                 assert turn.record.completion_tokens > 0 and turn.text

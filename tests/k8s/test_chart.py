@@ -313,6 +313,8 @@ def test_external_renders_no_redis_or_minio_and_uses_the_existing_secrets(render
         assert values["SOMA_ADAPTERS__S3_SECURE"] == "true"
         s3 = next(v for v in spec["volumes"] if v["name"] == "s3-credentials")
         assert s3["secret"]["secretName"] == "soma-s3"
+        tokens = next(v for v in spec["volumes"] if v["name"] == "service-token")
+        assert tokens["secret"]["secretName"] == "soma-service-token"
         if component(owner) == "dialogue":  # the Dialogue API's keys come from the user's Secret too
             keys = next(v for v in spec["volumes"] if v["name"] == "api-keys")
             assert keys["secret"]["secretName"] == "soma-api-keys"
@@ -490,3 +492,18 @@ def test_the_dialogue_api_keys_come_from_a_secret_the_chart_makes(rendered):
     assert keys == {hashlib.sha256(key.encode()).hexdigest(): "default"}
     mounted = {component(o) for o, spec in pod_specs(docs) if any(v["name"] == "api-keys" for v in spec["volumes"])}
     assert mounted == {"dialogue"}
+
+
+def test_cluster_pods_share_a_service_token_from_a_secret(rendered):
+    """The internal services take calls only with the token soma's own pods mount and send."""
+    import base64
+
+    docs = rendered("default")
+    [secret] = [d for d in of_kind(docs, "Secret") if d["metadata"]["name"] == "soma-service-token"]
+    assert len(base64.b64decode(secret["data"]["token"])) == 48
+    for owner, spec in pod_specs(docs):
+        if component(owner) in ("redis", "minio", "create-bucket"):
+            continue  # not soma's pods
+        mounts = {v["name"]: v for v in spec["volumes"]}
+        assert mounts["service-token"]["secret"]["secretName"] == "soma-service-token", component(owner)
+        assert env_values(spec["containers"][0])["SOMA_SERVER__SERVICE_TOKEN_FILE"] == "/etc/soma/service/token"

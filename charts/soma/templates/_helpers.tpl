@@ -139,6 +139,7 @@ imagePullPolicy: {{ $img.pullPolicy }}
 {{- /* sessions.db, adapters/, jobs/ and worker-metrics/ under the state volume */ -}}
 {{- $_ := set $env "SOMA_STATE_DIR" "/var/lib/soma" -}}
 {{- else -}}
+{{- $_ := set $env "SOMA_SERVER__SERVICE_TOKEN_FILE" "/etc/soma/service/token" -}}
 {{- $_ := set $env "SOMA_DIALOGUE__TEACHER_ADDRESS" (include "soma.address" (list $root "teacher")) -}}
 {{- $_ := set $env "SOMA_ADAPTATION__SURROGATE_ADDRESS" (include "soma.address" (list $root "surrogate")) -}}
 {{- $_ := set $env "SOMA_ADAPTATION__GATE_ADDRESS" (include "soma.address" (list $root "gate")) -}}
@@ -262,6 +263,7 @@ containers:
       - {name: model-cache, mountPath: {{ $v.modelCache.path }}}
       {{- if eq $v.mode "cluster" }}
       - {name: s3-credentials, mountPath: /var/run/secrets/soma/s3, readOnly: true}
+      - {name: service-token, mountPath: /etc/soma/service, readOnly: true}
       {{- end }}
       {{- if eq .component "all" }}
       - {name: state, mountPath: /var/lib/soma}
@@ -283,6 +285,11 @@ volumes:
     emptyDir: {sizeLimit: {{ $v.modelCache.sizeLimit }}}
     {{- end }}
   {{- if eq $v.mode "cluster" }}
+  - name: service-token
+    secret:
+      secretName: {{ $v.auth.serviceTokenSecret | default (include "soma.componentName" (list $root "service-token")) }}
+      items:
+        - {key: token, path: token}
   - name: s3-credentials
     secret:
       secretName: {{ include "soma.s3Secret" $root }}

@@ -32,7 +32,9 @@ def build_driver(
         )
     for key, address in addresses.items():
         if key not in channels:
-            channels[key] = traced_channel(address, max_message_mb=settings.server.max_message_mb)
+            channels[key] = traced_channel(
+                address, max_message_mb=settings.server.max_message_mb, service_token=settings.server.service_token()
+            )
     method = settings.method.config()
     driver = AdaptationDriver(
         store if store is not None else open_session_store(settings.dialogue),

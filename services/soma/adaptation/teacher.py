@@ -14,12 +14,12 @@ from soma.wire import finish_from_proto, messages_to_proto
 
 
 class GrpcTeacher:
-    def __init__(self, address: str, *, timeout_s: float = 600.0):
+    def __init__(self, address: str, *, timeout_s: float = 600.0, service_token: str = ""):
         if not address:
             raise ValueError("the teacher address is empty: set jobs.teacher_address (host:port)")
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = traced_channel(address)  # keep a reference: a collected channel closes
+        self._channel = traced_channel(address, service_token=service_token)  # a collected channel closes
         self._stub = teacher_pb2_grpc.TeacherServiceStub(self._channel)
 
     def complete(self, conversations: Sequence[Sequence[Message]], max_new_tokens: int) -> list[Completion]:

@@ -75,7 +75,11 @@ def load_resources(settings: Settings) -> work.JobResources:
         lm.input_embeddings(backend.model), cfg.mining.neighbours, settings.model_cache / "neighbours"
     )
     surrogate = Surrogate(backend, SessionAdapters(backend.model, cfg.lora), table)
-    teacher = GrpcTeacher(settings.jobs.teacher_address) if settings.jobs.teacher_address else None
+    teacher = (
+        GrpcTeacher(settings.jobs.teacher_address, service_token=settings.server.service_token())
+        if settings.jobs.teacher_address
+        else None
+    )
     return work.JobResources(
         surrogate,
         settings.surrogate.model,

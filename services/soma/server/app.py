@@ -44,15 +44,16 @@ class HostedService:
 class SomaServer:
     """A started gRPC server; call ``wait()`` to block until it has drained."""
 
-    def __init__(self, settings: ServerSettings, auth: grpc.ServerInterceptor | None = None):
-        """`auth` guards the public port only (the private socket of `all` is this process's own)."""
+    def __init__(self, settings: ServerSettings, guards: list[grpc.ServerInterceptor] | None = None):
+        """`guards` (API keys, the service token) check the public port only; the private socket of
+        `all` is this process's own."""
         self.settings = settings
         self._options = [
             ("grpc.max_send_message_length", settings.max_message_mb << 20),
             ("grpc.max_receive_message_length", settings.max_message_mb << 20),
             ("grpc.so_reuseport", 0),
         ]
-        self._grpc = self._new_grpc_server(settings.max_workers, "soma-rpc", [auth] if auth else [])
+        self._grpc = self._new_grpc_server(settings.max_workers, "soma-rpc", list(guards or []))
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         try:

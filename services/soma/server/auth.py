@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -22,6 +23,7 @@ from typing import Any
 import grpc
 
 from soma.errors import Unauthenticated
+from soma.telemetry.tracing import SERVICE_TOKEN_HEADER
 
 GUARDED = "/soma.v1.DialogueService/"
 LOCAL_TENANT = "local"
@@ -138,3 +140,44 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 stream, handler.request_deserializer, handler.response_serializer
             )
         return handler
+
+
+INTERNAL_SERVICES = (
+    "/soma.v1.TeacherService/",
+    "/soma.v1.SurrogateService/",
+    "/soma.v1.GateService/",
+    "/soma.v1.MiningService/",
+    "/soma.v1.TrainingService/",
+)
+
+
+class ServiceTokenInterceptor(grpc.ServerInterceptor):
+    """The internal services take calls only from soma's own pods: metadata `x-soma-service-token`
+    equal to the shared secret (server.service_token_file), else UNAUTHENTICATED."""
+
+    def __init__(self, token: str):
+        self._token = token.encode()
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None or not details.method.startswith(INTERNAL_SERVICES):
+            return handler
+        sent = dict(details.invocation_metadata or ()).get(SERVICE_TOKEN_HEADER, "")
+        if hmac.compare_digest(sent.encode(), self._token):
+            return handler
+        refusal = Unauthenticated(
+            f"{details.method.split('/')[1]} is internal: calls need soma's service token ({SERVICE_TOKEN_HEADER})"
+        )
+
+        def unary(request: Any, context: grpc.ServicerContext) -> Any:
+            raise refusal
+
+        def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            raise refusal
+            yield  # a generator, like the handler it stands for
+
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                stream, handler.request_deserializer, handler.response_serializer
+            )
+        return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)

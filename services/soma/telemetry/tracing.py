@@ -86,8 +86,28 @@ class TraceContextClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.Unary
         return continuation(self._with_context(client_call_details), request)
 
 
-def traced_channel(address: str, *, max_message_mb: int = 16) -> grpc.Channel:
-    """An insecure channel to another soma service that carries the current trace context."""
+SERVICE_TOKEN_HEADER = "x-soma-service-token"
+
+
+class _ServiceToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Sends soma's service token (server.service_token_file) on every call to another soma service."""
+
+    def __init__(self, token: str):
+        self._metadata = (SERVICE_TOKEN_HEADER, token)
+
+    def _details(self, details):
+        return details._replace(metadata=[*(details.metadata or ()), self._metadata])
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+
+def traced_channel(address: str, *, max_message_mb: int = 16, service_token: str = "") -> grpc.Channel:
+    """An insecure channel to another soma service that carries the current trace context (and the
+    service token, when the cluster layout sets one)."""
     options = [
         ("grpc.max_send_message_length", max_message_mb << 20),
         ("grpc.max_receive_message_length", max_message_mb << 20),
@@ -95,6 +115,8 @@ def traced_channel(address: str, *, max_message_mb: int = 16) -> grpc.Channel:
         (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
     ]
     channel = grpc.insecure_channel(address, options=options)
-    if not tracing_enabled():
-        return channel
-    return grpc.intercept_channel(channel, TraceContextClientInterceptor())
+    interceptors = [
+        *([TraceContextClientInterceptor()] if tracing_enabled() else []),
+        *([_ServiceToken(service_token)] if service_token else []),
+    ]
+    return grpc.intercept_channel(channel, *interceptors) if interceptors else channel
