@@ -409,6 +409,22 @@ def test_network_policies_open_only_the_dialogue(rendered):
     sources = internal["spec"]["ingress"][0]["from"]
     assert sources == [{"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "soma"}}}]
     assert internal["spec"]["ingress"][1]["ports"] == [{"port": 9464, "protocol": "TCP"}]
+    # each internal service takes gRPC only from the pods that call it
+    callers = {
+        "teacher": {"dialogue", "worker-mining"},
+        "surrogate": {"dialogue"},
+        "gate": {"dialogue", "operator"},
+        "mining": {"dialogue", "operator"},
+        "training": {"dialogue", "operator"},
+    }
+    assert set(internal["spec"]["podSelector"]["matchExpressions"][0]["values"]) >= set(callers)
+    for service, allowed in callers.items():
+        policy = named(docs, "NetworkPolicy", f"soma-{service}-callers")
+        assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == service
+        grpc_rule = policy["spec"]["ingress"][0]
+        assert grpc_rule["ports"] == [{"port": 50051, "protocol": "TCP"}]
+        [source] = grpc_rule["from"]
+        assert set(source["podSelector"]["matchExpressions"][0]["values"]) == allowed, service
 
 
 def test_notes_give_the_endpoint_and_a_chat_command():
