@@ -4,8 +4,9 @@ A key is sent as gRPC metadata `authorization: Bearer <key>`. The keys file is J
 {"<sha256 hex of a key>": "<tenant>"}; the keys themselves are never stored server-side. Embedded
 mode stays two commands: when the keys file is missing, the first start makes one local key
 (tenant `local`), writes it to a 0600 file and the hash to the keys file, and says where.
-Only the Dialogue API is guarded: health and reflection stay open, and the internal services are
-not on the public port of `all` (in the cluster layout they are not yet authenticated).
+The API keys guard the Dialogue API only: health and reflection stay open, the internal services
+are not on the public port of `all`, and in the cluster layout they take the service token instead
+(`ServiceTokenInterceptor`, `server.service_token_file`).
 """
 
 from __future__ import annotations
