@@ -87,6 +87,13 @@ def test_the_authz_matrix(two_tenants):
     got = owner.GetSession(dialogue_pb2.GetSessionRequest(session_id=sid, include_transcript=True))
     assert got.session.turn_count == 1 and got.session.labels["tenant"] == "tenant-a"
     assert got.session.system_prompt == secret
+    # client-chosen ids are scoped per tenant: B opens its own "a-1", learning nothing of A's
+    other_tenant, b_channel, _ = _stub(server.address, KEY_B)
+    with b_channel:
+        mine = other_tenant.OpenSession(dialogue_pb2.OpenSessionRequest(session_id=sid, system_prompt="B's"))
+        assert mine.session.session_id == sid and mine.session.labels["tenant"] == "tenant-b"
+        assert other_tenant.GetSession(dialogue_pb2.GetSessionRequest(session_id=sid)).session.system_prompt == "B's"
+    assert owner.GetSession(dialogue_pb2.GetSessionRequest(session_id=sid)).session.system_prompt == secret
     # the right key: every RPC works; a tenant label in the request cannot claim another tenant
     other = owner.OpenSession(dialogue_pb2.OpenSessionRequest(labels={"tenant": "tenant-b"})).session
     assert other.labels["tenant"] == "tenant-a"

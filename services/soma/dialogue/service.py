@@ -32,7 +32,7 @@ from soma.errors import (
     Unavailable,
 )
 from soma.server.app import HostedService
-from soma.server.auth import current_tenant
+from soma.server.auth import current_tenant, scoped_session_id, unscoped_session_id
 from soma.session.records import Phase, ServedBy, SessionState, Turn, chat_messages, is_valid_session_id
 from soma.storage.session_store import (
     SessionClosed,
@@ -144,21 +144,30 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
     # -- validation -------------------------------------------------------------------
     @staticmethod
     def _session_id(session_id: str) -> str:
+        """The id a session is stored under: the client's own, scoped to the caller's tenant
+        (`scoped_session_id`), so tenants choose ids without meeting each other's."""
         if not session_id:
             raise InvalidArgument("session_id is empty")
         if not is_valid_session_id(session_id):
             raise InvalidArgument(
                 "session_id must be 1-128 characters of [A-Za-z0-9._-] starting with a letter or digit"
             )
-        return session_id
+        return scoped_session_id(current_tenant(), session_id)
 
-    def _existing(self, session_id: str) -> SessionState:
+    def _existing(self, stored_id: str, shown: str = "") -> SessionState:
         """The caller's session: another tenant's is NOT_FOUND, as if it did not exist."""
-        state = self.store.get(self._session_id(session_id))
+        state = self.store.get(stored_id)
         tenant = current_tenant()
         if state is None or (tenant is not None and state.labels.get("tenant") != tenant):
-            raise NotFound(f"session {session_id} does not exist; open it with OpenSession")
+            raise NotFound(f"session {shown or stored_id} does not exist; open it with OpenSession")
         return state
+
+    @staticmethod
+    def _session_proto(state: SessionState) -> dialogue_pb2.Session:
+        """The session as its tenant knows it: under the id it chose."""
+        session = session_to_proto(state)
+        session.session_id = unscoped_session_id(current_tenant(), state.session_id)
+        return session
 
     def _open_session(self, session_id: str) -> SessionState:
         state = self._existing(session_id)
@@ -170,7 +179,8 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
     def OpenSession(
         self, request: dialogue_pb2.OpenSessionRequest, context: grpc.ServicerContext
     ) -> dialogue_pb2.OpenSessionResponse:
-        session_id = self._session_id(request.session_id) if request.session_id else uuid.uuid4().hex
+        shown = request.session_id or uuid.uuid4().hex
+        session_id = self._session_id(shown)
         if len(request.system_prompt) > self.settings.max_system_prompt_chars:
             raise InvalidArgument(
                 f"system_prompt has {len(request.system_prompt)} characters; "
@@ -198,7 +208,7 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
         try:
             self.store.create(state)
         except SessionExists:
-            raise AlreadyExists(f"session {session_id} already exists; pick another id") from None
+            raise AlreadyExists(f"session {shown} already exists; pick another id") from None
         SESSIONS_OPEN.inc()
         span = trace.get_current_span()
         span.set_attribute("gen_ai.conversation.id", session_id)
@@ -214,7 +224,7 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
                     f"session {session_id} could not be registered with the cluster ({type(err).__name__}: {err}); "
                     "nothing was kept, retry OpenSession"
                 ) from None
-        return dialogue_pb2.OpenSessionResponse(session=session_to_proto(state))
+        return dialogue_pb2.OpenSessionResponse(session=self._session_proto(state))
 
     def Chat(
         self, request: dialogue_pb2.ChatRequest, context: grpc.ServicerContext
@@ -433,8 +443,8 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
     def GetSession(
         self, request: dialogue_pb2.GetSessionRequest, context: grpc.ServicerContext
     ) -> dialogue_pb2.GetSessionResponse:
-        state = self._existing(request.session_id)
-        response = dialogue_pb2.GetSessionResponse(session=session_to_proto(state))
+        state = self._existing(self._session_id(request.session_id), request.session_id)
+        response = dialogue_pb2.GetSessionResponse(session=self._session_proto(state))
         if request.include_transcript:
             for turn in self.store.turns(state.session_id):
                 response.transcript.add(query=turn.query, answer=turn.answer, record=turn_record_to_proto(turn))
@@ -443,7 +453,7 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
     def CloseSession(
         self, request: dialogue_pb2.CloseSessionRequest, context: grpc.ServicerContext
     ) -> dialogue_pb2.CloseSessionResponse:
-        session_id = self._existing(request.session_id).session_id  # the caller's own, or NOT_FOUND
+        session_id = self._existing(self._session_id(request.session_id), request.session_id).session_id
         try:
             state = self.store.close(session_id)
         except SessionMissing:
@@ -456,7 +466,7 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
                 self._on_close(session_id)
             except Exception as err:  # noqa: BLE001 - the session is closed; cleanup is retried by its owner
                 log.warning("session %s closed, but its cleanup failed: %s", session_id, err)
-        return dialogue_pb2.CloseSessionResponse(session=session_to_proto(state))
+        return dialogue_pb2.CloseSessionResponse(session=self._session_proto(state))
 
 
 def hosted(

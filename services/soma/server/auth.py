@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 import grpc
 
-from soma.errors import Unauthenticated
+from soma.errors import InvalidArgument, Unauthenticated
 from soma.telemetry.tracing import SERVICE_TOKEN_HEADER
 
 GUARDED = "/soma.v1.DialogueService/"
@@ -182,3 +183,31 @@ class ServiceTokenInterceptor(grpc.ServerInterceptor):
                 stream, handler.request_deserializer, handler.response_serializer
             )
         return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
+
+
+_SCOPED = re.compile(r"^t[0-9a-f]{10}\.")
+
+
+def _scope(tenant: str) -> str:
+    return "t" + hashlib.sha256(tenant.encode()).hexdigest()[:10] + "."
+
+
+def scoped_session_id(tenant: str | None, session_id: str) -> str:
+    """The id a tenant's session is stored under: the tenant's scope, then the id it chose. The
+    local tenant of embedded mode (and no authentication) keeps ids as they are; ids that look
+    scoped are reserved there, so a scoped id can never be taken by another tenant."""
+    if tenant is None or tenant == LOCAL_TENANT:
+        if _SCOPED.match(session_id):
+            raise InvalidArgument(f"session_id {session_id[:40]!r}: ids of the form t<10 hex digits>.… are reserved")
+        return session_id
+    scoped = _scope(tenant) + session_id
+    if len(scoped) > 128:
+        raise InvalidArgument(f"session_id is {len(session_id)} characters; the limit is {128 - len(_scope(tenant))}")
+    return scoped
+
+
+def unscoped_session_id(tenant: str | None, stored_id: str) -> str:
+    """The id the tenant chose, as it knows its session."""
+    if tenant is None or tenant == LOCAL_TENANT:
+        return stored_id
+    return stored_id.removeprefix(_scope(tenant))
