@@ -12,6 +12,7 @@ import grpc
 import grpc.experimental
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from soma.call_metadata import AddMetadata
 from soma.v1 import common_pb2, dialogue_pb2, dialogue_pb2_grpc
 
 
@@ -25,22 +26,6 @@ def default_api_key() -> str:
         return os.environ["SOMA_API_KEY"].strip()
     local = default_state_dir() / "api-key"
     return local.read_text().strip() if local.is_file() else ""
-
-
-class _BearerKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
-    """Adds `authorization: Bearer <key>` to every call of the channel."""
-
-    def __init__(self, key: str):
-        self._metadata = ("authorization", f"Bearer {key}")
-
-    def _details(self, details):
-        return details._replace(metadata=[*(details.metadata or ()), self._metadata])
-
-    def intercept_unary_unary(self, continuation, details, request):
-        return continuation(self._details(details), request)
-
-    def intercept_unary_stream(self, continuation, details, request):
-        return continuation(self._details(details), request)
 
 
 def open_channel(
@@ -57,7 +42,7 @@ def open_channel(
         channel = grpc.insecure_channel(address, options=list(options))
     if not key:
         return channel
-    return _KeyedChannel(grpc.intercept_channel(channel, _BearerKey(key)), channel)
+    return _KeyedChannel(grpc.intercept_channel(channel, AddMetadata("authorization", f"Bearer {key}")), channel)
 
 
 class _KeyedChannel(grpc.Channel):

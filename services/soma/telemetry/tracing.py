@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from soma import __version__
+from soma.call_metadata import AddMetadata
 
 log = logging.getLogger("soma.telemetry")
 _provider: TracerProvider | None = None
@@ -89,22 +90,6 @@ class TraceContextClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.Unary
 SERVICE_TOKEN_HEADER = "x-soma-service-token"
 
 
-class _ServiceToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
-    """Sends soma's service token (server.service_token_file) on every call to another soma service."""
-
-    def __init__(self, token: str):
-        self._metadata = (SERVICE_TOKEN_HEADER, token)
-
-    def _details(self, details):
-        return details._replace(metadata=[*(details.metadata or ()), self._metadata])
-
-    def intercept_unary_unary(self, continuation, details, request):
-        return continuation(self._details(details), request)
-
-    def intercept_unary_stream(self, continuation, details, request):
-        return continuation(self._details(details), request)
-
-
 def traced_channel(address: str, *, max_message_mb: int = 16, service_token: str = "") -> grpc.Channel:
     """An insecure channel to another soma service that carries the current trace context (and the
     service token, when the cluster layout sets one)."""
@@ -117,6 +102,6 @@ def traced_channel(address: str, *, max_message_mb: int = 16, service_token: str
     channel = grpc.insecure_channel(address, options=options)
     interceptors = [
         *([TraceContextClientInterceptor()] if tracing_enabled() else []),
-        *([_ServiceToken(service_token)] if service_token else []),
+        *([AddMetadata(SERVICE_TOKEN_HEADER, service_token)] if service_token else []),
     ]
     return grpc.intercept_channel(channel, *interceptors) if interceptors else channel
