@@ -229,3 +229,32 @@ def test_training_on_the_full_history_asks_for_no_served_context(setup):
     driver.tick("s1", now=1001.0)
     [train] = training.submitted
     assert not gate.compressed and all(not t.served_context for t in train.warm_turns)
+
+
+def test_a_surrogate_turn_computes_its_drift_check_once(setup, monkeypatch):
+    """The plan's drift check is the one committed when nobody wrote the live record in between;
+    after a write by the driver the turn's check is applied to the record as it is then."""
+    from soma.dialogue.live_adaptation import LiveAdaptation
+    from soma.session import machine as session_machine
+    from soma.session.reconcile import LiveSession
+
+    store, _, _, _, gate = setup
+    switched = LiveRecord(
+        live=LiveSession(adaptation=session_machine.Adaptation(phase=Phase.SURROGATE, generation=1)),
+        warm_queries=("q1", "q2"),
+    )
+    _, version = store.get_live("s1")
+    store.put_live("s1", live_record.to_dict(switched), version, switched.phase, switched.generation)
+    calls = []
+    real = live_record.drift_check
+    monkeypatch.setattr(live_record, "drift_check", lambda *a, **k: calls.append(1) or real(*a, **k))
+    serving = LiveAdaptation(store, gate, preset("tiny"), POLICY)
+    plan = serving.plan_surrogate_turn("s1", _record(store), store.get("s1"), store.turns("s1"), "q3")
+    after = serving.commit_turn("s1", 3, False, plan.drift)
+    assert len(calls) == 1 and after.drift == plan.drift.checked.drift  # computed once, at plan time
+    # a write in between: the commit checks the record as it is now
+    plan = serving.plan_surrogate_turn("s1", _record(store), store.get("s1"), store.turns("s1"), "q4")
+    raw, version = store.get_live("s1")
+    store.put_live("s1", {**raw, "span_id": "moved"}, version, switched.phase, switched.generation)
+    serving.commit_turn("s1", 4, False, plan.drift)
+    assert len(calls) == 3 and _record(store).span_id == "moved"  # checked again, on the record as it was then

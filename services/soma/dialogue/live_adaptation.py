@@ -34,6 +34,9 @@ log = logging.getLogger("soma.dialogue")
 class DriftOutcome:
     check: TurnCheck | None  # None: the gate could not be asked; the turn is not counted
     rollback_reason: str = ""
+    # the drift check as computed at plan time: the record it read, and that record after the check
+    planned_on: LiveRecord | None = None
+    checked: LiveRecord | None = None
 
 
 @dataclass
@@ -98,14 +101,14 @@ class LiveAdaptation:
         if not response.HasField("observed"):
             return SurrogatePlan(DriftOutcome(None), list(response.messages))
         check = TurnCheck(response.observed.locality, response.observed.locality_ok)
-        _, fire = live_record.drift_check(record, check, d.consecutive, d.window)
+        checked, fire = live_record.drift_check(record, check, d.consecutive, d.window)
         reason = ""
         if fire:
             reason = (
                 f"{d.consecutive} turns in a row off the session's topic "
                 f"(locality {check.locality:.3f} < drift.min_locality {d.min_locality})"
             )
-        return SurrogatePlan(DriftOutcome(check, reason), list(response.messages))
+        return SurrogatePlan(DriftOutcome(check, reason, record, checked), list(response.messages))
 
     def commit_turn(
         self, session_id: str, turn_count: int, by_teacher: bool, drift: DriftOutcome | None
@@ -115,9 +118,12 @@ class LiveAdaptation:
 
         def turn(record: LiveRecord) -> LiveRecord:
             if drift is not None and drift.check is not None and record.phase is Phase.SURROGATE:
-                record, _ = live_record.drift_check(
-                    record, drift.check, self.method.drift.consecutive, self.method.drift.window
-                )
+                if drift.checked is not None and record == drift.planned_on:
+                    record = drift.checked  # the check the plan computed, on this very record
+                else:  # the driver wrote in between: check the record as it is now
+                    record, _ = live_record.drift_check(
+                        record, drift.check, self.method.drift.consecutive, self.method.drift.window
+                    )
                 if drift.rollback_reason:
                     record = live_record.roll_back(record, drift.rollback_reason)
             return live_record.after_turn(record, turn_count, by_teacher, self.policy)
