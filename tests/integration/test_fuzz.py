@@ -1,7 +1,7 @@
 """Fuzzed contracts: hypothesis-generated requests (a fixed seed, 200 per RPC) against a real
 `soma serve --target dialogue` in front of the stand-in teacher `soma.bench.instant_teacher` (a real
-gRPC process with an instant echo backend, so the cases fit in the suite). `soma bench fuzz` runs
-the same with 2,000 per RPC."""
+gRPC process with an instant echo backend, so the cases fit in the suite), both with a service token
+as in the cluster layout. `soma bench fuzz` runs the same with 2,000 per RPC."""
 
 import pytest
 
@@ -23,3 +23,8 @@ def test_every_public_rpc_survives_200_generated_requests(tmp_path):
     assert set(report["codes"]["Credentials"]) <= {"UNAUTHENTICATED", "RESOURCE_EXHAUSTED"}
     assert report["codes"]["Credentials"]["UNAUTHENTICATED"] > 100
     assert sum(report["kept_session_turns"].values()) > 0  # the transcript invariant was exercised
+    # the internal TeacherService, as the cluster layout runs it: fuzzed with the valid service token,
+    # and refused without it
+    teacher = report["codes"]["TeacherGenerate"]
+    assert teacher.get("OK", 0) > 0 and teacher.get("INVALID_ARGUMENT", 0) > 0
+    assert set(report["codes"]["ServiceToken"]) == {"UNAUTHENTICATED"}

@@ -24,7 +24,17 @@ from typing import Any
 import grpc
 
 BAD_CODES = ("INTERNAL", "UNKNOWN", "DATA_LOSS")
-RPCS = ("OpenSession", "Chat", "GetSession", "CloseSession", "Credentials", "Health", "Reflection")
+RPCS = (
+    "OpenSession",
+    "Chat",
+    "GetSession",
+    "CloseSession",
+    "Credentials",
+    "Health",
+    "Reflection",
+    "TeacherGenerate",
+    "ServiceToken",
+)
 
 
 def _strategies():
@@ -51,8 +61,12 @@ def _strategies():
     return st, text, ids, params, labels
 
 
-def fuzz(address: str, api_key: str, examples: int, seed: int = 0) -> dict[str, Any]:
-    """Run `examples` cases per RPC; returns the status counts and every violation found."""
+def fuzz(
+    address: str, api_key: str, examples: int, seed: int = 0, teacher: str = "", service_token: str = ""
+) -> dict[str, Any]:
+    """Run `examples` cases per RPC; returns the status counts and every violation found. With
+    `teacher` and `service_token`, the internal TeacherService is fuzzed too, with the valid token
+    and without it."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
     from hypothesis import HealthCheck, given, settings
@@ -153,8 +167,57 @@ def fuzz(address: str, api_key: str, examples: int, seed: int = 0) -> dict[str, 
         req = reflection_pb2.ServerReflectionRequest(**{kind: arg})
         call("Reflection", lambda: list(reflection.ServerReflectionInfo(iter([req]), timeout=30)), lambda: str(req))
 
+    runs = [open_session, chat, get_session, close_session, credentials, health_check, reflect]
+    if teacher:
+        from soma.telemetry.tracing import SERVICE_TOKEN_HEADER
+        from soma.v1 import common_pb2, teacher_pb2, teacher_pb2_grpc
+
+        teacher_channel = grpc.insecure_channel(teacher)
+        generate = teacher_pb2_grpc.TeacherServiceStub(teacher_channel).Generate
+        token = [(SERVICE_TOKEN_HEADER, service_token)]
+        any_message = st.builds(
+            lambda role, content: common_pb2.Message(role=role, content=content),
+            st.integers(-(2**31), 2**31 - 1),  # unknown enum values included
+            text,
+        )
+        known_message = st.builds(
+            lambda role, content: common_pb2.Message(role=role, content=content),
+            st.sampled_from([common_pb2.ROLE_SYSTEM, common_pb2.ROLE_USER, common_pb2.ROLE_ASSISTANT]),
+            text,
+        )
+        last_user = st.builds(lambda content: common_pb2.Message(role=common_pb2.ROLE_USER, content=content), text)
+        messages = st.one_of(
+            st.lists(any_message, max_size=40),
+            st.builds(lambda head, last: [*head, last], st.lists(known_message, max_size=8), last_user),
+        )
+        sane_params = st.builds(
+            lambda n, t, p: common_pb2.GenerationParams(max_new_tokens=n, temperature=t, top_p=p),
+            st.integers(0, 16),
+            st.floats(0, 2, width=32),
+            st.floats(0, 1, width=32),
+        )
+
+        @hypothesis_seed(seed + 7)
+        @every
+        @given(msgs=messages, p=st.one_of(params, sane_params), request_id=text)
+        def teacher_generate(msgs, p, request_id):
+            req = teacher_pb2.TeacherServiceGenerateRequest(messages=msgs, params=p, request_id=request_id)
+            call("TeacherGenerate", lambda: list(generate(req, metadata=token, timeout=30)), lambda: str(req)[:300])
+
+        @hypothesis_seed(seed + 8)
+        @every
+        @given(sent=st.one_of(st.just(""), st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", max_size=64)))
+        def service_token_check(sent):
+            req = teacher_pb2.TeacherServiceGenerateRequest(
+                messages=[common_pb2.Message(role=common_pb2.ROLE_USER, content="hi")]
+            )
+            metadata = [(SERVICE_TOKEN_HEADER, sent)] if sent else []
+            if call("ServiceToken", lambda: list(generate(req, metadata=metadata, timeout=30)), lambda: sent):
+                violations.append(f"TeacherService answered OK to the service token {sent!r}")
+
+        runs += [teacher_generate, service_token_check]
     started = time.perf_counter()
-    for run in (open_session, chat, get_session, close_session, credentials, health_check, reflect):
+    for run in runs:
         run()
     for sid in kept:  # the transcript changed only by the Chat calls that returned OK
         got = stub.GetSession(dialogue_pb2.GetSessionRequest(session_id=sid, include_transcript=True), timeout=30)
@@ -174,11 +237,19 @@ def fuzz(address: str, api_key: str, examples: int, seed: int = 0) -> dict[str, 
     }
 
 
-def start_instant_teacher(log_path: Path) -> tuple[subprocess.Popen, str]:
+def start_instant_teacher(log_path: Path, token_file: Path) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "SOMA_SERVE_PARENT_PID": str(os.getpid())}
     log = open(log_path, "w")  # noqa: SIM115 - the child keeps writing to it
     proc = subprocess.Popen(
-        [sys.executable, "-m", "soma.bench.instant_teacher", "--port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "soma.bench.instant_teacher",
+            "--port",
+            "0",
+            "--service-token-file",
+            str(token_file),
+        ],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
@@ -193,18 +264,23 @@ def start_instant_teacher(log_path: Path) -> tuple[subprocess.Popen, str]:
 
 def run_fuzz_stack(examples: int, seed: int, folder: Path) -> tuple[dict[str, Any], bool]:
     """The stand-in teacher and a real `soma serve --target dialogue`; returns (report, server survived)."""
+    import secrets
+
     from soma.launcher import start_server
 
-    teacher, address = start_instant_teacher(folder / "teacher.log")
+    token_file = folder / "service-token"
+    token_file.write_text(secrets.token_urlsafe(32))  # the cluster layout: soma's calls carry it
+    teacher, address = start_instant_teacher(folder / "teacher.log", token_file)
     try:
         env = {
+            "SOMA_SERVER__SERVICE_TOKEN_FILE": str(token_file),
             "SOMA_DIALOGUE__TEACHER_ADDRESS": address,
             "SOMA_ADAPTATION__MODE": "off",
             "SOMA_STATE_DIR": str(folder / "state"),
             "SOMA_DIALOGUE__MAX_CONCURRENT_TURNS": "4",
         }
         with start_server("dialogue", env=env, log_path=folder / "dialogue.log") as server:
-            report = fuzz(server.address, server.api_key, examples, seed)
+            report = fuzz(server.address, server.api_key, examples, seed, address, token_file.read_text().strip())
             alive = server.proc.poll() is None
             report["dialogue_server_alive"] = alive
             report["teacher_alive"] = teacher.poll() is None

@@ -38,12 +38,16 @@ def main() -> None:
     from soma.config import ServerSettings, TeacherSettings
     from soma.launcher import exit_with_parent
     from soma.server.app import SomaServer
+    from soma.server.auth import ServiceTokenInterceptor
     from soma.teacher import service as teacher
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--service-token-file", help="take calls only with this service token, as a cluster pod does")
     args = p.parse_args()
-    server = SomaServer(ServerSettings(port=args.port, auth="none"))
+    settings = ServerSettings(port=args.port, auth="none", service_token_file=args.service_token_file)
+    token = settings.service_token()
+    server = SomaServer(settings, [ServiceTokenInterceptor(token)] if token else [])
     server.add(teacher.hosted(InstantBackend(), TeacherSettings(model="instant-teacher")))
     server.install_signal_handlers()
     exit_with_parent("SOMA_SERVE_PARENT_PID")
