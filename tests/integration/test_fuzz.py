@@ -16,7 +16,8 @@ def test_every_public_rpc_survives_200_generated_requests(tmp_path):
     assert report["violations"] == [], report["violations"][:10]
     for rpc in RPCS:
         assert sum(report["codes"][rpc].values()) >= 200 or rpc == "CloseSession", (rpc, report["codes"][rpc])
-    # the generated requests reached the service: some were answered, some refused with a clear status
+    # the generated requests reached the service and were refused with a clear status (the OK turns
+    # include one plain turn per kept session, played before the generated ones)
     chat = report["codes"]["Chat"]
     assert chat.get("OK", 0) > 0 and (chat.get("NOT_FOUND", 0) + chat.get("INVALID_ARGUMENT", 0)) > 0
     # refused: UNAUTHENTICATED, or RESOURCE_EXHAUSTED for a header past gRPC's metadata size limit

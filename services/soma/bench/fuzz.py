@@ -73,7 +73,7 @@ def fuzz(
     from hypothesis import seed as hypothesis_seed
 
     from soma.client import open_channel
-    from soma.v1 import dialogue_pb2, dialogue_pb2_grpc
+    from soma.v1 import common_pb2, dialogue_pb2, dialogue_pb2_grpc
 
     st, text, ids, params, labels = _strategies()
     channel = open_channel(address, api_key)
@@ -113,9 +113,22 @@ def fuzz(
         req = dialogue_pb2.OpenSessionRequest(session_id=sid, system_prompt=system, labels=lab)
         call("OpenSession", lambda: stub.OpenSession(req, timeout=30), lambda: str(req))
 
+    sane_params = st.builds(
+        lambda n, t, p: common_pb2.GenerationParams(max_new_tokens=n, temperature=t, top_p=p),
+        st.integers(0, 16),
+        st.floats(0, 2, width=32),
+        st.floats(0, 1, width=32),
+    )
+    sane_query = st.text(min_size=1, max_size=200).filter(str.strip)
+
     @hypothesis_seed(seed + 1)
     @every
-    @given(sid=session_ids, query=text, p=params, turn=st.one_of(st.just(0), st.integers(0, 2**32 - 1)))
+    @given(
+        sid=session_ids,
+        query=st.one_of(text, sane_query),
+        p=st.one_of(params, sane_params),
+        turn=st.one_of(st.just(0), st.integers(0, 2**32 - 1)),
+    )
     def chat(sid, query, p, turn):
         req = dialogue_pb2.ChatRequest(session_id=sid, query=query, params=p, turn_index=turn)
         if call("Chat", lambda: list(stub.Chat(req, timeout=60)), lambda: str(req)) and sid in kept:
@@ -190,12 +203,6 @@ def fuzz(
             st.lists(any_message, max_size=40),
             st.builds(lambda head, last: [*head, last], st.lists(known_message, max_size=8), last_user),
         )
-        sane_params = st.builds(
-            lambda n, t, p: common_pb2.GenerationParams(max_new_tokens=n, temperature=t, top_p=p),
-            st.integers(0, 16),
-            st.floats(0, 2, width=32),
-            st.floats(0, 1, width=32),
-        )
 
         @hypothesis_seed(seed + 7)
         @every
@@ -215,8 +222,16 @@ def fuzz(
             if call("ServiceToken", lambda: list(generate(req, metadata=metadata, timeout=30)), lambda: sent):
                 violations.append(f"TeacherService answered OK to the service token {sent!r}")
 
+        plain_generate = teacher_pb2.TeacherServiceGenerateRequest(
+            messages=[common_pb2.Message(role=common_pb2.ROLE_USER, content="Say yes.")]
+        )
+        call("TeacherGenerate", lambda: list(generate(plain_generate, metadata=token, timeout=30)), str)
         runs += [teacher_generate, service_token_check]
     started = time.perf_counter()
+    for sid in kept:  # one plain turn each first: the transcripts the invariant watches are not empty
+        plain = dialogue_pb2.ChatRequest(session_id=sid, query="Say yes.")
+        if call("Chat", lambda req=plain: list(stub.Chat(req, timeout=60)), lambda req=plain: str(req)):
+            ok_turns[sid] += 1
     for run in runs:
         run()
     for sid in kept:  # the transcript changed only by the Chat calls that returned OK
