@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from soma.session.records import Phase, ServedBy, SessionState, Turn, chat_messages, is_valid_session_id
+from soma.ids import is_valid_session_id
+from soma.session.records import Phase, ServedBy, SessionState, Turn, chat_messages
 from soma.storage.session_store import (
     SessionClosed,
     SessionExists,

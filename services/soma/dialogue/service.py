@@ -31,9 +31,10 @@ from soma.errors import (
     SomaError,
     Unavailable,
 )
+from soma.ids import is_valid_session_id
 from soma.server.app import HostedService
 from soma.server.auth import current_tenant, scoped_session_id, unscoped_session_id
-from soma.session.records import Phase, ServedBy, SessionState, Turn, chat_messages, is_valid_session_id
+from soma.session.records import Phase, ServedBy, SessionState, Turn, chat_messages
 from soma.storage.session_store import (
     SessionClosed,
     SessionExists,

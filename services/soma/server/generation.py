@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,8 +12,6 @@ from soma.errors import InvalidArgument
 from soma.telemetry.metrics import GENERATED_TOKENS, PROMPT_TOKENS
 from soma.v1 import common_pb2
 from soma.wire import result_to_proto
-
-log = logging.getLogger("soma.generation")
 
 
 def stream_generation(

@@ -5,8 +5,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from soma.ids import SESSION_ID_PATTERN, is_valid_session_id  # noqa: F401 - part of the records' vocabulary
-
 
 class Phase(enum.Enum):
     """Session phases; names match soma.v1.SessionPhase without its prefix."""
