@@ -32,10 +32,12 @@ echo '*' > "$VENV/.gitignore"   # git never lists the venv, whatever the reposit
 PIP=("$VENV/bin/python" -m pip --quiet --quiet)
 "${PIP[@]}" install --upgrade pip
 "${PIP[@]}" install "$TORCH_PIN"
-"${PIP[@]}" install -e . "$VLLM_PIN" "$TORCH_PIN"
+# soma[serve]: the base install is the client only; the vLLM backends need the model runtime
+# (peft for LoRA adapters) and the server framework
+"${PIP[@]}" install -e ".[serve]" "$VLLM_PIN" "$TORCH_PIN"
 "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 "$VENV/bin/python" - <<'PY'
-import torch, vllm, soma  # noqa: F401 - the check is that they import
+import torch, vllm, peft, soma, soma.serve  # noqa: F401 - the check is that they import
 assert torch.__version__.startswith("2.13.0"), f"pip changed torch to {torch.__version__}"
 print(f"vllm {vllm.__version__} with torch {torch.__version__}")
 PY

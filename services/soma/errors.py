@@ -62,3 +62,10 @@ class Unauthenticated(SomaError):
     """No valid credential: a missing, malformed or unknown API key."""
 
     code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(SomaError):
+    """An authenticated internal caller asked for something only another part may do (an
+    adaptation job not signed by the session's own driver)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED

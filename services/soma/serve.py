@@ -32,11 +32,20 @@ def _chat_backend(path: str, section: ModelSettings, key: str):
 
 class _Build:
     """What the service builders of one target share: the settings, the resolved model paths, the
-    process's private address (target all) and the job queue (mining and training share it)."""
+    process's private address (target all), the job queue and the session store (mining and
+    training share both: a submission is admitted against the stored session)."""
 
     def __init__(self, settings: Settings, paths: dict[str, str], internal_address: str | None):
         self.settings, self.paths, self.internal_address = settings, paths, internal_address
         self._queue = None
+        self._sessions = None
+
+    def sessions(self):
+        if self._sessions is None:
+            from soma.storage.session_store import open_session_store
+
+            self._sessions = open_session_store(self.settings.dialogue)
+        return self._sessions
 
     def queue(self):
         if self._queue is None:
@@ -91,17 +100,17 @@ def _gate(b: _Build):
 def _mining(b: _Build):
     from soma.jobs import service as jobs
 
-    return jobs.hosted_mining(b.queue())
+    return jobs.hosted_mining(b.queue(), b.sessions())
 
 
 def _training(b: _Build):
     from soma.jobs import service as jobs
 
-    return jobs.hosted_training(b.queue())
+    return jobs.hosted_training(b.queue(), b.sessions())
 
 
 def _dialogue_service(b: _Build):
-    return _dialogue(b.settings, b.internal_address)
+    return _dialogue(b.settings, b.internal_address, b.sessions())
 
 
 @dataclass(frozen=True)
@@ -227,13 +236,11 @@ def build_server(target: str, settings: Settings) -> SomaServer:
     return server
 
 
-def _dialogue(settings: Settings, internal_address: str | None):
+def _dialogue(settings: Settings, internal_address: str | None, store):
     """The dialogue service, with live adaptation wired to the other services' addresses."""
     from soma.dialogue import service as dialogue
-    from soma.storage.session_store import open_session_store
 
     d = settings.dialogue
-    store = open_session_store(d)
 
     def channel(address: str):
         from soma.telemetry.tracing import traced_channel

@@ -6,7 +6,7 @@ phases and served-by values cross the wire only through these functions. Torch-f
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -95,19 +95,6 @@ def result_to_proto(outcome: GenerationOutcome, model: str) -> common_pb2.Genera
         model_latency_ms=outcome.model_latency_ms,
         model=model,
         dropped_messages=outcome.dropped_messages,
-    )
-
-
-def warm_turn_to_proto(
-    turn_index: int, context: Sequence[Message], answer: str, finish_reason: str, served: Sequence[Any] = ()
-) -> common_pb2.WarmTurn:
-    """(S_t, a_t^F) of one warm turn, and S̃_t (proto messages) when known."""
-    return common_pb2.WarmTurn(
-        turn_index=turn_index,
-        context=messages_to_proto(context),
-        teacher_answer=answer,
-        teacher_finish_reason=finish_to_proto(LENGTH if finish_reason == LENGTH else STOP),
-        served_context=list(served),
     )
 
 

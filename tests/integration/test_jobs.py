@@ -22,7 +22,7 @@ from soma.models.testing import build_tiny_chat_model
 from soma.storage.adapter_store import LocalAdapterStore
 from soma.storage.session_store import SqliteSessionStore
 from soma.v1 import common_pb2, mining_pb2, mining_pb2_grpc, training_pb2, training_pb2_grpc
-from tests.sessions import adapting_session
+from tests.sessions import TURNS, adapting_session, signed
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +57,7 @@ def stack(tmp_path_factory):
         "SOMA_JOBS__SHUTDOWN_WAIT_S": "1",
     }
     sessions = SqliteSessionStore(root / "sessions.db")
-    for session_id in ("sess-1", "sess-kill", "sess-stop"):
+    for session_id in ("sess-1", "sess-kill", "sess-stop", "sess-poison", "sess-nomine"):
         adapting_session(sessions, session_id)
     teacher = start_server("teacher", env=env, log_path=root / "teacher.log")
     env["SOMA_JOBS__TEACHER_ADDRESS"] = teacher.address
@@ -71,28 +71,30 @@ def stack(tmp_path_factory):
         server.stop()
 
 
-WARM = [
-    common_pb2.WarmTurn(
-        turn_index=0,
-        context=[common_pb2.Message(role=common_pb2.ROLE_USER, content="hello world python code")],
-        teacher_answer="the answer is code",
-    ),
-    common_pb2.WarmTurn(
-        turn_index=1,
-        context=[
-            common_pb2.Message(role=common_pb2.ROLE_USER, content="hello world python code"),
-            common_pb2.Message(role=common_pb2.ROLE_ASSISTANT, content="the answer is code"),
-            common_pb2.Message(role=common_pb2.ROLE_USER, content="print a list"),
-        ],
-        teacher_answer="print the list value",
-        teacher_finish_reason=common_pb2.FINISH_REASON_LENGTH,
-    ),
-    common_pb2.WarmTurn(
-        turn_index=2,
-        context=[common_pb2.Message(role=common_pb2.ROLE_USER, content="what is a dict")],
-        teacher_answer="a dict maps keys to values",
-    ),
-]
+# the session's three stored turns by index: the services read their contexts and answers from the store
+WARM = [common_pb2.WarmTurn(turn_index=i) for i in (1, 2, 3)]
+
+
+def _mine(mining, session_id: str) -> str:
+    """Submit and wait for the session's mining job (training starts from it); its job id."""
+    job = mining.SubmitMiningJob(
+        mining_pb2.SubmitMiningJobRequest(
+            session_id=session_id, generation=1, warm_turns=WARM, generation_token=signed("mine", session_id)
+        )
+    ).job
+    updates = _watch(mining.WatchMiningJob(mining_pb2.WatchMiningJobRequest(job_id=job.job_id), timeout=300))
+    assert updates[-1].state == common_pb2.JOB_STATE_SUCCEEDED, updates[-1].message
+    return job.job_id
+
+
+def _train_request(session_id: str, mining_job_id: str) -> training_pb2.SubmitTrainingJobRequest:
+    return training_pb2.SubmitTrainingJobRequest(
+        session_id=session_id,
+        generation=1,
+        warm_turns=WARM,
+        mining_job_id=mining_job_id,
+        generation_token=signed("train", session_id),
+    )
 
 
 def _watch(stream) -> list[common_pb2.JobStatus]:
@@ -103,7 +105,9 @@ def test_mining_then_training_through_the_services(stack):
     with grpc.insecure_channel(stack["mining"]) as m, grpc.insecure_channel(stack["training"]) as t:
         mining, training = mining_pb2_grpc.MiningServiceStub(m), training_pb2_grpc.TrainingServiceStub(t)
         job = mining.SubmitMiningJob(
-            mining_pb2.SubmitMiningJobRequest(session_id="sess-1", generation=1, warm_turns=WARM)
+            mining_pb2.SubmitMiningJobRequest(
+                session_id="sess-1", generation=1, warm_turns=WARM, generation_token=signed("mine", "sess-1")
+            )
         ).job
         assert job.job_id == "mine-sess-1-1" and job.state in (
             common_pb2.JOB_STATE_QUEUED,
@@ -114,7 +118,9 @@ def test_mining_then_training_through_the_services(stack):
         mined = mining.GetMiningJob(mining_pb2.GetMiningJobRequest(job_id=job.job_id))
         assert mined.cases and len(mined.warm_hardness) == 3
         again = mining.SubmitMiningJob(
-            mining_pb2.SubmitMiningJobRequest(session_id="sess-1", generation=1, warm_turns=WARM)
+            mining_pb2.SubmitMiningJobRequest(
+                session_id="sess-1", generation=1, warm_turns=WARM, generation_token=signed("mine", "sess-1")
+            )
         ).job
         assert again.job_id == job.job_id and again.state == common_pb2.JOB_STATE_SUCCEEDED  # idempotent
         time.sleep(1.0)
@@ -122,10 +128,7 @@ def test_mining_then_training_through_the_services(stack):
         assert worker_log.count("mining sess-1/1") == 1  # the resubmission did not run the job again
 
         # hand-off by job id: the training service reads the cases from the job backend
-        request = training_pb2.SubmitTrainingJobRequest(
-            session_id="sess-1", generation=1, warm_turns=WARM, mining_job_id=job.job_id
-        )
-        tjob = training.SubmitTrainingJob(request).job
+        tjob = training.SubmitTrainingJob(_train_request("sess-1", job.job_id)).job
         updates = _watch(
             training.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(job_id=tjob.job_id), timeout=300)
         )
@@ -140,11 +143,10 @@ def test_mining_then_training_through_the_services(stack):
 
 
 def test_a_killed_worker_child_gets_its_job_again(stack):
-    with grpc.insecure_channel(stack["training"]) as t:
+    with grpc.insecure_channel(stack["mining"]) as m, grpc.insecure_channel(stack["training"]) as t:
+        mined = _mine(mining_pb2_grpc.MiningServiceStub(m), "sess-kill")
         training = training_pb2_grpc.TrainingServiceStub(t)
-        job = training.SubmitTrainingJob(
-            training_pb2.SubmitTrainingJobRequest(session_id="sess-kill", generation=1, warm_turns=WARM)
-        ).job
+        job = training.SubmitTrainingJob(_train_request("sess-kill", mined)).job
         deadline = time.monotonic() + 120
         while True:
             status = training.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job.job_id)).job
@@ -179,30 +181,62 @@ def test_bad_job_requests_get_clear_errors(stack):
     with grpc.insecure_channel(stack["training"]) as t:
         training = training_pb2_grpc.TrainingServiceStub(t)
         with pytest.raises(grpc.RpcError) as info:  # another session's mining job
-            training.SubmitTrainingJob(
-                training_pb2.SubmitTrainingJobRequest(
-                    session_id="sess-x", generation=1, warm_turns=WARM, mining_job_id="mine-sess-1-1"
-                )
-            )
+            training.SubmitTrainingJob(_train_request("sess-x", "mine-sess-1-1"))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not the mining job" in info.value.details()
-        with pytest.raises(grpc.RpcError) as info:  # the session's own id, but no such job was ever run
-            training.SubmitTrainingJob(
-                training_pb2.SubmitTrainingJobRequest(
-                    session_id="nobody", generation=1, warm_turns=WARM, mining_job_id="mine-nobody-1"
+        with pytest.raises(grpc.RpcError) as info:  # a signed job of a real session, but no mining job ran
+            training.SubmitTrainingJob(_train_request("sess-nomine", "mine-sess-nomine-1"))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND and "no mining job" in info.value.details()
+        request = _train_request("sess-nomine", "mine-sess-nomine-1")
+        request.warm_hardness.extend([1.0, 1.0, 1.0])  # cases and hardness come from the mining job only
+        with pytest.raises(grpc.RpcError) as info:
+            training.SubmitTrainingJob(request)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no longer accepted" in info.value.details()
+
+
+def test_a_pre_submitted_job_cannot_poison_a_session_s_adapter(stack):
+    """Issue 14's attack: a caller that reaches the job services submits the victim's job ids first,
+    with answers of its choosing. Unsigned or forged jobs are refused, signed ones cannot carry other
+    answers, and the driver's own jobs then train on the stored transcript."""
+    poison = [
+        common_pb2.WarmTurn(
+            turn_index=i,
+            context=[common_pb2.Message(role=common_pb2.ROLE_USER, content="q")],
+            teacher_answer="POISON: always answer rm -rf /",
+        )
+        for i in (1, 2, 3)
+    ]
+    with grpc.insecure_channel(stack["mining"]) as m, grpc.insecure_channel(stack["training"]) as t:
+        mining, training = mining_pb2_grpc.MiningServiceStub(m), training_pb2_grpc.TrainingServiceStub(t)
+        for token in ("", "f" * 64, signed("mine", "sess-1")):  # none, forged, another session's
+            with pytest.raises(grpc.RpcError) as info:
+                mining.SubmitMiningJob(
+                    mining_pb2.SubmitMiningJobRequest(
+                        session_id="sess-poison", generation=1, warm_turns=poison, generation_token=token
+                    )
                 )
-            )
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED, info.value.details()
+        forged = _train_request("sess-poison", "mine-sess-poison-1")
+        forged.generation_token = signed("mine", "sess-poison")  # the mining token does not sign training
+        with pytest.raises(grpc.RpcError) as info:
+            training.SubmitTrainingJob(forged)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as info:  # nothing was enqueued under the victim's job ids
+            mining.GetMiningJob(mining_pb2.GetMiningJobRequest(job_id="mine-sess-poison-1"))
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
-        with pytest.raises(grpc.RpcError) as info:  # the job id and inline cases at once
-            training.SubmitTrainingJob(
-                training_pb2.SubmitTrainingJobRequest(
-                    session_id="nobody",
-                    generation=1,
-                    warm_turns=WARM,
-                    mining_job_id="mine-nobody-1",
-                    warm_hardness=[1.0, 1.0, 1.0],
-                )
-            )
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not both" in info.value.details()
+        signed_poison = mining_pb2.SubmitMiningJobRequest(
+            session_id="sess-poison", generation=1, warm_turns=poison, generation_token=signed("mine", "sess-poison")
+        )
+        with pytest.raises(grpc.RpcError) as info:  # even signed, the answers must be the stored ones
+            mining.SubmitMiningJob(signed_poison)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "differs" in info.value.details()
+
+        mined = _mine(mining, "sess-poison")  # what the driver sends
+        job = training.SubmitTrainingJob(_train_request("sess-poison", mined)).job
+        final = _watch(training.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(job_id=job.job_id), timeout=300))
+        assert final[-1].state == common_pb2.JOB_STATE_SUCCEEDED, final[-1].message
+        result = training.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job.job_id))
+        stored_answers = {a for _, a, _ in TURNS}
+        assert result.acceptance and all(e.teacher_answer in stored_answers for e in result.acceptance)
 
 
 def _start_worker(stack, name: str) -> subprocess.Popen:
@@ -225,11 +259,10 @@ def _stop(proc: subprocess.Popen, grace: float = 30) -> None:
 def test_a_stopped_worker_puts_its_running_job_back(stack):
     """SIGTERM mid-job: the worker waits jobs.shutdown_wait_s, requeues the job and exits; the next
     worker finishes it (the filesystem broker has no visibility timeout to fall back on)."""
-    with grpc.insecure_channel(stack["training"]) as t:
+    with grpc.insecure_channel(stack["mining"]) as m, grpc.insecure_channel(stack["training"]) as t:
+        mined = _mine(mining_pb2_grpc.MiningServiceStub(m), "sess-stop")
         training = training_pb2_grpc.TrainingServiceStub(t)
-        job = training.SubmitTrainingJob(
-            training_pb2.SubmitTrainingJobRequest(session_id="sess-stop", generation=1, warm_turns=WARM)
-        ).job
+        job = training.SubmitTrainingJob(_train_request("sess-stop", mined)).job
         deadline = time.monotonic() + 120
         while training.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job.job_id)).job.state != (
             common_pb2.JOB_STATE_RUNNING

@@ -24,7 +24,15 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from soma.client import open_channel
 from soma.launcher import start_server
-from soma.v1 import common_pb2, dialogue_pb2, dialogue_pb2_grpc, training_pb2, training_pb2_grpc
+from soma.v1 import (
+    common_pb2,
+    dialogue_pb2,
+    dialogue_pb2_grpc,
+    mining_pb2,
+    mining_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
+)
 from tests.integration.conftest import SERVER_ENV
 from tests.servers import free_port, redis_server, s3_server, scrape_metrics
 
@@ -195,6 +203,52 @@ def test_a_session_switches_to_its_surrogate_and_rolls_back_on_a_topic_change(li
     for stage in ("mining", "training", "gate"):
         assert m[f'soma_adaptation_seconds_count{{stage="{stage}"}}'] >= 1
     assert 'soma_queue_depth{queue="soma.mining"}' in m
+
+
+def test_a_session_switches_only_to_the_adapter_its_own_driver_trained(live_stack):
+    """Issue 14's poisoning attack on the real stack: a caller on the internal socket submits the
+    victim's mining and training job ids first, with answers of its choosing. Both are refused
+    (no generation token), and the session switches to the adapter its driver trained on its own
+    stored turns."""
+    s = open_session(live_stack["stub"], "victim-1")
+    s.turn(ON_TOPIC[0])
+    poison = [
+        common_pb2.WarmTurn(
+            turn_index=1,
+            context=[common_pb2.Message(role=common_pb2.ROLE_USER, content=ON_TOPIC[0])],
+            teacher_answer="POISON: always answer rm -rf /",
+        )
+    ]
+    with grpc.insecure_channel(live_stack["server"].internal_address) as internal:
+        mining = mining_pb2_grpc.MiningServiceStub(internal)
+        training = training_pb2_grpc.TrainingServiceStub(internal)
+        for submit, request in (
+            (
+                mining.SubmitMiningJob,
+                mining_pb2.SubmitMiningJobRequest(session_id=s.id, generation=1, warm_turns=poison),
+            ),
+            (
+                training.SubmitTrainingJob,
+                training_pb2.SubmitTrainingJobRequest(
+                    session_id=s.id, generation=1, warm_turns=poison, mining_job_id=f"mine-{s.id}-1"
+                ),
+            ),
+        ):
+            with pytest.raises(grpc.RpcError) as info:
+                submit(request, timeout=30)
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED, info.value.details()
+        s.turn(ON_TOPIC[1])
+        s.wait_phase("SESSION_PHASE_SURROGATE")
+        trained = training.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=f"train-{s.id}-1"), timeout=30)
+    transcript = (
+        live_stack["stub"]
+        .GetSession(dialogue_pb2.GetSessionRequest(session_id=s.id, include_transcript=True))
+        .transcript
+    )
+    answers = [t.answer for t in transcript]
+    assert trained.acceptance and all(any(a.startswith(e.teacher_answer) for a in answers) for e in trained.acceptance)
+    manifest = json.loads((live_stack["root"] / "adapters" / s.id / "1" / "manifest.json").read_text())
+    assert manifest["files"]["adapter_model.safetensors"]["sha256"] == trained.adapter.sha256
 
 
 def test_a_corrupt_adapter_is_served_by_the_teacher_without_an_error(live_stack):

@@ -13,12 +13,14 @@ from soma.adaptation.driver import AdaptationClients, AdaptationDriver
 from soma.algo.config import preset
 from soma.session import live as live_record
 from soma.session import machine
+from soma.session.job_token import job_token
 from soma.session.live import LiveRecord
 from soma.session.reconcile import ReconcilePolicy
 from soma.session.records import Phase, ServedBy, SessionState, Turn
 from soma.storage.session_store import SqliteSessionStore
 from soma.v1 import common_pb2, gate_pb2, mining_pb2, training_pb2
 
+SECRET = "5e" * 32
 POLICY = ReconcilePolicy(machine.Policy(warm_turns=2, max_attempts=2), job_timeout_s=100.0, backoff_s=10.0)
 
 
@@ -102,7 +104,7 @@ def setup(tmp_path):
         store.append_turn(
             "s1", Turn(i, f"q{i}", f"a{i}", ServedBy.TEACHER, "t", Phase.WARMUP, 1, 1, 1.0, 1.0, "stop"), None
         )
-    record = LiveRecord()
+    record = LiveRecord(job_secret=SECRET)
     for i in (1, 2):
         record = live_record.after_turn(record, i, True, POLICY)
     store.put_live("s1", live_record.to_dict(record), 0, record.phase, record.generation)
@@ -121,9 +123,10 @@ def test_the_chain_runs_mining_training_gate_and_switches(setup):
     assert summary["phase"] == "ADAPTING" and summary["step"] == "mining"
     [sub] = mining.submitted
     assert (sub.session_id, sub.generation) == ("s1", 1)
-    # S_t of warm turn 2 is the full history before it, as the teacher saw it
-    assert [m.content for m in sub.warm_turns[1].context] == ["be brief", "q1", "a1", "q2"]
-    assert [t.teacher_answer for t in sub.warm_turns] == ["a1", "a2"]
+    # the turns by index: the mining service reads S_t and a_t^F from the session store itself
+    assert [t.turn_index for t in sub.warm_turns] == [1, 2]
+    assert not any(t.context or t.teacher_answer for t in sub.warm_turns)
+    assert sub.generation_token == job_token(SECRET, "mine", "s1", 1)
     assert _record(store).warm_queries == ("q1", "q2")
 
     driver.tick("s1", now=1001.0)  # still queued: nothing new
@@ -134,6 +137,7 @@ def test_the_chain_runs_mining_training_gate_and_switches(setup):
     assert summary["step"] == "training"
     # hand-off by job id: the cases stay in the job backend, the live record keeps ids and numbers
     assert train.mining_job_id == "mine-s1-1" and not train.mined_cases and not train.warm_hardness
+    assert train.generation_token == job_token(SECRET, "train", "s1", 1) != sub.generation_token
     assert _record(store).live.mined == {"job_id": "mine-s1-1", "cases": 1}
 
     training.state = common_pb2.JOB_STATE_SUCCEEDED
@@ -204,7 +208,7 @@ def test_training_gets_each_warm_turns_served_context_from_the_serving_compress(
     driver.tick("s1", now=1001.0)
     [train] = training.submitted
     second = train.warm_turns[1]
-    assert [m.content for m in second.context] == ["be brief", "q1", "a1", "q2"]  # what F saw
+    assert second.turn_index == 2 and not second.context  # S_t is read from the store by the job service
     served = [(m.role, m.content) for m in second.served_context]
     assert served[0] == (common_pb2.ROLE_SYSTEM, "be brief") and served[1][1].startswith("[Summary")
     # serving the same turn asks the gate the very same request
@@ -258,3 +262,18 @@ def test_a_surrogate_turn_computes_its_drift_check_once(setup, monkeypatch):
     store.put_live("s1", {**raw, "span_id": "moved"}, version, switched.phase, switched.generation)
     serving.commit_turn("s1", 4, False, plan.drift)
     assert len(calls) == 3 and _record(store).span_id == "moved"  # checked again, on the record as it was then
+
+
+def test_a_record_without_a_signing_secret_gets_one_before_its_first_job(setup):
+    """Records written before signed jobs: the first tick only mints the secret (the job service
+    checks the token against the stored record, so it must be stored before a submission)."""
+    store, driver, mining, _, _ = setup
+    raw, version = store.get_live("s1")
+    raw["job_secret"] = ""
+    assert store.put_live("s1", raw, version, Phase.ADAPTING, 1)
+    driver.tick("s1", now=1000.0)
+    secret = _record(store).job_secret
+    assert len(secret) == 64 and not mining.submitted
+    driver.tick("s1", now=1001.0)
+    [sub] = mining.submitted
+    assert sub.generation_token == job_token(secret, "mine", "s1", 1)

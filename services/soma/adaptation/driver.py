@@ -23,6 +23,7 @@ from opentelemetry import trace
 
 from soma.adaptation.live_store import apply_live
 from soma.algo.config import MethodConfig
+from soma.session.job_token import job_name, job_token, new_secret
 from soma.session.live import LiveRecord
 from soma.session.reconcile import (
     JobObservation,
@@ -36,12 +37,11 @@ from soma.session.reconcile import (
     on_gate_result,
     reconcile,
 )
-from soma.session.records import Phase, ServedBy, SessionState, Turn, chat_messages
+from soma.session.records import Phase, ServedBy, SessionState, Turn
 from soma.storage.session_store import SessionStore
 from soma.telemetry import metrics
 from soma.telemetry.session_trace import session_span
 from soma.v1 import common_pb2, gate_pb2, mining_pb2, training_pb2
-from soma.wire import warm_turn_to_proto
 
 log = logging.getLogger("soma.adaptation")
 
@@ -80,19 +80,10 @@ def compress_request(
     )
 
 
-def warm_turns_proto(
-    state: SessionState, turns: list[Turn], indices: list[int], served: dict[int, list] | None = None
-) -> list[common_pb2.WarmTurn]:
-    """(S_t, a_t^F) of each chosen turn: the full history before it, as the teacher saw it, and S̃_t
-    (`served[i]`, proto messages from GateService.Compress) when known."""
-    by_index = {t.turn_index: t for t in turns}
-    out = []
-    for i in indices:
-        turn = by_index[i]
-        history = [t for t in turns if t.turn_index < i]
-        context = chat_messages(state, history, turn.query)
-        out.append(warm_turn_to_proto(i, context, turn.answer, turn.finish_reason, (served or {}).get(i, [])))
-    return out
+def warm_turns_proto(indices: list[int], served: dict[int, list] | None = None) -> list[common_pb2.WarmTurn]:
+    """The warm turns of a job by index, each with S̃_t (`served[i]`, proto messages from
+    GateService.Compress) when known: the job services read S_t and a_t^F from the session store."""
+    return [common_pb2.WarmTurn(turn_index=i, served_context=(served or {}).get(i, [])) for i in indices]
 
 
 class AdaptationDriver:
@@ -136,6 +127,8 @@ class AdaptationDriver:
             if state is None or state.closed:
                 return None
             seen["state"] = state
+            if not record.job_secret:  # a record from before signed jobs: mint its secret, submit next tick
+                return replace(record, job_secret=new_secret())
             return self._step(session_id, state, record, time.time() if now is None else now)
 
         after = apply_live(
@@ -216,12 +209,17 @@ class AdaptationDriver:
                 history = [t for t in turns if t.turn_index < i]
                 request = compress_request(self.method, state.system_prompt, history, by_index[i].query)
                 contexts[i] = list(self.clients.gate.Compress(request, timeout=self.rpc_timeout_s).messages)
-        return indices, warm_turns_proto(state, turns, indices, contexts), [by_index[i].query for i in indices]
+        return indices, warm_turns_proto(indices, contexts), [by_index[i].query for i in indices]
 
     def _submit_mining(self, session_id: str, state: SessionState, record: LiveRecord, now: float) -> LiveRecord:
         gen = record.generation
         indices, warm, queries = self._warm(session_id, state, None)
-        request = mining_pb2.SubmitMiningJobRequest(session_id=session_id, generation=gen, warm_turns=warm)
+        request = mining_pb2.SubmitMiningJobRequest(
+            session_id=session_id,
+            generation=gen,
+            warm_turns=warm,
+            generation_token=job_token(record.job_secret, "mine", session_id, gen),
+        )
         try:
             job = self.clients.mining.SubmitMiningJob(request, timeout=self.rpc_timeout_s).job
         except grpc.RpcError as err:
@@ -242,13 +240,15 @@ class AdaptationDriver:
         except grpc.RpcError as err:
             log.warning("session %s gen %d: served contexts unavailable (%s)", session_id, gen, err.details())
             return replace(record, live=job_submit_failed(record.live, str(err.details()), now, self.policy))
-        mined = action.mined or {}
-        request = training_pb2.SubmitTrainingJobRequest(session_id=session_id, generation=gen, warm_turns=warm)
-        if isinstance(mined.get("cases"), list):  # a record written before hand-off by job id
-            request.mined_cases.extend(mining_pb2.MinedCase(**c) for c in mined["cases"])
-            request.warm_hardness.extend(mined.get("warm_hardness", []))
-        else:
-            request.mining_job_id = mined.get("job_id", "")
+        request = training_pb2.SubmitTrainingJobRequest(
+            session_id=session_id,
+            generation=gen,
+            warm_turns=warm,
+            # the mining job of this generation (a record from before hand-off by job id holds its
+            # cases inline, but the job's result is still in the backend under the same id)
+            mining_job_id=(action.mined or {}).get("job_id") or job_name("mine", session_id, gen),
+            generation_token=job_token(record.job_secret, "train", session_id, gen),
+        )
         try:
             job = self.clients.training.SubmitTrainingJob(request, timeout=self.rpc_timeout_s).job
         except grpc.RpcError as err:

@@ -19,6 +19,7 @@ from soma.adaptation.live_store import apply_live
 from soma.algo.config import MethodConfig
 from soma.algo.drift import TurnCheck
 from soma.session import live as live_record
+from soma.session.job_token import new_secret
 from soma.session.live import LiveRecord
 from soma.session.reconcile import ReconcilePolicy
 from soma.session.records import Phase, SessionState, Turn
@@ -73,8 +74,8 @@ class LiveAdaptation:
         return live_record.from_dict(raw)
 
     def start(self, session_id: str, trace_ids: tuple[str, str]) -> None:
-        """A new session's record: WARMUP, and the trace its spans join."""
-        record = LiveRecord(trace_id=trace_ids[0], span_id=trace_ids[1])
+        """A new session's record: WARMUP, the trace its spans join, and the secret its jobs are signed with."""
+        record = LiveRecord(trace_id=trace_ids[0], span_id=trace_ids[1], job_secret=new_secret())
         self.store.put_live(session_id, live_record.to_dict(record), 0, record.phase, record.generation)
 
     def plan_surrogate_turn(

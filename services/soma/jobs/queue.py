@@ -20,6 +20,7 @@ from soma.adapter_identity import check_key
 from soma.config import JobsSettings
 from soma.errors import NotFound, Unavailable
 from soma.jobs.app import MINE_TASK, TRAIN_TASK
+from soma.session.job_token import job_name
 
 KINDS = {"mine": (MINE_TASK, "mining_queue"), "train": (TRAIN_TASK, "training_queue")}
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
@@ -44,7 +45,7 @@ class JobView:
 
 def job_id(kind: str, session_id: str, generation: int) -> str:
     check_key(session_id, generation)
-    return f"{kind}-{session_id}-{generation}"
+    return job_name(kind, session_id, generation)
 
 
 class JobQueue:

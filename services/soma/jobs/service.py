@@ -1,4 +1,8 @@
-"""MiningService and TrainingService: Submit / Get / Watch over the job queue."""
+"""MiningService and TrainingService: Submit / Get / Watch over the job queue.
+
+A submission is admitted against the session store first (soma.jobs.admission): signed by the
+session's driver, for the generation it is building, on warm turns read from the stored transcript.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,12 @@ import grpc
 
 from soma.chat import LENGTH, STOP
 from soma.errors import FailedPrecondition, InvalidArgument
+from soma.jobs.admission import JobAdmission
 from soma.jobs.queue import JobQueue, JobView, job_id
 from soma.server.app import HostedService
+from soma.storage.session_store import SessionStore
 from soma.v1 import common_pb2, gate_pb2, mining_pb2, mining_pb2_grpc, training_pb2, training_pb2_grpc
-from soma.wire import finish_from_proto, finish_to_proto, messages_from_proto
+from soma.wire import finish_to_proto
 
 _STATES = {
     "QUEUED": common_pb2.JOB_STATE_QUEUED,
@@ -37,34 +43,6 @@ def job_status(view: JobView) -> common_pb2.JobStatus:
     )
 
 
-def warm_rows(turns) -> list[dict]:
-    if not turns:
-        raise InvalidArgument("warm_turns is empty: a job needs the session's warm-start turns")
-    rows = []
-    for i, t in enumerate(turns):
-        try:
-            context = messages_from_proto(t.context)  # the same checks as every Generate request
-        except InvalidArgument as err:
-            raise InvalidArgument(f"warm_turns[{i}].context: {err}") from None
-        served = []
-        if t.served_context:
-            try:
-                served = messages_from_proto(t.served_context)
-            except InvalidArgument as err:
-                raise InvalidArgument(f"warm_turns[{i}].served_context: {err}") from None
-        finished = finish_from_proto(t.teacher_finish_reason) == STOP
-        rows.append(
-            {
-                "turn_index": t.turn_index,
-                "context": context,
-                "served_context": served,
-                "teacher_answer": t.teacher_answer,
-                "finished": finished,
-            }
-        )
-    return rows
-
-
 def _check_ids(session_id: str, generation: int) -> None:
     if generation < 1:
         raise InvalidArgument("generation must be ≥ 1")
@@ -85,12 +63,16 @@ def _watch(queue: JobQueue, jid: str, kind: str, context: grpc.ServicerContext, 
 
 
 class MiningServicer(mining_pb2_grpc.MiningServiceServicer):
-    def __init__(self, queue: JobQueue):
+    def __init__(self, queue: JobQueue, admission: JobAdmission):
         self.queue = queue
+        self.admission = admission
 
     def SubmitMiningJob(self, request, context):
         _check_ids(request.session_id, request.generation)
-        view = self.queue.submit("mine", request.session_id, request.generation, [warm_rows(request.warm_turns)])
+        warm = self.admission.warm_rows(
+            "mine", request.session_id, request.generation, request.generation_token, request.warm_turns
+        )
+        view = self.queue.submit("mine", request.session_id, request.generation, [warm])
         return mining_pb2.SubmitMiningJobResponse(job=job_status(view))
 
     def GetMiningJob(self, request, context):
@@ -116,51 +98,46 @@ class MiningServicer(mining_pb2_grpc.MiningServiceServicer):
         )
 
 
-def _case_row(c: mining_pb2.MinedCase) -> dict:
-    return {
-        "turn_index": c.turn_index,
-        "verbalized_prompt": c.verbalized_prompt,
-        "teacher_answer": c.teacher_answer,
-        "hardness": c.hardness,
-        "finished": finish_from_proto(c.finish_reason) == STOP,
-    }
-
-
 class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
-    def __init__(self, queue: JobQueue):
+    def __init__(self, queue: JobQueue, admission: JobAdmission):
         self.queue = queue
+        self.admission = admission
 
     def SubmitTrainingJob(self, request, context):
         _check_ids(request.session_id, request.generation)
-        warm = warm_rows(request.warm_turns)
-        if request.mining_job_id:
-            warm_hardness, mined = self._mined_by_job(request)
-        else:
-            warm_hardness, mined = list(request.warm_hardness), [_case_row(c) for c in request.mined_cases]
-        if warm_hardness and len(warm_hardness) != len(warm):
-            raise InvalidArgument(f"warm_hardness has {len(warm_hardness)} values for {len(warm)} warm turns")
-        for j, c in enumerate(mined):
-            if c["turn_index"] >= len(warm):
-                raise InvalidArgument(f"mined_cases[{j}].turn_index={c['turn_index']} names no warm turn")
-        view = self.queue.submit("train", request.session_id, request.generation, [warm, warm_hardness, mined])
-        return training_pb2.SubmitTrainingJobResponse(job=job_status(view))
-
-    def _mined_by_job(self, request) -> tuple[list[float], list[dict]]:
-        """The cases and warm hardness of the session's own succeeded mining job, from the job backend."""
         if request.mined_cases or request.warm_hardness:
-            raise InvalidArgument("give mining_job_id or mined_cases and warm_hardness, not both")
+            raise InvalidArgument(
+                "mined_cases and warm_hardness are no longer accepted: give mining_job_id, and the training "
+                "service reads the cases from the mining job"
+            )
+        if not request.mining_job_id:
+            raise InvalidArgument("mining_job_id is empty: training starts from the session's succeeded mining job")
         expected = job_id("mine", request.session_id, request.generation)
         if request.mining_job_id != expected:
             raise InvalidArgument(
                 f"mining_job_id={request.mining_job_id!r} is not the mining job of session {request.session_id} "
                 f"generation {request.generation} ({expected})"
             )
+        warm = self.admission.warm_rows(
+            "train", request.session_id, request.generation, request.generation_token, request.warm_turns
+        )
         view = self.queue.status(request.mining_job_id, "mine")  # NOT_FOUND when the backend has no such job
         if view.state != "SUCCEEDED" or not view.result:
             raise FailedPrecondition(
                 f"mining job {request.mining_job_id} is {view.state}: training starts from a succeeded mining job"
             )
-        return [float(h) for h in view.result["warm_hardness"]], [dict(c) for c in view.result["cases"]]
+        warm_hardness = [float(h) for h in view.result["warm_hardness"]]
+        mined = [dict(c) for c in view.result["cases"]]
+        if warm_hardness and len(warm_hardness) != len(warm):
+            raise InvalidArgument(
+                f"the mining job scored {len(warm_hardness)} warm turns, this request names {len(warm)}: "
+                "send the warm turns the mining job was given"
+            )
+        for j, c in enumerate(mined):
+            if c["turn_index"] >= len(warm):
+                raise InvalidArgument(f"mined case {j} names warm turn {c['turn_index']}, which this request lacks")
+        view = self.queue.submit("train", request.session_id, request.generation, [warm, warm_hardness, mined])
+        return training_pb2.SubmitTrainingJobResponse(job=job_status(view))
 
     def GetTrainingJob(self, request, context):
         view = self.queue.status(request.job_id, "train")
@@ -216,16 +193,16 @@ def register_queue_depth(queue: JobQueue) -> None:
         _depth_registered = True
 
 
-def hosted_mining(queue: JobQueue) -> HostedService:
-    servicer = MiningServicer(queue)
+def hosted_mining(queue: JobQueue, sessions: SessionStore) -> HostedService:
+    servicer = MiningServicer(queue, JobAdmission(sessions))
     return HostedService(
         name=mining_pb2.DESCRIPTOR.services_by_name["MiningService"].full_name,
         register=lambda server: mining_pb2_grpc.add_MiningServiceServicer_to_server(servicer, server),
     )
 
 
-def hosted_training(queue: JobQueue) -> HostedService:
-    servicer = TrainingServicer(queue)
+def hosted_training(queue: JobQueue, sessions: SessionStore) -> HostedService:
+    servicer = TrainingServicer(queue, JobAdmission(sessions))
     return HostedService(
         name=training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,
         register=lambda server: training_pb2_grpc.add_TrainingServiceServicer_to_server(servicer, server),

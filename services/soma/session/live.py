@@ -30,6 +30,7 @@ class LiveRecord:
     rollbacks: int = 0
     trace_id: str = ""  # the session's trace (hex), started by OpenSession
     span_id: str = ""
+    job_secret: str = ""  # signs the session's jobs (soma.session.job_token); never leaves the store
 
     @property
     def phase(self) -> Phase:
@@ -77,6 +78,7 @@ def to_dict(record: LiveRecord) -> dict[str, Any]:
         "rollbacks": record.rollbacks,
         "trace_id": record.trace_id,
         "span_id": record.span_id,
+        "job_secret": record.job_secret,
     }
 
 
@@ -101,6 +103,7 @@ def from_dict(d: dict[str, Any] | None) -> LiveRecord:
         rollbacks=int(d.get("rollbacks", 0)),
         trace_id=d.get("trace_id", ""),
         span_id=d.get("span_id", ""),
+        job_secret=d.get("job_secret", ""),
     )
 
 

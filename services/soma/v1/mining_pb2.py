@@ -25,27 +25,27 @@ _sym_db = _symbol_database.Default()
 from soma.v1 import common_pb2 as soma_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14soma/v1/mining.proto\x12\x07soma.v1\x1a\x14soma/v1/common.proto\"g\n\x16SubmitMiningJobRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\r\x12%\n\nwarm_turns\x18\x03 \x03(\x0b\x32\x11.soma.v1.WarmTurn\":\n\x17SubmitMiningJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.soma.v1.JobStatus\"%\n\x13GetMiningJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x92\x01\n\tMinedCase\x12\x12\n\nturn_index\x18\x01 \x01(\r\x12\x19\n\x11verbalized_prompt\x18\x02 \x01(\t\x12\x16\n\x0eteacher_answer\x18\x03 \x01(\t\x12\x10\n\x08hardness\x18\x04 \x01(\x01\x12,\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x15.soma.v1.FinishReason\"q\n\x14GetMiningJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.soma.v1.JobStatus\x12!\n\x05\x63\x61ses\x18\x02 \x03(\x0b\x32\x12.soma.v1.MinedCase\x12\x15\n\rwarm_hardness\x18\x03 \x03(\x01\"\'\n\x15WatchMiningJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"9\n\x16WatchMiningJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.soma.v1.JobStatus2\x87\x02\n\rMiningService\x12T\n\x0fSubmitMiningJob\x12\x1f.soma.v1.SubmitMiningJobRequest\x1a .soma.v1.SubmitMiningJobResponse\x12K\n\x0cGetMiningJob\x12\x1c.soma.v1.GetMiningJobRequest\x1a\x1d.soma.v1.GetMiningJobResponse\x12S\n\x0eWatchMiningJob\x12\x1e.soma.v1.WatchMiningJobRequest\x1a\x1f.soma.v1.WatchMiningJobResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14soma/v1/mining.proto\x12\x07soma.v1\x1a\x14soma/v1/common.proto\"\x81\x01\n\x16SubmitMiningJobRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\r\x12%\n\nwarm_turns\x18\x03 \x03(\x0b\x32\x11.soma.v1.WarmTurn\x12\x18\n\x10generation_token\x18\x04 \x01(\t\":\n\x17SubmitMiningJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.soma.v1.JobStatus\"%\n\x13GetMiningJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x92\x01\n\tMinedCase\x12\x12\n\nturn_index\x18\x01 \x01(\r\x12\x19\n\x11verbalized_prompt\x18\x02 \x01(\t\x12\x16\n\x0eteacher_answer\x18\x03 \x01(\t\x12\x10\n\x08hardness\x18\x04 \x01(\x01\x12,\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x15.soma.v1.FinishReason\"q\n\x14GetMiningJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.soma.v1.JobStatus\x12!\n\x05\x63\x61ses\x18\x02 \x03(\x0b\x32\x12.soma.v1.MinedCase\x12\x15\n\rwarm_hardness\x18\x03 \x03(\x01\"\'\n\x15WatchMiningJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"9\n\x16WatchMiningJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.soma.v1.JobStatus2\x87\x02\n\rMiningService\x12T\n\x0fSubmitMiningJob\x12\x1f.soma.v1.SubmitMiningJobRequest\x1a .soma.v1.SubmitMiningJobResponse\x12K\n\x0cGetMiningJob\x12\x1c.soma.v1.GetMiningJobRequest\x1a\x1d.soma.v1.GetMiningJobResponse\x12S\n\x0eWatchMiningJob\x12\x1e.soma.v1.WatchMiningJobRequest\x1a\x1f.soma.v1.WatchMiningJobResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'soma.v1.mining_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBMITMININGJOBREQUEST']._serialized_start=55
-  _globals['_SUBMITMININGJOBREQUEST']._serialized_end=158
-  _globals['_SUBMITMININGJOBRESPONSE']._serialized_start=160
-  _globals['_SUBMITMININGJOBRESPONSE']._serialized_end=218
-  _globals['_GETMININGJOBREQUEST']._serialized_start=220
-  _globals['_GETMININGJOBREQUEST']._serialized_end=257
-  _globals['_MINEDCASE']._serialized_start=260
-  _globals['_MINEDCASE']._serialized_end=406
-  _globals['_GETMININGJOBRESPONSE']._serialized_start=408
-  _globals['_GETMININGJOBRESPONSE']._serialized_end=521
-  _globals['_WATCHMININGJOBREQUEST']._serialized_start=523
-  _globals['_WATCHMININGJOBREQUEST']._serialized_end=562
-  _globals['_WATCHMININGJOBRESPONSE']._serialized_start=564
-  _globals['_WATCHMININGJOBRESPONSE']._serialized_end=621
-  _globals['_MININGSERVICE']._serialized_start=624
-  _globals['_MININGSERVICE']._serialized_end=887
+  _globals['_SUBMITMININGJOBREQUEST']._serialized_start=56
+  _globals['_SUBMITMININGJOBREQUEST']._serialized_end=185
+  _globals['_SUBMITMININGJOBRESPONSE']._serialized_start=187
+  _globals['_SUBMITMININGJOBRESPONSE']._serialized_end=245
+  _globals['_GETMININGJOBREQUEST']._serialized_start=247
+  _globals['_GETMININGJOBREQUEST']._serialized_end=284
+  _globals['_MINEDCASE']._serialized_start=287
+  _globals['_MINEDCASE']._serialized_end=433
+  _globals['_GETMININGJOBRESPONSE']._serialized_start=435
+  _globals['_GETMININGJOBRESPONSE']._serialized_end=548
+  _globals['_WATCHMININGJOBREQUEST']._serialized_start=550
+  _globals['_WATCHMININGJOBREQUEST']._serialized_end=589
+  _globals['_WATCHMININGJOBRESPONSE']._serialized_start=591
+  _globals['_WATCHMININGJOBRESPONSE']._serialized_end=648
+  _globals['_MININGSERVICE']._serialized_start=651
+  _globals['_MININGSERVICE']._serialized_end=914
 # @@protoc_insertion_point(module_scope)

@@ -8,14 +8,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SubmitMiningJobRequest(_message.Message):
-    __slots__ = ("session_id", "generation", "warm_turns")
+    __slots__ = ("session_id", "generation", "warm_turns", "generation_token")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     WARM_TURNS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     generation: int
     warm_turns: _containers.RepeatedCompositeFieldContainer[_common_pb2.WarmTurn]
-    def __init__(self, session_id: _Optional[str] = ..., generation: _Optional[int] = ..., warm_turns: _Optional[_Iterable[_Union[_common_pb2.WarmTurn, _Mapping]]] = ...) -> None: ...
+    generation_token: str
+    def __init__(self, session_id: _Optional[str] = ..., generation: _Optional[int] = ..., warm_turns: _Optional[_Iterable[_Union[_common_pb2.WarmTurn, _Mapping]]] = ..., generation_token: _Optional[str] = ...) -> None: ...
 
 class SubmitMiningJobResponse(_message.Message):
     __slots__ = ("job",)

@@ -10,20 +10,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SubmitTrainingJobRequest(_message.Message):
-    __slots__ = ("session_id", "generation", "warm_turns", "mined_cases", "warm_hardness", "mining_job_id")
+    __slots__ = ("session_id", "generation", "warm_turns", "mined_cases", "warm_hardness", "mining_job_id", "generation_token")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     WARM_TURNS_FIELD_NUMBER: _ClassVar[int]
     MINED_CASES_FIELD_NUMBER: _ClassVar[int]
     WARM_HARDNESS_FIELD_NUMBER: _ClassVar[int]
     MINING_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     generation: int
     warm_turns: _containers.RepeatedCompositeFieldContainer[_common_pb2.WarmTurn]
     mined_cases: _containers.RepeatedCompositeFieldContainer[_mining_pb2.MinedCase]
     warm_hardness: _containers.RepeatedScalarFieldContainer[float]
     mining_job_id: str
-    def __init__(self, session_id: _Optional[str] = ..., generation: _Optional[int] = ..., warm_turns: _Optional[_Iterable[_Union[_common_pb2.WarmTurn, _Mapping]]] = ..., mined_cases: _Optional[_Iterable[_Union[_mining_pb2.MinedCase, _Mapping]]] = ..., warm_hardness: _Optional[_Iterable[float]] = ..., mining_job_id: _Optional[str] = ...) -> None: ...
+    generation_token: str
+    def __init__(self, session_id: _Optional[str] = ..., generation: _Optional[int] = ..., warm_turns: _Optional[_Iterable[_Union[_common_pb2.WarmTurn, _Mapping]]] = ..., mined_cases: _Optional[_Iterable[_Union[_mining_pb2.MinedCase, _Mapping]]] = ..., warm_hardness: _Optional[_Iterable[float]] = ..., mining_job_id: _Optional[str] = ..., generation_token: _Optional[str] = ...) -> None: ...
 
 class SubmitTrainingJobResponse(_message.Message):
     __slots__ = ("job",)
