@@ -88,8 +88,21 @@ class ServerSettings(_Section):
     )
     tls_cert_file: Path | None = Field(None, description="PEM certificate chain of the public port; unset = plaintext.")
     tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    health_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="A plaintext port serving only gRPC health, for probes that cannot speak TLS (kubelet's). "
+        "Unset = none. Cluster with TLS: 8081 (the chart sets it).",
+    )
     _blank_paths = field_validator(
-        "api_keys_file", "local_api_key_file", "service_token_file", "tls_cert_file", "tls_key_file", mode="before"
+        "api_keys_file",
+        "local_api_key_file",
+        "service_token_file",
+        "tls_cert_file",
+        "tls_key_file",
+        "health_port",
+        mode="before",
     )(_empty_is_none)
 
     def service_token(self) -> str:

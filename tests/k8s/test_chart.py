@@ -129,12 +129,15 @@ def test_grpc_services_have_grpc_health_probes(rendered, value_set):
         args = container["args"]
         target = args[args.index("--target") + 1]
         expected = SERVICES.get(target, "soma.v1.DialogueService")  # `all` is ready when its dialogue is
-        port = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
+        # a TLS dialogue pod answers kubelet (no TLS) on its plaintext health port
+        probed = "health" if "SOMA_SERVER__HEALTH_PORT" in env_values(container) else "grpc"
+        port = next(p["containerPort"] for p in container["ports"] if p["name"] == probed)
         assert container["readinessProbe"]["grpc"] == {"port": port, "service": expected}
         assert container["livenessProbe"]["grpc"] == {"port": port, "service": ""}
         assert container["startupProbe"]["grpc"]["port"] == port
         service = named(docs, "Service", doc["metadata"]["name"])
-        assert {"name": "grpc", "port": port}.items() <= service["spec"]["ports"][0].items()
+        grpc_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
+        assert {"name": "grpc", "port": grpc_port}.items() <= service["spec"]["ports"][0].items()
 
 
 def test_default_install_runs_each_service_in_its_own_deployment(rendered):
@@ -523,3 +526,28 @@ def test_cluster_pods_share_a_service_token_from_a_secret(rendered):
         mounts = {v["name"]: v for v in spec["volumes"]}
         assert mounts["service-token"]["secret"]["secretName"] == "soma-service-token", component(owner)
         assert env_values(spec["containers"][0])["SOMA_SERVER__SERVICE_TOKEN_FILE"] == "/etc/soma/service/token"
+
+
+def test_the_dialogue_api_takes_tls_from_a_secret_and_answers_probes_in_plaintext(rendered):
+    """auth.tlsSecret (a kubernetes.io/tls Secret, as cert-manager writes it): the dialogue pods mount
+    tls.crt and tls.key and serve TLS; kubelet's gRPC probes, which cannot speak TLS, ask the
+    plaintext health-only port. Without it (default values) nothing changes."""
+    docs = rendered("external")
+    for owner, spec in pod_specs(docs):
+        container = spec["containers"][0]
+        env = env_values(container)
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        if component(owner) != "dialogue":
+            assert "tls" not in volumes and "SOMA_SERVER__TLS_CERT_FILE" not in env, component(owner)
+            continue
+        assert volumes["tls"]["secret"]["secretName"] == "soma-dialogue-tls"
+        assert {i["key"] for i in volumes["tls"]["secret"]["items"]} == {"tls.crt", "tls.key"}
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "tls")
+        assert env["SOMA_SERVER__TLS_CERT_FILE"] == mount["mountPath"] + "/tls.crt"
+        assert env["SOMA_SERVER__TLS_KEY_FILE"] == mount["mountPath"] + "/tls.key"
+        assert env["SOMA_SERVER__HEALTH_PORT"] == "8081"
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"]["port"] == 8081
+    default = named(rendered("default"), "Deployment", "soma-dialogue")["spec"]["template"]["spec"]["containers"][0]
+    assert default["readinessProbe"]["grpc"]["port"] == 50051
+    assert "SOMA_SERVER__TLS_CERT_FILE" not in env_values(default)

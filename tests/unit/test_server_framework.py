@@ -138,8 +138,12 @@ def test_observe_turn_reports_gap_only_with_a_shadow_pair():
 
 
 def test_tls_from_certificate_files(tmp_path):
-    """server.tls_cert_file / tls_key_file: the public port speaks TLS; a plaintext client gets nowhere."""
+    """server.tls_cert_file / tls_key_file: the public port speaks TLS; a plaintext client gets nowhere;
+    server.health_port answers kubelet's plaintext probes."""
     import subprocess
+
+    from grpc_reflection.v1alpha.reflection_pb2 import ServerReflectionRequest
+    from grpc_reflection.v1alpha.reflection_pb2_grpc import ServerReflectionStub
 
     from soma.client import open_channel
 
@@ -149,7 +153,8 @@ def test_tls_from_certificate_files(tmp_path):
          "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )  # fmt: skip
-    settings = load_settings(overrides={"server": {"port": 0, "tls_cert_file": cert, "tls_key_file": key}})
+    tls = {"port": 0, "tls_cert_file": cert, "tls_key_file": key, "health_port": 0}
+    settings = load_settings(overrides={"server": tls})
     server = SomaServer(settings.server)
     server.start()
     try:
@@ -159,7 +164,18 @@ def test_tls_from_certificate_files(tmp_path):
         with grpc.insecure_channel(server.address) as plain, pytest.raises(grpc.RpcError) as info:
             health_pb2_grpc.HealthStub(plain).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        # server.health_port: plaintext health for kubelet's probes, and nothing else
+        with grpc.insecure_channel(f"127.0.0.1:{server.health_port}") as probe:
+            status = health_pb2_grpc.HealthStub(probe).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as info:
+                list(
+                    ServerReflectionStub(probe).ServerReflectionInfo(iter([ServerReflectionRequest(list_services="")]))
+                )
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         server.stop(0)
+    with grpc.insecure_channel(f"127.0.0.1:{server.health_port}") as probe, pytest.raises(grpc.RpcError):
+        health_pb2_grpc.HealthStub(probe).Check(health_pb2.HealthCheckRequest(), timeout=2)  # stopped with it
     with pytest.raises(ValueError, match="go together"):
         load_settings(overrides={"server": {"tls_cert_file": cert}})

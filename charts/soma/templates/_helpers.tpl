@@ -131,6 +131,11 @@ imagePullPolicy: {{ $img.pullPolicy }}
 -}}
 {{- if include "soma.servesDialogue" $component -}}
 {{- $_ := set $env "SOMA_SERVER__API_KEYS_FILE" "/etc/soma/auth/api-keys.json" -}}
+{{- if $v.auth.tlsSecret -}}
+{{- $_ := set $env "SOMA_SERVER__TLS_CERT_FILE" "/etc/soma/tls/tls.crt" -}}
+{{- $_ := set $env "SOMA_SERVER__TLS_KEY_FILE" "/etc/soma/tls/tls.key" -}}
+{{- $_ := set $env "SOMA_SERVER__HEALTH_PORT" (toString $v.healthPort) -}}
+{{- end -}}
 {{- end -}}
 {{- if eq $v.teacher.backend "openai" -}}
 {{- $_ := set $env "SOMA_TEACHER__OPENAI_BASE_URL" (required "teacher.openai.baseUrl is required with backend openai" $v.teacher.openai.baseUrl) -}}
@@ -224,22 +229,27 @@ containers:
     ports:
       {{- if .healthService }}
       - {name: grpc, containerPort: {{ $v.grpcPort }}, protocol: TCP}
+      {{- if and (include "soma.servesDialogue" .component) $v.auth.tlsSecret }}
+      - {name: health, containerPort: {{ $v.healthPort }}, protocol: TCP}
+      {{- end }}
       {{- end }}
       - {name: metrics, containerPort: {{ $v.metricsPort }}, protocol: TCP}
     {{- end }}
     {{- if .healthService }}
+    {{- /* kubelet's gRPC probes cannot speak TLS: a TLS dialogue pod answers them on a plaintext health-only port */}}
+    {{- $probePort := ternary $v.healthPort $v.grpcPort (and (include "soma.servesDialogue" .component | eq "true") (ne $v.auth.tlsSecret "")) }}
     # gRPC health (grpc.health.v1.Health): traffic only once this service reports SERVING; the
     # startup probe allows 20 minutes for a first model download and preparation.
     startupProbe:
-      grpc: {port: {{ $v.grpcPort }}, service: ""}
+      grpc: {port: {{ $probePort }}, service: ""}
       periodSeconds: 10
       failureThreshold: 120
     readinessProbe:
-      grpc: {port: {{ $v.grpcPort }}, service: {{ .healthService | quote }}}
+      grpc: {port: {{ $probePort }}, service: {{ .healthService | quote }}}
       periodSeconds: 5
       failureThreshold: 2
     livenessProbe:
-      grpc: {port: {{ $v.grpcPort }}, service: ""}
+      grpc: {port: {{ $probePort }}, service: ""}
       periodSeconds: 20
       timeoutSeconds: 5
       failureThreshold: 3
@@ -270,6 +280,9 @@ containers:
       {{- end }}
       {{- if include "soma.servesDialogue" .component }}
       - {name: api-keys, mountPath: /etc/soma/auth, readOnly: true}
+      {{- if $v.auth.tlsSecret }}
+      - {name: tls, mountPath: /etc/soma/tls, readOnly: true}
+      {{- end }}
       {{- end }}
       {{- if $gpu }}
       - {name: dshm, mountPath: /dev/shm}
@@ -303,6 +316,14 @@ volumes:
       secretName: {{ include "soma.apiKeysSecret" $root }}
       items:
         - {key: api-keys.json, path: api-keys.json}
+  {{- if $v.auth.tlsSecret }}
+  - name: tls
+    secret:
+      secretName: {{ $v.auth.tlsSecret }}
+      items:
+        - {key: tls.crt, path: tls.crt}
+        - {key: tls.key, path: tls.key}
+  {{- end }}
   {{- end }}
   {{- if eq .component "all" }}
   - name: state

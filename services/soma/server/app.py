@@ -76,6 +76,14 @@ class SomaServer:
         self._local_dir: str | None = None
         self._internal: grpc.Server | None = None
         self.local_address: str | None = None
+        self._health_only: grpc.Server | None = None
+        if settings.health_port is not None:
+            # kubelet's gRPC probes cannot speak TLS: with TLS on the public port they ask here
+            self._health_only = grpc.server(futures.ThreadPoolExecutor(2, thread_name_prefix="soma-health"))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_only)
+            self.health_port = self._health_only.add_insecure_port(f"{settings.host}:{settings.health_port}")
+            if self.health_port == 0:
+                raise OSError(f"cannot bind the health port {settings.host}:{settings.health_port}; is it in use?")
 
     def _new_grpc_server(self, workers: int, prefix: str, guards: list | None = None) -> grpc.Server:
         return grpc.server(
@@ -135,6 +143,8 @@ class SomaServer:
                 [*(s.name for s in self._services), reflection.SERVICE_NAME], self._internal
             )
             self._internal.start()
+        if self._health_only is not None:
+            self._health_only.start()
         self._grpc.start()
         for name in names:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -157,6 +167,8 @@ class SomaServer:
         self._grpc.stop(grace).wait()
         if self._internal is not None:  # public RPCs are done; nothing calls inward any more
             self._internal.stop(grace).wait()
+        if self._health_only is not None:
+            self._health_only.stop(0).wait()
         for service in reversed(self._services):
             try:
                 service.close()
@@ -174,6 +186,8 @@ class SomaServer:
                 self._grpc.stop(0)
                 if self._internal is not None:
                     self._internal.stop(0)
+                if self._health_only is not None:
+                    self._health_only.stop(0)
                 return
             self._draining.set()
             log.info("received %s: draining", signal.Signals(signum).name)

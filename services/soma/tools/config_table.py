@@ -19,7 +19,8 @@ def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str, str]
         env = "SOMA_" + key.upper().replace(".", "__")
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         default = field.get_default(call_default_factory=True)
-        shown = extra.get("shown_default") or ("(model limit)" if default is None else str(default))
+        unset = "(model limit)" if name.endswith("_tokens") else "(unset)"  # None: the model's own, or off
+        shown = extra.get("shown_default") or (unset if default is None else str(default))
         rows.append((key, env, shown, field.description or ""))
     return rows
 
