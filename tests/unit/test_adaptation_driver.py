@@ -40,10 +40,12 @@ class Jobs:
 
     def __init__(self, kind):
         self.kind, self.submitted, self.state, self.fail_submit = kind, [], common_pb2.JOB_STATE_QUEUED, None
+        self.fail_code = None
 
     def submit(self, request, timeout=None):
         if self.fail_submit:
-            raise RpcError(grpc.StatusCode.UNAVAILABLE, self.fail_submit)
+            code = self.fail_code or grpc.StatusCode.UNAVAILABLE
+            raise RpcError(code, self.fail_submit)
         self.submitted.append(request)
         return self._status(request.session_id, request.generation)
 
@@ -177,6 +179,34 @@ def test_an_unreachable_queue_costs_no_attempt_and_a_lost_job_does(setup):
     summary = driver.tick("s1", now=21.0)
     assert (summary["phase"], summary["attempts"], summary["generation"]) == ("ADAPTING", 1, 2)
     assert "missing" in summary["last_reason"]
+
+
+@pytest.mark.parametrize(
+    "code", [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED]
+)
+def test_a_refusal_resubmitting_cannot_fix_costs_an_attempt_and_ends_failed(setup, code):
+    """Issue 15: a permanent refusal is not retried forever; attempts run out (max_attempts 2 here)
+    and the session is FAILED, the teacher serving it."""
+    store, driver, mining, training, gate = setup
+    mining.fail_submit, mining.fail_code = "warm_turns[0] is not a turn the teacher served", code
+    summary = driver.tick("s1", now=0.0)
+    assert (summary["phase"], summary["attempts"], summary["generation"]) == ("ADAPTING", 1, 2)
+    assert code.name in summary["last_reason"] and "refused" in summary["last_reason"]
+    summary = driver.tick("s1", now=5.0)  # within the backoff: nothing
+    assert summary["attempts"] == 1
+    summary = driver.tick("s1", now=100.0)
+    assert (summary["phase"], summary["attempts"]) == ("FAILED", 2)
+    assert driver.tick("s1", now=1000.0)["phase"] == "FAILED"  # for good: nothing is submitted again
+    assert not mining.submitted
+
+
+def test_training_refused_for_good_also_costs_an_attempt(setup):
+    store, driver, mining, training, gate = setup
+    driver.tick("s1", now=0.0)
+    mining.state = common_pb2.JOB_STATE_SUCCEEDED
+    training.fail_submit, training.fail_code = "mining job is FAILED", grpc.StatusCode.FAILED_PRECONDITION
+    summary = driver.tick("s1", now=1.0)
+    assert (summary["step"], summary["attempts"], summary["generation"]) == ("idle", 1, 2)
 
 
 def test_a_closed_session_is_left_alone_and_forget_deletes_everything(setup, tmp_path):

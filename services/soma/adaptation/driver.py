@@ -33,6 +33,7 @@ from soma.session.reconcile import (
     SubmitTraining,
     describe,
     job_submit_failed,
+    job_submit_refused,
     job_submitted,
     on_gate_result,
     reconcile,
@@ -46,6 +47,15 @@ from soma.v1 import common_pb2, gate_pb2, mining_pb2, training_pb2
 log = logging.getLogger("soma.adaptation")
 
 WARN_EVERY_S = 30.0
+# a job service's answers that the same submission will get again: the request itself is wrong
+PERMANENT_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.NOT_FOUND,
+    }
+)
 
 
 @dataclass
@@ -223,8 +233,7 @@ class AdaptationDriver:
         try:
             job = self.clients.mining.SubmitMiningJob(request, timeout=self.rpc_timeout_s).job
         except grpc.RpcError as err:
-            log.warning("session %s gen %d: mining submission failed (%s)", session_id, gen, err.details())
-            return replace(record, live=job_submit_failed(record.live, str(err.details()), now, self.policy))
+            return replace(record, live=self._submission_failed(session_id, gen, "mining", err, record.live, now))
         log.info("session %s gen %d: mining job %s on turns %s", session_id, gen, job.job_id, indices)
         return replace(
             record,
@@ -252,10 +261,20 @@ class AdaptationDriver:
         try:
             job = self.clients.training.SubmitTrainingJob(request, timeout=self.rpc_timeout_s).job
         except grpc.RpcError as err:
-            log.warning("session %s gen %d: training submission failed (%s)", session_id, gen, err.details())
-            return replace(record, live=job_submit_failed(record.live, str(err.details()), now, self.policy))
+            return replace(record, live=self._submission_failed(session_id, gen, "training", err, record.live, now))
         log.info("session %s gen %d: training job %s", session_id, gen, job.job_id)
         return replace(record, live=job_submitted(record.live, job.job_id, now))
+
+    def _submission_failed(self, session_id: str, gen: int, kind: str, err: grpc.RpcError, live, now: float):
+        """A refusal that resubmitting cannot fix costs an attempt; anything else (the queue or the
+        service unreachable) is retried after the backoff at no cost."""
+        code = err.code()
+        reason = f"{code.name if code else 'UNKNOWN'}: {err.details()}"
+        if code in PERMANENT_REFUSALS:
+            log.warning("session %s gen %d: %s submission refused (%s); attempt counted", session_id, gen, kind, reason)
+            return job_submit_refused(live, reason, now, self.policy)
+        log.warning("session %s gen %d: %s submission failed (%s); retrying", session_id, gen, kind, reason)
+        return job_submit_failed(live, reason, now, self.policy)
 
     def _acceptance_batch(self, trained: dict) -> list[gate_pb2.AcceptanceExample]:
         """The training job's held-out acceptance batch, read from the job backend by the job's id."""

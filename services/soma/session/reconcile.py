@@ -129,6 +129,16 @@ def job_submit_failed(live: LiveSession, reason: str, now: float, policy: Reconc
     return live
 
 
+def job_submit_refused(live: LiveSession, reason: str, now: float, policy: ReconcilePolicy) -> LiveSession:
+    """The job service refused a submission for good (the request itself is wrong: invalid, not
+    signed, the session is not building that generation): resubmitting the same one cannot help, so
+    the attempt is counted and the next generation starts after the backoff; when attempts run out
+    the session is FAILED and the teacher keeps serving it."""
+    if live.step not in ("mining", "training"):
+        return live
+    return _failed(live, f"{live.step} submission refused: {reason}", now, policy)
+
+
 def job_submitted(live: LiveSession, job_id: str, now: float) -> LiveSession:
     """Record the id of the job a SubmitMining / SubmitTraining action created."""
     return replace(live, job_id=job_id, job_started=now)
