@@ -302,6 +302,35 @@ else:
     result["folders"] = sorted(p.name for p in backend.adapters.root.iterdir())
     result["stats"] = {"hits": cache.stats.hits, "misses": cache.stats.misses, "evictions": cache.stats.evictions}
     result["vllm_loras"] = sorted(backend.engine.list_loras())
+
+    # two sessions' turns at once on this replica: each pins its adapter (max_count 1 is exceeded
+    # while both stream) and holds no lock across its stream, so vLLM runs them side by side
+    import threading, time
+    barrier = threading.Barrier(2)
+    spans = {}
+
+    def timed(session):
+        request = surrogate_pb2.SurrogateServiceGenerateRequest(
+            messages=[common_pb2.Message(role=common_pb2.ROLE_USER, content=question[0]["content"])],
+            params=common_pb2.GenerationParams(max_new_tokens=24),
+        )
+        request.adapter.session_id, request.adapter.generation = session, 1
+        cache.acquire(session, 1)  # loaded before the race: the overlap measured is the streams'
+        barrier.wait()
+        stamps, text = [], ""
+        for r in servicer.Generate(request, Context()):
+            stamps.append(time.monotonic())
+            if r.HasField("result"):
+                text = r.result.text
+        spans[session] = {"first": stamps[0], "last": stamps[-1], "chunks": len(stamps), "text": text}
+
+    threads = [threading.Thread(target=timed, args=(s,)) for s in ("session-a", "session-b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    result["concurrent"] = spans
+    result["pins_after"] = {s: cache.pins(cache.name(s, 1)) for s in ("session-a", "session-b")}
     backend.close()
 print("RESULT " + json.dumps(result))
 """
@@ -340,3 +369,10 @@ def test_vllm_surrogate_serves_each_sessions_lora_adapter(vllm_python, model_pat
     assert a == result["peft_a"] and base == result["peft_base"], result
     assert result["stats"] == {"hits": 0, "misses": 3, "evictions": 2}
     assert len(result["folders"]) == 1 and len(result["vllm_loras"]) <= 1
+    # issue 15: two sessions' surrogate turns overlap in time on one replica, each with its own
+    # adapter's answer (the same greedy text as alone)
+    a_span, b_span = result["concurrent"]["session-a"], result["concurrent"]["session-b"]
+    assert a_span["text"] == a and b_span["text"] == b, result["concurrent"]
+    assert a_span["first"] < b_span["last"] and b_span["first"] < a_span["last"], result["concurrent"]
+    assert min(a_span["chunks"], b_span["chunks"]) > 3
+    assert result["pins_after"] == {"session-a": 0, "session-b": 0}

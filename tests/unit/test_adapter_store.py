@@ -163,6 +163,31 @@ def test_adapter_cache_is_lru_bounded_by_count_and_bytes(tmp_path, trained):
     assert ("a", 1) not in cache and cache.name("a", 1) not in adapters.names
 
 
+def test_a_pinned_adapter_is_never_evicted_or_dropped_under_a_running_turn(tmp_path, trained):
+    """Issue 15: a turn pins its adapter while it streams; the cache goes over its bound rather than
+    pull it out, and settles when the turn releases it."""
+    from soma.surrogate.adapter_cache import AdapterCache
+
+    _, adapters, weights, cfg_bytes = trained
+    local = LocalAdapterStore(tmp_path)
+    for session in ("a", "b", "c"):
+        local.put(_manifest(session, 1, weights, cfg_bytes), weights, cfg_bytes)
+    cache = AdapterCache(adapters, local, max_count=1, max_bytes=10**9)
+    with cache.pinned("a", 1) as a:
+        name_b, hit = cache.pin("b", 1)  # over max_count 1, but a is in use: a stays
+        assert not hit and ("a", 1) in cache and ("b", 1) in cache and a in adapters.names
+        assert cache.pins(a) == cache.pins(name_b) == 1 and cache.stats.evictions == 0
+        cache.acquire("c", 1)  # an unpinned load evicts only what nobody uses: itself stays, the others are pinned
+        assert ("a", 1) in cache and ("b", 1) in cache
+        cache.drop_session("a")  # a rollback while a's turn streams: a goes when the turn ends
+        assert a in adapters.names and ("a", 1) in cache
+        cache.release(name_b)
+        assert ("b", 1) not in cache and name_b not in adapters.names  # settled: back under the bound
+    assert ("a", 1) not in cache and a not in adapters.names and cache.pins(a) == 0
+    with cache.pinned("a", 1) as again:  # a dropped adapter loads afresh on its next turn
+        assert again == a and a in adapters.names
+
+
 def test_session_ids_with_dots_get_peft_safe_names_and_base_model_is_checked(tmp_path, trained):
     from soma.errors import FailedPrecondition
     from soma.surrogate.adapter_cache import AdapterCache

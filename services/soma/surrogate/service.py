@@ -1,8 +1,8 @@
 """SurrogateService: streams G's answer to a chat, with the session's LoRA adapter when one is named.
 
 Adapters come from the adapter store (sha256-verified, safetensors only) through an LRU cache
-on this replica. The active adapter is model-wide state, so every generation, with or without an
-adapter, selects it under the cache's lock and keeps it until the stream ends.
+on this replica. A turn pins its adapter while it streams, so eviction cannot pull it from under
+the turn, and holds no cache lock, so other sessions' turns run beside it (on vLLM, batched).
 """
 
 from __future__ import annotations
@@ -46,18 +46,20 @@ class SurrogateServicer(surrogate_pb2_grpc.SurrogateServiceServicer):
                 )
             yield from self._stream(messages, sampling, context)
             return
-        with self.cache.lock:
-            name = None
-            if request.HasField("adapter"):
-                hits = self.cache.stats.hits
-                try:
-                    name = self.cache.acquire(request.adapter.session_id, request.adapter.generation)
-                except SomaError:
-                    ADAPTER_CACHE.labels("error").inc()
-                    raise
-                ADAPTER_CACHE.labels("hit" if self.cache.stats.hits > hits else "miss").inc()
+        name = None
+        if request.HasField("adapter"):
+            try:
+                name, hit = self.cache.pin(request.adapter.session_id, request.adapter.generation)
+            except SomaError:
+                ADAPTER_CACHE.labels("error").inc()
+                raise
+            ADAPTER_CACHE.labels("hit" if hit else "miss").inc()
+        try:
             with self.cache.adapters.using(name):
                 yield from self._stream(messages, sampling, context)
+        finally:
+            if name is not None:
+                self.cache.release(name)
 
 
 def hosted(backend: object, settings: SurrogateSettings, cache: AdapterCache | None = None) -> HostedService:
