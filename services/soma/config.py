@@ -337,6 +337,28 @@ def _host_port(value: str) -> str:
     return value
 
 
+class QuotaSettings(_Section):
+    """What one tenant (API key's tenant) and one session may use; 0 = no limit. Refusals are
+    RESOURCE_EXHAUSTED naming the limit and when to retry. Rates and turns in flight are counted
+    per dialogue replica (a cluster's tenant gets replicas × the rate)."""
+
+    sessions_per_tenant: int = Field(1000, ge=0, description="Open sessions a tenant may hold; close one to open more.")
+    turns_per_session: int = Field(1000, ge=0, description="Turns one session may store; then open a new session.")
+    history_bytes_per_session: int = Field(
+        8 << 20, ge=0, description="UTF-8 bytes of system prompt, queries and answers one session may store."
+    )
+    open_rate_per_tenant: float = Field(20.0, ge=0, description="OpenSession calls per second per tenant (sustained).")
+    open_burst_per_tenant: int = Field(100, ge=1, description="OpenSession calls a tenant may make at once.")
+    chat_rate_per_tenant: float = Field(50.0, ge=0, description="Chat calls per second per tenant (sustained).")
+    chat_burst_per_tenant: int = Field(100, ge=1, description="Chat calls a tenant may make at once.")
+    turns_in_flight_per_tenant: int = Field(
+        8,
+        ge=0,
+        description="Turns one tenant may have in flight on a replica: its fair share of "
+        "dialogue.max_concurrent_turns, so one tenant cannot hold every slot.",
+    )
+
+
 class MethodSettings(_Section):
     """The SOMA method's settings: what the mining and training jobs run, the gate decides and the
     driver schedules (W)."""
@@ -453,6 +475,7 @@ class Settings(BaseSettings):
     surrogate: SurrogateSettings = SurrogateSettings()
     gate: GateSettings = GateSettings()
     dialogue: DialogueSettings = DialogueSettings()
+    quotas: QuotaSettings = QuotaSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     adapters: AdapterStoreSettings = AdapterStoreSettings()
     jobs: JobsSettings = JobsSettings()

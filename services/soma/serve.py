@@ -252,7 +252,7 @@ def _dialogue(settings: Settings, internal_address: str | None, store):
     teacher_address = d.teacher_address or internal_address
     a = settings.adaptation
     if a.mode == "off":
-        return dialogue.hosted(store, teacher_address, d, channel)
+        return dialogue.hosted(store, teacher_address, d, channel, quotas=settings.quotas)
     from soma.adaptation.loop import ReconcileLoop
     from soma.dialogue.live_adaptation import LiveAdaptation
     from soma.v1 import gate_pb2_grpc
@@ -292,6 +292,7 @@ def _dialogue(settings: Settings, internal_address: str | None, store):
         on_open=on_open,
         on_close=on_close,
         loop=loop,
+        quotas=settings.quotas,
     )
 
 

@@ -288,3 +288,17 @@ def test_a_job_worker_that_cannot_read_the_store_runs_the_job():
         raise ConnectionError("no session store")
 
     assert check_session(cannot_open, "any", 1) is None
+
+
+def test_open_sessions_are_counted_per_tenant(store):
+    """What quotas.sessions_per_tenant reads, in both stores: open sessions by their tenant label."""
+    now = time.time()
+    for sid, tenant in (("a1", "acme"), ("a2", "acme"), ("b1", "beta"), ("n1", None)):
+        labels = {"tenant": tenant} if tenant else {}
+        store.create(SessionState(sid, now, now, labels=labels))
+    assert (store.open_sessions_of("acme"), store.open_sessions_of("beta"), store.open_sessions_of(None)) == (2, 1, 1)
+    store.close("a1")
+    assert store.open_sessions_of("acme") == 1
+    store.delete("a2")
+    store.delete("a1")  # a closed one deleted later: still not counted
+    assert store.open_sessions_of("acme") == 0 and store.open_sessions_of("nobody") == 0

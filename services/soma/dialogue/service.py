@@ -6,6 +6,7 @@ transcript exactly as it was, so the client can retry it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -17,8 +18,9 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 
-from soma.config import DialogueSettings
+from soma.config import DialogueSettings, QuotaSettings
 from soma.dialogue.live_adaptation import LiveAdaptation
+from soma.dialogue.quotas import Refusal, TenantQuotas, stored_bytes
 from soma.dialogue.routing import RouteDecision, drift_rerouted, route_turn
 from soma.errors import (
     Aborted,
@@ -42,7 +44,7 @@ from soma.storage.session_store import (
     SessionStore,
     TurnConflict,
 )
-from soma.telemetry.metrics import SESSIONS_CLOSED, SESSIONS_OPEN, SURROGATE_FALLBACKS, TURNS
+from soma.telemetry.metrics import QUOTA_REFUSALS, SESSIONS_CLOSED, SESSIONS_OPEN, SURROGATE_FALLBACKS, TURNS
 from soma.telemetry.session_trace import current_ids, session_span
 from soma.v1 import (
     dialogue_pb2,
@@ -124,8 +126,10 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
         surrogate_address: str = "",
         on_close=None,
         on_open=None,
+        quotas: QuotaSettings | None = None,
     ):
         self.store = store
+        self.quotas = TenantQuotas(quotas or QuotaSettings())
         self.settings = settings
         self.teacher_address = teacher_address
         self.surrogate_address = surrogate_address
@@ -182,6 +186,9 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
     ) -> dialogue_pb2.OpenSessionResponse:
         shown = request.session_id or uuid.uuid4().hex
         session_id = self._session_id(shown)
+        tenant = current_tenant()
+        with _refused_as_exhausted():
+            self.quotas.check_open_rate(tenant, time.monotonic())
         if len(request.system_prompt) > self.settings.max_system_prompt_chars:
             raise InvalidArgument(
                 f"system_prompt has {len(request.system_prompt)} characters; "
@@ -203,9 +210,10 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
             system_prompt=request.system_prompt,
             labels=dict(request.labels),
         )
-        tenant = current_tenant()
         if tenant is not None:  # the key's tenant owns the session, whatever label the request carried
             state.labels["tenant"] = tenant
+        with _refused_as_exhausted():
+            self.quotas.check_sessions(tenant, self.store.open_sessions_of(tenant))
         try:
             self.store.create(state)
         except SessionExists:
@@ -239,24 +247,38 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
             )
         if len(query) > self.settings.max_query_chars:
             raise InvalidArgument(f"query has {len(query)} characters; the limit is {self.settings.max_query_chars}")
-        if not self._turn_slots.acquire(blocking=False):
-            raise ResourceExhausted(
-                f"{self.settings.max_concurrent_turns} turns are in flight on this replica "
-                "(dialogue.max_concurrent_turns); retry shortly"
-            )
+        tenant = current_tenant()
+        with _refused_as_exhausted():
+            self.quotas.check_chat_rate(tenant, time.monotonic())
+            self.quotas.take_turn_slot(tenant)  # the tenant's fair share first, then the replica's
         try:
-            if not self._locks.try_acquire(session_id):
-                raise Aborted(f"a turn is already in progress on session {session_id}; wait for it and retry")
+            if not self._turn_slots.acquire(blocking=False):
+                raise ResourceExhausted(
+                    f"{self.settings.max_concurrent_turns} turns are in flight on this replica "
+                    "(dialogue.max_concurrent_turns); retry shortly"
+                )
             try:
-                yield from self._chat(session_id, query, request, context, started)
+                if not self._locks.try_acquire(session_id):
+                    raise Aborted(f"a turn is already in progress on session {session_id}; wait for it and retry")
+                try:
+                    yield from self._chat(session_id, query, request, context, started)
+                finally:
+                    self._locks.release(session_id)
             finally:
-                self._locks.release(session_id)
+                self._turn_slots.release()
         finally:
-            self._turn_slots.release()
+            self.quotas.release_turn_slot(tenant)
 
-    def _history(self, session_id: str) -> list[Turn]:
-        """Stored turns, newest kept, within dialogue.max_history_chars (the model trims further)."""
+    def _history(self, session_id: str, state: SessionState) -> list[Turn]:
+        """Stored turns, newest kept, within dialogue.max_history_chars (the model trims further);
+        refused when the session may not grow (quotas.turns_per_session, history_bytes_per_session)."""
         history = self.store.turns(session_id)
+        with _refused_as_exhausted():
+            self.quotas.check_session_size(
+                unscoped_session_id(current_tenant(), session_id),
+                state.turn_count,
+                stored_bytes(state.system_prompt, history),
+            )
         budget, kept = self.settings.max_history_chars, 0
         for turn in reversed(history):
             budget -= len(turn.query) + len(turn.answer)
@@ -294,7 +316,7 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
                 f"turn_index={chat_request.turn_index} but session {session_id} is at turn {state.turn_count + 1}"
                 f" ({state.turn_count} stored); read it with GetSession before retrying"
             )
-        history = self._history(session_id)
+        history = self._history(session_id, state)
         live = self.live.record(session_id) if self.live else None
         plan = _TurnPlan(
             state, state.turn_count + 1, history, live, route_turn(state, live, live=self.live is not None)
@@ -468,6 +490,16 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
             except Exception as err:  # noqa: BLE001 - the session is closed; cleanup is retried by its owner
                 log.warning("session %s closed, but its cleanup failed: %s", session_id, err)
         return dialogue_pb2.CloseSessionResponse(session=self._session_proto(state))
+
+
+@contextlib.contextmanager
+def _refused_as_exhausted():
+    """A quota's refusal is RESOURCE_EXHAUSTED with its message (the limit and when to retry)."""
+    try:
+        yield
+    except Refusal as err:
+        QUOTA_REFUSALS.labels(err.limit).inc()
+        raise ResourceExhausted(str(err)) from None
 
 
 def hosted(

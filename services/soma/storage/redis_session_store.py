@@ -111,6 +111,13 @@ class RedisSessionStore:
     def _keys(self, session_id: str) -> list[str]:
         return [f"{self.prefix}session:{session_id}", f"{self.prefix}turns:{session_id}"]
 
+    def _tenant_key(self, labels: dict) -> str:
+        """The set of a tenant's open sessions (quotas.sessions_per_tenant counts it)."""
+        return f"{self.prefix}tenant-sessions:{labels.get('tenant', '')}"
+
+    def open_sessions_of(self, tenant: str | None) -> int:
+        return int(self.redis.scard(self._tenant_key({} if tenant is None else {"tenant": tenant})))
+
     def create(self, state: SessionState) -> None:
         fields = {
             "session_id": state.session_id,
@@ -127,6 +134,7 @@ class RedisSessionStore:
         args = [x for kv in fields.items() for x in kv]
         if not self._create(keys=self._keys(state.session_id)[:1], args=args):
             raise SessionExists(state.session_id)
+        self.redis.sadd(self._tenant_key(state.labels), state.session_id)
 
     def get(self, session_id: str) -> SessionState | None:
         raw = self.redis.hgetall(self._keys(session_id)[0])
@@ -180,21 +188,23 @@ class RedisSessionStore:
                     continue
 
     def close(self, session_id: str) -> SessionState:
-        status = self._close(
-            keys=[*self._keys(session_id), self._active], args=[Phase.CLOSED.value, repr(time.time())]
-        )
+        status = self._close(keys=[*self._keys(session_id), self._active], args=[Phase.CLOSED.value, repr(time.time())])
         if status == "missing":
             raise SessionMissing(session_id)
         if status == "closed":
             raise SessionClosed(session_id)
         state = self.get(session_id)
         assert state is not None
+        self.redis.srem(self._tenant_key(state.labels), session_id)
         return state
 
     def delete(self, session_id: str) -> bool:
+        labels = self.redis.hget(self._keys(session_id)[0], "labels")
         pipe = self.redis.pipeline()
         pipe.delete(*self._keys(session_id))
         pipe.srem(self._active, session_id)
+        if labels is not None:
+            pipe.srem(self._tenant_key(json.loads(labels)), session_id)
         return bool(pipe.execute()[0])
 
     def get_live(self, session_id: str) -> tuple[dict | None, int]:

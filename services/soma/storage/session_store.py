@@ -45,11 +45,15 @@ class SessionStore(Protocol):
     def append_turn(self, session_id: str, turn: Turn, new_phase: Phase | None = None) -> SessionState: ...
     def set_turn_phase(self, session_id: str, turn_index: int, phase: Phase) -> None:
         """Record the phase a stored turn left the session in (known once the live record moved)."""
+
     def close(self, session_id: str) -> SessionState: ...
     def delete(self, session_id: str) -> bool: ...
     def get_live(self, session_id: str) -> tuple[dict | None, int]: ...
     def put_live(self, session_id: str, record: dict, expected_version: int, phase: Phase, generation: int) -> bool: ...
     def sessions_in(self, phases: Iterable[Phase]) -> list[str]: ...
+    def open_sessions_of(self, tenant: str | None) -> int:
+        """Sessions not closed whose `tenant` label is `tenant` (None: sessions without one)."""
+        ...
 
 
 _SCHEMA = """
@@ -263,9 +267,7 @@ class SqliteSessionStore:
 
     def get_live(self, session_id: str) -> tuple[dict | None, int]:
         row = (
-            self._conn()
-            .execute("SELECT live, live_version FROM sessions WHERE session_id=?", (session_id,))
-            .fetchone()
+            self._conn().execute("SELECT live, live_version FROM sessions WHERE session_id=?", (session_id,)).fetchone()
         )
         if row is None:
             raise SessionMissing(session_id)
@@ -292,6 +294,17 @@ class SqliteSessionStore:
                 _open_state(conn, session_id)  # SessionMissing / SessionClosed say why
                 return False
         return True
+
+    def open_sessions_of(self, tenant: str | None) -> int:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT COUNT(*) AS n FROM sessions WHERE phase != ? AND json_extract(labels, '$.tenant') IS ?",
+                (Phase.CLOSED.value, tenant),
+            )
+            .fetchone()
+        )
+        return int(row["n"])
 
     def sessions_in(self, phases: Iterable[Phase]) -> list[str]:
         values = [p.value for p in phases]

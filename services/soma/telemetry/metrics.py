@@ -33,6 +33,11 @@ def start_metrics_server(port: int, host: str = "0.0.0.0") -> None:
 ADAPTER_CACHE = prometheus_client.Counter(
     "soma_adapter_cache", "Surrogate adapter lookups by result (hit, miss, error).", ["result"]
 )
+QUOTA_REFUSALS = prometheus_client.Counter(
+    "soma_quota_refusals",
+    "Dialogue API calls refused with RESOURCE_EXHAUSTED by a quota, by the quota's setting (quotas.*).",
+    ["limit"],
+)
 SURROGATE_FALLBACKS = prometheus_client.Counter(
     "soma_surrogate_fallbacks",
     "Switched-session turns the teacher served because the surrogate or its adapter failed, by cause.",
