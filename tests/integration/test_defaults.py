@@ -152,7 +152,7 @@ def test_a_restart_drops_stale_queued_jobs_and_another_folder_sees_the_same_sess
     settings = Settings(state_dir=scratch["state"])
     queue = JobQueue(make_celery(settings.jobs), settings.jobs)
     stale = {
-        "mine-closed-1": "closed",  # the session was closed
+        "mine-closed-1": "unknown",  # the session was closed, hence erased
         "mine-ghost-1": "unknown",  # no such session (its store was wiped, or it never existed)
         "mine-kept-1": "not adapting",  # the session is warming up: no generation 1 is being built
     }
@@ -168,8 +168,9 @@ def test_a_restart_drops_stale_queued_jobs_and_another_folder_sees_the_same_sess
             stub = dialogue_pb2_grpc.DialogueServiceStub(channel)
             kept = stub.GetSession(dialogue_pb2.GetSessionRequest(session_id="kept", include_transcript=True))
             assert kept.session.turn_count == 1 and kept.transcript[0].query == QUERIES[0]
-            closed = stub.GetSession(dialogue_pb2.GetSessionRequest(session_id="closed")).session
-            assert PHASE(closed.phase) == "SESSION_PHASE_CLOSED"
+            with pytest.raises(grpc.RpcError) as info:  # closed sessions are erased
+                stub.GetSession(dialogue_pb2.GetSessionRequest(session_id="closed"))
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
             mining = mining_pb2_grpc.MiningServiceStub(grpc.insecure_channel(server.internal_address))
             deadline = time.monotonic() + 300
@@ -187,8 +188,8 @@ def test_a_restart_drops_stale_queued_jobs_and_another_folder_sees_the_same_sess
                 assert job.state == common_pb2.JOB_STATE_CANCELLED, (job_id, job)
                 assert reason in job.message, (job_id, job.message)
             metrics = scrape_metrics(metrics_port)
-            for reason in ("closed", "unknown", "not adapting"):
-                assert metrics[f'soma_jobs_dropped_total{{kind="mine",reason="{reason}"}}'] == 1
+            for reason, count in (("unknown", 2), ("not adapting", 1)):
+                assert metrics[f'soma_jobs_dropped_total{{kind="mine",reason="{reason}"}}'] == count
             # nothing ran: no mining result, no adapter
             assert not (scratch["state"] / "adapters" / "kept").exists()
     finally:

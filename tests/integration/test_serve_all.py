@@ -105,15 +105,18 @@ def test_multi_turn_dialogue_uses_the_history(all_server, server_dir):
         assert got.session.turn_count == 3 and got.session.labels["team"] == "qa"
         assert got.session.labels["tenant"] == "local"  # the key's tenant, not the one the request named
         assert [t.answer for t in got.transcript] == [first.text, second.text, third.text]
-        client.close_session(sid)
-        closed = client.get_session(sid, include_transcript=True)
-        assert closed.session.phase == common_pb2.SESSION_PHASE_CLOSED and not closed.transcript
-    rows = (
-        sqlite3.connect(server_dir / "sessions.db")
-        .execute("SELECT count(*) FROM turns WHERE session_id=?", (sid,))
-        .fetchone()
-    )
-    assert rows == (0,), "CloseSession must delete the stored transcript"
+        closed = client.close_session(sid)
+        assert closed.phase == common_pb2.SESSION_PHASE_CLOSED
+        code, _ = _error(lambda: client.get_session(sid, include_transcript=True))
+        assert code == grpc.StatusCode.NOT_FOUND  # closed sessions are erased
+    db = sqlite3.connect(server_dir / "sessions.db")
+    assert db.execute("SELECT count(*) FROM turns WHERE session_id=?", (sid,)).fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM sessions WHERE session_id=?", (sid,)).fetchone() == (0,)
+    db.close()
+    # erased from disk, not only from the tables: no page of the database or its log holds the text
+    on_disk = b"".join(p.read_bytes() for p in server_dir.glob("sessions.db*"))
+    for text in (sid, "My name is Ada and my favourite language", first.text, second.text):
+        assert text.encode() not in on_disk, f"{text!r} is still on disk after CloseSession"
 
 
 def _error(fn):
@@ -143,9 +146,9 @@ def test_bad_input_gets_clear_status_and_keeps_transcript(all_server):
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "reserved token" in msg
         after = client.get_session(sid, include_transcript=True)
         assert after.transcript == before.transcript and after.session.turn_count == 1
-        client.close_session(sid)
+        client.close_session(sid)  # closed and erased: the session is gone
         code, msg = _error(lambda: client.chat(sid, "hi"))
-        assert code == grpc.StatusCode.FAILED_PRECONDITION and "closed" in msg
+        assert code == grpc.StatusCode.NOT_FOUND and "does not exist" in msg
 
 
 def test_teacher_streams_and_counts(internal_channel):

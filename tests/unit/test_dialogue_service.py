@@ -121,11 +121,13 @@ def test_bad_input_codes_and_messages(stack):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "session_id" in msg
     code, _ = _code(lambda: _open(stub, session_id=sid))
     assert code == grpc.StatusCode.ALREADY_EXISTS
-    stub.CloseSession(dialogue_pb2.CloseSessionRequest(session_id=sid))
+    stub.CloseSession(dialogue_pb2.CloseSessionRequest(session_id=sid))  # closed and erased
     code, msg = _code(lambda: _chat(stub, sid, "hi"))
-    assert code == grpc.StatusCode.FAILED_PRECONDITION and "closed" in msg
+    assert code == grpc.StatusCode.NOT_FOUND and "does not exist" in msg
     code, _ = _code(lambda: stub.CloseSession(dialogue_pb2.CloseSessionRequest(session_id=sid)))
-    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert code == grpc.StatusCode.NOT_FOUND
+    code, _ = _code(lambda: stub.GetSession(dialogue_pb2.GetSessionRequest(session_id=sid)))
+    assert code == grpc.StatusCode.NOT_FOUND
     code, _ = _code(lambda: stub.GetSession(dialogue_pb2.GetSessionRequest(session_id="missing")))
     assert code == grpc.StatusCode.NOT_FOUND
 

@@ -172,3 +172,43 @@ def test_a_training_job_that_fails_after_storing_removes_its_adapter(resources):
     assert store.wrote
     assert resources.store.generations("sess-fail") == []
     assert not (resources.store.root / "sess-fail" / "1").exists()
+
+
+def test_a_training_job_whose_session_is_erased_while_it_runs_deletes_its_adapter(resources, tmp_path):
+    """Issue 15: CloseSession erases the session while its training job runs; the job, finding the
+    session gone when it ends, deletes the adapter it wrote and ends CANCELLED."""
+    from soma.config import Settings
+    from soma.jobs.app import TRAIN_TASK, make_celery
+    from soma.jobs.tasks import register_tasks
+
+    settings = Settings(state_dir=tmp_path)
+    store = SqliteSessionStore(settings.dialogue.session_db)
+    adapting_session(store, "sess-erased")
+
+    class ErasedMidJob:
+        """The session store, as seen by the worker: the session exists when the job starts, and is
+        erased (CloseSession) by the time it ends."""
+
+        def __init__(self):
+            self.reads = 0
+
+        def get(self, session_id):
+            self.reads += 1
+            if self.reads > 1:
+                store.delete(session_id)
+            return store.get(session_id)
+
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+    app = make_celery(settings.jobs)
+    register_tasks(app, settings, resources_factory=lambda _s: resources, sessions_factory=lambda _s: ErasedMidJob())
+    mined = work.run_mining(resources, "sess-erased", 1, WARM, lambda f, s: None)
+    result = app.tasks[TRAIN_TASK].apply(
+        args=["sess-erased", 1, WARM, mined["warm_hardness"], mined["cases"]], task_id="train-sess-erased-1"
+    )
+    meta = app.backend.get_task_meta("train-sess-erased-1")
+    assert not result.successful() and meta["status"] == "REVOKED", (result.state, meta)
+    assert "erased while the job ran" in str(meta["result"])
+    assert resources.store.generations("sess-erased") == []
+    assert not (resources.store.root / "sess-erased" / "1").exists()

@@ -476,19 +476,21 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
     def CloseSession(
         self, request: dialogue_pb2.CloseSessionRequest, context: grpc.ServicerContext
     ) -> dialogue_pb2.CloseSessionResponse:
+        """Close and erase: the transcript, system prompt, labels and live record go now (a turn in
+        flight is refused when it tries to store), the adapters with `on_close` (embedded) or the
+        operator's finalizer (cluster); afterwards the session is NOT_FOUND."""
         session_id = self._existing(self._session_id(request.session_id), request.session_id).session_id
         try:
             state = self.store.close(session_id)
-        except SessionMissing:
-            raise NotFound(f"session {session_id} does not exist") from None
-        except SessionClosed:
-            raise FailedPrecondition(f"session {session_id} is already closed") from None
+        except (SessionMissing, SessionClosed):
+            raise NotFound(f"session {request.session_id} does not exist; open it with OpenSession") from None
         SESSIONS_CLOSED.inc()
         if self._on_close is not None:
             try:
                 self._on_close(session_id)
             except Exception as err:  # noqa: BLE001 - the session is closed; cleanup is retried by its owner
                 log.warning("session %s closed, but its cleanup failed: %s", session_id, err)
+        self.store.delete(session_id)
         return dialogue_pb2.CloseSessionResponse(session=self._session_proto(state))
 
 

@@ -200,4 +200,13 @@ def register_tasks(app: Celery, settings: Settings, resources_factory=None, sess
             )
             span.set_attribute("soma.adapter.uri", out["uri"])
             span.set_attribute("soma.adapter.sha256", out["sha256"])
-            return out
+        gone = check_session(sessions, session_id, generation)
+        if gone is not None and gone.reason in ("closed", "unknown"):  # erased while the job ran
+            resources().store.delete_generation(session_id, generation)
+            log.warning("job %s: %s; deleted the adapter it wrote", self.request.id, gone.message)
+            JOBS_DROPPED.labels("train", "erased").inc()
+            self.backend.mark_as_revoked(
+                self.request.id, f"the session was erased while the job ran: {gone.message}", request=self.request
+            )
+            raise Ignore()
+        return out

@@ -144,6 +144,7 @@ class SqliteSessionStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA secure_delete=ON")  # an erased session's text is overwritten, not left in free pages
             self._local.conn = conn
         return conn
 
@@ -263,7 +264,12 @@ class SqliteSessionStore:
         """Remove the session entirely (the operator's finalizer and TTL); False when unknown."""
         with self._write() as conn:
             conn.execute("DELETE FROM turns WHERE session_id=?", (session_id,))
-            return conn.execute("DELETE FROM sessions WHERE session_id=?", (session_id,)).rowcount == 1
+            deleted = conn.execute("DELETE FROM sessions WHERE session_id=?", (session_id,)).rowcount == 1
+        # the write-ahead log still holds the pages as they were: fold it into the (secure_delete)
+        # database and empty it, so the erased text is gone from disk (skipped while readers hold it;
+        # the next erasure or SQLite's own checkpoint does it then)
+        self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return deleted
 
     def get_live(self, session_id: str) -> tuple[dict | None, int]:
         row = (
