@@ -313,7 +313,10 @@ class DialogueSettings(_Section):
         400_000, ge=1000, description="History sent to the model per turn; older turns beyond it are left out."
     )
     session_ttl_s: int = Field(
-        86_400, ge=60, description="SomaSession ttlSeconds (operator mode): idle sessions are deleted after it."
+        86_400,
+        ge=60,
+        description="Sessions idle this long are erased (transcript, state, adapters): by the dialogue service, or "
+        "the operator through the SomaSession's ttlSeconds (adaptation.mode operator).",
     )
     kubernetes_namespace: str = Field(
         "", description="Namespace of the SomaSession objects (adaptation operator); empty = the pod's own."

@@ -251,8 +251,11 @@ def _dialogue(settings: Settings, internal_address: str | None, store):
 
     teacher_address = d.teacher_address or internal_address
     a = settings.adaptation
+    from soma.dialogue.expiry import IdleExpiry
+
     if a.mode == "off":
-        return dialogue.hosted(store, teacher_address, d, channel, quotas=settings.quotas)
+        expiry = IdleExpiry(store, d.session_ttl_s).start()
+        return dialogue.hosted(store, teacher_address, d, channel, quotas=settings.quotas, background=[expiry])
     from soma.adaptation.loop import ReconcileLoop
     from soma.dialogue.live_adaptation import LiveAdaptation
     from soma.v1 import gate_pb2_grpc
@@ -265,13 +268,16 @@ def _dialogue(settings: Settings, internal_address: str | None, store):
     channels = {"gate": channel(address("gate"))}
     gate = gate_pb2_grpc.GateServiceStub(channels["gate"])
     live = LiveAdaptation(store, gate, method, policy, channels=channels)
-    on_open = on_close = loop = None
+    on_open = on_close = None
+    background = []
     if a.mode == "embedded":
         from soma.adaptation.build import build_driver
 
         driver = build_driver(settings, internal_address, store=store, channels=channels)  # one store, one gate channel
         loop = ReconcileLoop(driver, store, a.reconcile_interval_s).start()
         live.on_adapting = loop.wake
+        # the idle TTL (the operator's job in a cluster): the adapters, then the record
+        background = [loop, IdleExpiry(store, d.session_ttl_s, forget=driver.adapter_store.delete_session).start()]
 
         def on_close(session_id: str) -> None:
             driver.adapter_store.delete_session(session_id)  # every generation; the transcript went with close()
@@ -291,7 +297,7 @@ def _dialogue(settings: Settings, internal_address: str | None, store):
         surrogate_address=address("surrogate"),
         on_open=on_open,
         on_close=on_close,
-        loop=loop,
+        background=background,
         quotas=settings.quotas,
     )
 

@@ -302,3 +302,18 @@ def test_open_sessions_are_counted_per_tenant(store):
     store.delete("a2")
     store.delete("a1")  # a closed one deleted later: still not counted
     assert store.open_sessions_of("acme") == 0 and store.open_sessions_of("nobody") == 0
+
+
+def test_idle_sessions_are_erased_after_their_ttl(store):
+    """The idle TTL outside the operator (soma.dialogue.expiry), over both stores: a session idle past
+    dialogue.session_ttl_s is erased with what lives outside the store; a used one stays."""
+    from soma.dialogue.expiry import IdleExpiry
+
+    store.create(SessionState("old", 1000.0, 1000.0))
+    store.create(SessionState("fresh", 1000.0, 5000.0))
+    assert store.idle_sessions(2000.0) == ["old"]
+    forgotten = []
+    expiry = IdleExpiry(store, ttl_s=3600, forget=forgotten.append, clock=lambda: 1000.0 + 3601)
+    assert expiry.sweep() == ["old"] and forgotten == ["old"]
+    assert store.get("old") is None and store.get("fresh") is not None
+    assert expiry.sweep() == []

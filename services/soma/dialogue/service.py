@@ -505,12 +505,24 @@ def _refused_as_exhausted():
 
 
 def hosted(
-    store: SessionStore, teacher_address: str, settings: DialogueSettings, channel_factory, *, loop=None, **live
+    store: SessionStore,
+    teacher_address: str,
+    settings: DialogueSettings,
+    channel_factory,
+    *,
+    background=(),
+    **live,
 ) -> HostedService:
-    """`loop`: the embedded reconcile loop, stopped when the server starts draining."""
+    """`background`: threads beside the service (the embedded reconcile loop, the idle expiry),
+    stopped when the server starts draining."""
     servicer = DialogueServicer(store, teacher_address, settings, channel_factory, **live)
+
+    def drain() -> None:
+        for worker in background:
+            worker.stop()
+
     return HostedService(
-        drain=loop.stop if loop is not None else (lambda: None),
+        drain=drain,
         name=dialogue_pb2.DESCRIPTOR.services_by_name["DialogueService"].full_name,
         register=lambda server: dialogue_pb2_grpc.add_DialogueServiceServicer_to_server(servicer, server),
     )

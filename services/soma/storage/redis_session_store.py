@@ -232,6 +232,16 @@ class RedisSessionStore:
             raise SessionClosed(session_id)
         return status == "ok"
 
+    def idle_sessions(self, before: float) -> list[str]:
+        """A SCAN over the session keys (embedded mode with Redis; a cluster's operator expires
+        sessions through their SomaSessions instead)."""
+        idle = []
+        for key in self.redis.scan_iter(match=f"{self.prefix}session:*", count=500):
+            updated = self.redis.hget(key, "updated_at")
+            if updated is not None and float(updated) < before:
+                idle.append(key[len(f"{self.prefix}session:") :])
+        return idle
+
     def sessions_in(self, phases: Iterable[Phase]) -> list[str]:
         wanted = set(phases)
         if wanted <= ACTIVE_PHASES:

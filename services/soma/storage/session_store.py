@@ -54,6 +54,9 @@ class SessionStore(Protocol):
     def open_sessions_of(self, tenant: str | None) -> int:
         """Sessions not closed whose `tenant` label is `tenant` (None: sessions without one)."""
         ...
+    def idle_sessions(self, before: float) -> list[str]:
+        """Sessions last updated before `before` (epoch seconds): what the idle TTL erases."""
+        ...
 
 
 _SCHEMA = """
@@ -300,6 +303,10 @@ class SqliteSessionStore:
                 _open_state(conn, session_id)  # SessionMissing / SessionClosed say why
                 return False
         return True
+
+    def idle_sessions(self, before: float) -> list[str]:
+        rows = self._conn().execute("SELECT session_id FROM sessions WHERE updated_at < ?", (before,)).fetchall()
+        return [r["session_id"] for r in rows]
 
     def open_sessions_of(self, tenant: str | None) -> int:
         row = (
