@@ -75,7 +75,9 @@ def make_celery(settings: JobsSettings) -> Celery:
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
-        result_extended=True,
+        # the result backend keeps a job's status and result, never its arguments (the warm turns'
+        # text): the attempt number travels in the job's own progress and result instead
+        result_extended=False,
         worker_hijack_root_logger=False,
         # on SIGTERM a worker waits this long for its running job, then stops it and puts it back
         # on the queue (acks_late): a job is never lost because its worker was stopped

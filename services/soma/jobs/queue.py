@@ -93,7 +93,8 @@ class JobQueue:
             raise NotFound(f"no {what}job {jid!r}; submit it first")
         result = AsyncResult(jid, app=self.app)
         state, info = result.state, result.info
-        attempt = int(getattr(result, "retries", 0) or 0) + 1
+        # the attempt a job is on: in its progress (and result) meta; the backend keeps no arguments
+        attempt = int(info.get("attempt", 1)) if isinstance(info, dict) else 1
         common = {"job_id": jid, "session_id": marker["session_id"], "generation": int(marker["generation"])}
         if state == "PENDING":
             return JobView(**common, state="QUEUED", progress=0.0, stage="queued", message="", attempt=attempt)

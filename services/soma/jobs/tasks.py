@@ -163,24 +163,32 @@ def register_tasks(app: Celery, settings: Settings, resources_factory=None, sess
 
     def reporter(task: Any, session_id: str, generation: int):
         def progress(fraction: float, stage: str) -> None:
-            meta = {"progress": fraction, "stage": stage, "session_id": session_id, "generation": generation}
+            meta = {
+                "progress": fraction,
+                "stage": stage,
+                "session_id": session_id,
+                "generation": generation,
+                "attempt": task.request.retries + 1,
+            }
             task.update_state(state="PROGRESS", meta=meta)
             trace.get_current_span().add_event("progress", {"soma.progress": fraction, "soma.stage": stage})
 
         return progress
 
-    @app.task(name=MINE_TASK, bind=True, **retry)
+    # shared=False: these closures belong to this app (and its settings), not to every Celery app in the process
+    @app.task(name=MINE_TASK, bind=True, shared=False, **retry)
     def mine(self, session_id: str, generation: int, warm_turns: list[dict]) -> dict:
         drop_if_stale(self, "mine", session_id, generation)
         if not self.request.retries:
             count_delivery(self)
         log.info("mining %s/%s (attempt %s)", session_id, generation, self.request.retries + 1)
         with _job_span(self, "mine", session_id, generation):
-            return work.run_mining(
+            out = work.run_mining(
                 resources(), session_id, generation, warm_turns, reporter(self, session_id, generation)
             )
+        return {**out, "attempt": self.request.retries + 1}
 
-    @app.task(name=TRAIN_TASK, bind=True, **retry)
+    @app.task(name=TRAIN_TASK, bind=True, shared=False, **retry)
     def train(
         self, session_id: str, generation: int, warm_turns: list[dict], warm_hardness: list[float], mined: list[dict]
     ) -> dict:
@@ -209,4 +217,4 @@ def register_tasks(app: Celery, settings: Settings, resources_factory=None, sess
                 self.request.id, f"the session was erased while the job ran: {gone.message}", request=self.request
             )
             raise Ignore()
-        return out
+        return {**out, "attempt": self.request.retries + 1}
