@@ -172,9 +172,9 @@ def test_service_addresses_point_at_rendered_services(rendered):
     for key, address in addresses.items():
         host, port = address.split(":")
         assert int(port) in ports[host], key
-    assert env["SOMA_DIALOGUE__REDIS_URL"] == "redis://soma-redis:6379/2"
-    assert env["SOMA_JOBS__BROKER_URL"] == "redis://soma-redis:6379/0"
-    assert env["SOMA_JOBS__RESULT_BACKEND"] == "redis://soma-redis:6379/1"
+    assert env["SOMA_DIALOGUE__REDIS_URL"] == "redis://:$(SOMA_REDIS_PASSWORD)@soma-redis:6379/2"
+    assert env["SOMA_JOBS__BROKER_URL"] == "redis://:$(SOMA_REDIS_PASSWORD)@soma-redis:6379/0"
+    assert env["SOMA_JOBS__RESULT_BACKEND"] == "redis://:$(SOMA_REDIS_PASSWORD)@soma-redis:6379/1"
     assert env["SOMA_ADAPTERS__S3_ENDPOINT"] == "soma-minio:9000"
     assert 6379 in ports["soma-redis"] and 9000 in ports["soma-minio"]
     assert env["SOMA_SERVER__HOST"] == "0.0.0.0"
@@ -551,3 +551,35 @@ def test_the_dialogue_api_takes_tls_from_a_secret_and_answers_probes_in_plaintex
     default = named(rendered("default"), "Deployment", "soma-dialogue")["spec"]["template"]["spec"]["containers"][0]
     assert default["readinessProbe"]["grpc"]["port"] == 50051
     assert "SOMA_SERVER__TLS_CERT_FILE" not in env_values(default)
+
+
+def test_the_in_cluster_redis_takes_a_password_and_never_evicts_silently(rendered):
+    """Issue 15: the chart's Redis requires a password from a Secret (random, kept across upgrades);
+    every soma pod and KEDA's trigger authenticate with it; maxmemory with noeviction, so a full
+    Redis refuses writes instead of dropping sessions."""
+    import base64
+
+    docs = rendered("default")
+    [secret] = [d for d in of_kind(docs, "Secret") if d["metadata"]["name"] == "soma-redis"]
+    assert len(base64.b64decode(secret["data"]["password"])) == 40
+    redis = _container(named(docs, "StatefulSet", "soma-redis"))
+    args = redis["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction" and args[args.index("--maxmemory") + 1]
+    assert redis["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "soma-redis", "key": "password"}
+    assert "REDISCLI_AUTH" in " ".join(redis["readinessProbe"]["exec"]["command"])
+    for owner, spec in pod_specs(docs):
+        if component(owner) in ("redis", "minio", "create-bucket"):
+            continue
+        env = spec["containers"][0]["env"]
+        names = [e["name"] for e in env]
+        first = names.index("SOMA_REDIS_PASSWORD")
+        assert env[first]["valueFrom"]["secretKeyRef"] == {"name": "soma-redis", "key": "password"}
+        using = [i for i, e in enumerate(env) if "$(SOMA_REDIS_PASSWORD)" in e.get("value", "")]
+        assert using and first < min(using), component(owner)  # defined before it is referenced
+    gpu = rendered("gpu")  # KEDA on: the queue-length trigger authenticates with the same Secret
+    [trigger_auth] = of_kind(gpu, "TriggerAuthentication")
+    assert trigger_auth["spec"]["secretTargetRef"] == [
+        {"parameter": "password", "name": "soma-redis", "key": "password"}
+    ]
+    assert all(t["authenticationRef"] for o in of_kind(gpu, "ScaledObject") for t in o["spec"]["triggers"])

@@ -59,9 +59,23 @@ imagePullPolicy: {{ $img.pullPolicy }}
 {{- $auth := "" -}}
 {{- if not $root.Values.redis.enabled -}}
 {{- if $root.Values.redis.external.tls -}}{{- $scheme = "rediss" -}}{{- end -}}
-{{- if $root.Values.redis.external.existingSecret -}}{{- $auth = ":$(SOMA_REDIS_PASSWORD)@" -}}{{- end -}}
 {{- end -}}
+{{- if include "soma.redisSecret" $root -}}{{- $auth = ":$(SOMA_REDIS_PASSWORD)@" -}}{{- end -}}
 {{- printf "%s://%s%s/%d" $scheme $auth (include "soma.redisHost" $root) (index . 1) -}}
+{{- end -}}
+
+{{/* The Secret holding Redis's password (key: soma.redisPasswordKey): the in-cluster Redis's (the
+     chart's, or redis.existingSecret), or an external Redis's existingSecret; empty = no password. */}}
+{{- define "soma.redisSecret" -}}
+{{- if .Values.redis.enabled -}}
+{{- default (include "soma.componentName" (list . "redis")) .Values.redis.existingSecret -}}
+{{- else -}}
+{{- .Values.redis.external.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "soma.redisPasswordKey" -}}
+{{- ternary "password" .Values.redis.external.passwordKey .Values.redis.enabled -}}
 {{- end -}}
 
 {{- define "soma.s3Endpoint" -}}
@@ -164,12 +178,12 @@ imagePullPolicy: {{ $img.pullPolicy }}
 {{- $_ := set $env "SOMA_ADAPTERS__S3_CREDENTIALS_DIR" "/var/run/secrets/soma/s3" -}}
 {{- end -}}
 {{- $env = merge (deepCopy (index . 2)) (deepCopy $v.extraEnv) $env -}}
-{{- if and (eq $v.mode "cluster") (not $v.redis.enabled) $v.redis.external.existingSecret }}
+{{- if and (eq $v.mode "cluster") (include "soma.redisSecret" $root) }}
 - name: SOMA_REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ $v.redis.external.existingSecret }}
-      key: {{ $v.redis.external.passwordKey }}
+      name: {{ include "soma.redisSecret" $root }}
+      key: {{ include "soma.redisPasswordKey" $root }}
 {{- end }}
 {{- if and (eq $v.teacher.backend "openai") (has $component (list "teacher" "all")) }}
 - name: SOMA_TEACHER__OPENAI_API_KEY
