@@ -175,6 +175,12 @@ def cmd_bench_recipe(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_bench_load(args: argparse.Namespace) -> int:
+    from soma.bench.load import run
+
+    return run(args)
+
+
 def cmd_bench_fuzz(args: argparse.Namespace) -> int:
     from soma.bench.fuzz import run
 
@@ -259,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_live_arguments(blive)
     blive.add_argument("--config", type=Path)
     blive.set_defaults(func=cmd_bench_live)
+    bload = bench_sub.add_parser("load", help="concurrent sessions through a real dialogue server, model taken out")
+    from soma.bench.load import add_arguments as add_load_arguments
+
+    add_load_arguments(bload)
+    bload.set_defaults(func=cmd_bench_load)
     bfuzz = bench_sub.add_parser("fuzz", help="generated requests to every public RPC of a real server")
     from soma.bench.fuzz import add_arguments as add_fuzz_arguments
 

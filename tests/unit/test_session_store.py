@@ -317,3 +317,26 @@ def test_idle_sessions_are_erased_after_their_ttl(store):
     assert expiry.sweep() == ["old"] and forgotten == ["old"]
     assert store.get("old") is None and store.get("fresh") is not None
     assert expiry.sweep() == []
+
+
+def test_a_tenant_s_session_limit_is_checked_in_the_create_itself(store):
+    """quotas.sessions_per_tenant without overshoot: the count and the insert are one transaction
+    (SQLite) or one script (Redis), so racing OpenSessions cannot pass the limit together."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from soma.storage.session_store import TenantFull
+
+    now = time.time()
+
+    def create(i):
+        try:
+            store.create(SessionState(f"race-{i}", now, now, labels={"tenant": "acme"}), max_open_of_tenant=3)
+            return "ok"
+        except TenantFull as full:
+            assert full.open_sessions == 3
+            return "full"
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(create, range(20)))
+    assert results.count("ok") == 3 and store.open_sessions_of("acme") == 3
+    store.create(SessionState("other", now, now, labels={"tenant": "beta"}), max_open_of_tenant=3)

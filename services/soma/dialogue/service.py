@@ -42,6 +42,7 @@ from soma.storage.session_store import (
     SessionExists,
     SessionMissing,
     SessionStore,
+    TenantFull,
     TurnConflict,
 )
 from soma.telemetry.metrics import QUOTA_REFUSALS, SESSIONS_CLOSED, SESSIONS_OPEN, SURROGATE_FALLBACKS, TURNS
@@ -212,12 +213,13 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
         )
         if tenant is not None:  # the key's tenant owns the session, whatever label the request carried
             state.labels["tenant"] = tenant
-        with _refused_as_exhausted():
-            self.quotas.check_sessions(tenant, self.store.open_sessions_of(tenant))
         try:
-            self.store.create(state)
+            self.store.create(state, self.quotas.settings.sessions_per_tenant)
         except SessionExists:
             raise AlreadyExists(f"session {shown} already exists; pick another id") from None
+        except TenantFull as full:  # counted and refused in the store's transaction: no overshoot
+            with _refused_as_exhausted():
+                self.quotas.check_sessions(tenant, full.open_sessions)
         SESSIONS_OPEN.inc()
         span = trace.get_current_span()
         span.set_attribute("gen_ai.conversation.id", session_id)

@@ -17,11 +17,23 @@ from collections.abc import Iterable
 from typing import Any
 
 from soma.session.records import Phase, ServedBy, SessionState, Turn, turn_from_dict, turn_to_dict
-from soma.storage.session_store import ACTIVE_PHASES, SessionClosed, SessionExists, SessionMissing, TurnConflict
+from soma.storage.session_store import (
+    ACTIVE_PHASES,
+    SessionClosed,
+    SessionExists,
+    SessionMissing,
+    TenantFull,
+    TurnConflict,
+)
 
+# KEYS: session, the tenant's set of open sessions. ARGV: limit (0 = none), session id, fields...
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
+local limit = tonumber(ARGV[1])
+local held = redis.call('SCARD', KEYS[2])
+if limit > 0 and held >= limit then return -1 - held end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('SADD', KEYS[2], ARGV[2])
 return 1
 """
 
@@ -118,7 +130,7 @@ class RedisSessionStore:
     def open_sessions_of(self, tenant: str | None) -> int:
         return int(self.redis.scard(self._tenant_key({} if tenant is None else {"tenant": tenant})))
 
-    def create(self, state: SessionState) -> None:
+    def create(self, state: SessionState, max_open_of_tenant: int = 0) -> None:
         fields = {
             "session_id": state.session_id,
             "created_at": repr(state.created_at),
@@ -132,9 +144,12 @@ class RedisSessionStore:
             "adapter_generation": state.adapter_generation,
         }
         args = [x for kv in fields.items() for x in kv]
-        if not self._create(keys=self._keys(state.session_id)[:1], args=args):
+        keys = [self._keys(state.session_id)[0], self._tenant_key(state.labels)]
+        status = int(self._create(keys=keys, args=[max_open_of_tenant, state.session_id, *args]))
+        if status == 0:
             raise SessionExists(state.session_id)
-        self.redis.sadd(self._tenant_key(state.labels), state.session_id)
+        if status < 0:
+            raise TenantFull(-1 - status)
 
     def get(self, session_id: str) -> SessionState | None:
         raw = self.redis.hgetall(self._keys(session_id)[0])

@@ -30,6 +30,14 @@ class SessionMissing(Exception):
     pass
 
 
+class TenantFull(Exception):
+    """create() refused: the tenant already holds `open_sessions` open sessions (its limit)."""
+
+    def __init__(self, open_sessions: int):
+        super().__init__(f"{open_sessions} open sessions")
+        self.open_sessions = open_sessions
+
+
 class SessionClosed(Exception):
     pass
 
@@ -39,7 +47,11 @@ class TurnConflict(Exception):
 
 
 class SessionStore(Protocol):
-    def create(self, state: SessionState) -> None: ...
+    def create(self, state: SessionState, max_open_of_tenant: int = 0) -> None:
+        """Store a new session; with `max_open_of_tenant`, atomically refuse (TenantFull) when its
+        tenant (label) already holds that many open sessions."""
+        ...
+
     def get(self, session_id: str) -> SessionState | None: ...
     def turns(self, session_id: str) -> list[Turn]: ...
     def append_turn(self, session_id: str, turn: Turn, new_phase: Phase | None = None) -> SessionState: ...
@@ -54,6 +66,7 @@ class SessionStore(Protocol):
     def open_sessions_of(self, tenant: str | None) -> int:
         """Sessions not closed whose `tenant` label is `tenant` (None: sessions without one)."""
         ...
+
     def idle_sessions(self, before: float) -> list[str]:
         """Sessions last updated before `before` (epoch seconds): what the idle TTL erases."""
         ...
@@ -163,23 +176,28 @@ class SqliteSessionStore:
             raise
         conn.execute("COMMIT")
 
-    def create(self, state: SessionState) -> None:
+    def create(self, state: SessionState, max_open_of_tenant: int = 0) -> None:
         try:
-            self._conn().execute(
-                f"INSERT INTO sessions ({_STATE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    state.session_id,
-                    state.created_at,
-                    state.updated_at,
-                    state.phase.value,
-                    state.system_prompt,
-                    json.dumps(state.labels),
-                    state.turn_count,
-                    state.teacher_turns,
-                    state.surrogate_turns,
-                    state.adapter_generation,
-                ),
-            )
+            with self._write() as conn:  # the count and the insert in one transaction
+                if max_open_of_tenant:
+                    held = self._open_of(conn, state.labels.get("tenant"))
+                    if held >= max_open_of_tenant:
+                        raise TenantFull(held)
+                conn.execute(
+                    f"INSERT INTO sessions ({_STATE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        state.session_id,
+                        state.created_at,
+                        state.updated_at,
+                        state.phase.value,
+                        state.system_prompt,
+                        json.dumps(state.labels),
+                        state.turn_count,
+                        state.teacher_turns,
+                        state.surrogate_turns,
+                        state.adapter_generation,
+                    ),
+                )
         except sqlite3.IntegrityError as err:
             raise SessionExists(state.session_id) from err
 
@@ -309,14 +327,14 @@ class SqliteSessionStore:
         return [r["session_id"] for r in rows]
 
     def open_sessions_of(self, tenant: str | None) -> int:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT COUNT(*) AS n FROM sessions WHERE phase != ? AND json_extract(labels, '$.tenant') IS ?",
-                (Phase.CLOSED.value, tenant),
-            )
-            .fetchone()
-        )
+        return self._open_of(self._conn(), tenant)
+
+    @staticmethod
+    def _open_of(conn: sqlite3.Connection, tenant: str | None) -> int:
+        row = conn.execute(
+            "SELECT COUNT(*) AS n FROM sessions WHERE phase != ? AND json_extract(labels, '$.tenant') IS ?",
+            (Phase.CLOSED.value, tenant),
+        ).fetchone()
         return int(row["n"])
 
     def sessions_in(self, phases: Iterable[Phase]) -> list[str]:
