@@ -11,7 +11,7 @@ import json
 import grpc
 import pytest
 
-from soma.bench.fuzz import start_instant_teacher
+from soma.bench.instant_teacher import start as start_instant_teacher
 from soma.client import open_channel
 from soma.launcher import start_server
 from soma.server.auth import hash_key

@@ -163,7 +163,7 @@ def _server_env(folder: Path, store: str, redis_url: str, teacher: str, token: P
 
 
 def run_store(store: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    from soma.bench.fuzz import start_instant_teacher
+    from soma.bench.instant_teacher import start as start_instant_teacher
     from soma.launcher import start_server
     from soma.server.auth import hash_key
 
