@@ -277,10 +277,9 @@ def _dialogue(settings: Settings, internal_address: str | None, store):
         loop = ReconcileLoop(driver, store, a.reconcile_interval_s).start()
         live.on_adapting = loop.wake
         # the idle TTL (the operator's job in a cluster): the adapters, then the record
-        background = [loop, IdleExpiry(store, d.session_ttl_s, forget=driver.adapter_store.delete_session).start()]
+        background = [loop, IdleExpiry(store, d.session_ttl_s, forget=driver.forget).start()]
 
-        def on_close(session_id: str) -> None:
-            driver.adapter_store.delete_session(session_id)  # every generation; the transcript went with close()
+        on_close = driver.forget  # job records, adapters, then the record (CloseSession deletes it too)
 
     else:  # operator: the SomaSession operator runs the driver; this service creates the objects
         from soma.k8s.session_resource import SessionResources, current_namespace

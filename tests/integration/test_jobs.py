@@ -57,7 +57,7 @@ def stack(tmp_path_factory):
         "SOMA_JOBS__SHUTDOWN_WAIT_S": "1",
     }
     sessions = SqliteSessionStore(root / "sessions.db")
-    for session_id in ("sess-1", "sess-kill", "sess-stop", "sess-poison", "sess-nomine"):
+    for session_id in ("sess-1", "sess-kill", "sess-stop", "sess-poison", "sess-nomine", "sess-forget"):
         adapting_session(sessions, session_id)
     teacher = start_server("teacher", env=env, log_path=root / "teacher.log")
     env["SOMA_JOBS__TEACHER_ADDRESS"] = teacher.address
@@ -280,3 +280,43 @@ def test_a_stopped_worker_puts_its_running_job_back(stack):
         final = _watch(training.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(job_id=job.job_id), timeout=300))
         assert final[-1].state == common_pb2.JOB_STATE_SUCCEEDED, final[-1].message
         assert "training sess-stop/1" in (stack["root"] / "worker2.log").read_text()
+
+
+def test_a_session_s_jobs_are_forgotten_only_by_its_driver_until_it_is_erased(stack):
+    """ForgetSessionJobs: results consumed (or the session erased) are deleted from the job backend;
+    while the session exists only its driver's token may ask it."""
+    from soma.session.job_token import job_token
+    from tests.sessions import SECRET
+
+    with grpc.insecure_channel(stack["mining"]) as m, grpc.insecure_channel(stack["training"]) as t:
+        mining, training = mining_pb2_grpc.MiningServiceStub(m), training_pb2_grpc.TrainingServiceStub(t)
+        _mine(mining, "sess-forget")
+        for token in ("", signed("mine", "sess-forget")):
+            with pytest.raises(grpc.RpcError) as info:
+                training.ForgetSessionJobs(
+                    training_pb2.ForgetSessionJobsRequest(session_id="sess-forget", generation_token=token)
+                )
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        forgotten = training.ForgetSessionJobs(
+            training_pb2.ForgetSessionJobsRequest(
+                session_id="sess-forget",
+                up_to_generation=1,
+                generation_token=job_token(SECRET, "forget", "sess-forget", 1),
+            )
+        ).forgotten
+        assert forgotten == 1  # its mining job (no training job was submitted)
+        for rpc, request in (
+            (mining.GetMiningJob, mining_pb2.GetMiningJobRequest(job_id="mine-sess-forget-1")),
+            (training.GetTrainingJob, training_pb2.GetTrainingJobRequest(job_id="train-sess-forget-1")),
+        ):
+            with pytest.raises(grpc.RpcError) as info:
+                rpc(request)
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        results = stack["root"] / "queue" / "results"  # the filesystem result backend (jobs.local_dir)
+        assert results.is_dir()
+        kept = [
+            p.name for p in results.rglob("*") if p.is_file() and b"sess-forget" in p.name.encode() + p.read_bytes()
+        ]
+        assert kept == []
+        # a session no longer in the store: what is left of its jobs is anyone's to clean up
+        assert training.ForgetSessionJobs(training_pb2.ForgetSessionJobsRequest(session_id="gone")).forgotten == 0

@@ -251,6 +251,34 @@ def test_a_session_switches_only_to_the_adapter_its_own_driver_trained(live_stac
     assert manifest["files"]["adapter_model.safetensors"]["sha256"] == trained.adapter.sha256
 
 
+def test_close_session_erases_every_trace_of_a_switched_session(live_stack):
+    """Issue 15: after CloseSession of a session that adapted and switched, no file of the session
+    store, the adapter store or the job backend (queue, results) holds its id or any of its text."""
+    s = open_session(live_stack["stub"], "erase-me-1")
+    s.turn(ON_TOPIC[0])
+    s.turn(ON_TOPIC[1])
+    s.wait_phase("SESSION_PHASE_SURROGATE")
+    s.turn(ON_TOPIC[2])
+    transcript = (
+        live_stack["stub"]
+        .GetSession(dialogue_pb2.GetSessionRequest(session_id=s.id, include_transcript=True))
+        .transcript
+    )
+    texts = [s.id, *ON_TOPIC[:3], *(t.answer for t in transcript if len(t.answer) > 12)]
+    live_stack["stub"].CloseSession(dialogue_pb2.CloseSessionRequest(session_id=s.id))
+    with pytest.raises(grpc.RpcError) as info:
+        s.state()
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    root = live_stack["root"]
+    files = [p for folder in ("adapters", "jobs") for p in (root / folder).rglob("*") if p.is_file()]
+    files += list(root.glob("sessions.db*"))
+    assert any(p.name.startswith("sessions.db") for p in files)
+    for path in files:
+        data = path.read_bytes()
+        for text in texts:
+            assert text.encode() not in data, f"{text!r} is still in {path.relative_to(root)}"
+
+
 def test_a_corrupt_adapter_is_served_by_the_teacher_without_an_error(live_stack):
     """sha256 mismatch: the surrogate refuses the adapter (DATA_LOSS), the teacher serves the turn."""
     s = open_session(live_stack["stub"], "corrupt-1")

@@ -41,6 +41,7 @@ class Jobs:
     def __init__(self, kind):
         self.kind, self.submitted, self.state, self.fail_submit = kind, [], common_pb2.JOB_STATE_QUEUED, None
         self.fail_code = None
+        self.forgotten = []
 
     def submit(self, request, timeout=None):
         if self.fail_submit:
@@ -53,6 +54,10 @@ class Jobs:
         return type("R", (), {"job": common_pb2.JobStatus(job_id=f"{self.kind}-{sid}-{gen}", state=self.state)})()
 
     SubmitMiningJob = SubmitTrainingJob = submit
+
+    def ForgetSessionJobs(self, request, timeout=None):
+        self.forgotten.append(request)
+        return training_pb2.ForgetSessionJobsResponse(forgotten=2)
 
     def GetMiningJob(self, request, timeout=None):
         if self.state == "missing":
@@ -151,6 +156,10 @@ def test_the_chain_runs_mining_training_gate_and_switches(setup):
     assert summary["phase"] == "SURROGATE" and summary["adapter_uri"] == "file:///a/s/1"
     assert summary["counters"]["switches"] == 1 and summary["counters"]["turns"] == 2
     assert store.get("s1").phase is Phase.SURROGATE and store.sessions_in([Phase.ADAPTING, Phase.GATING]) == []
+    # the gate decided: the generation's job results are consumed, and the driver has them forgotten
+    [forget] = training.forgotten
+    assert (forget.session_id, forget.up_to_generation) == ("s1", 1)
+    assert forget.generation_token == job_token(SECRET, "forget", "s1", 1)
 
 
 def test_a_rejected_gate_retries_as_a_new_generation_after_the_backoff(setup):
@@ -210,7 +219,7 @@ def test_training_refused_for_good_also_costs_an_attempt(setup):
 
 
 def test_a_closed_session_is_left_alone_and_forget_deletes_everything(setup, tmp_path):
-    store, driver, mining, *_ = setup
+    store, driver, mining, training, _ = setup
     store.close("s1")
     assert driver.tick("s1", now=0.0) is None and not mining.submitted
 
@@ -224,6 +233,10 @@ def test_a_closed_session_is_left_alone_and_forget_deletes_everything(setup, tmp
     driver.adapter_store = Adapters()
     driver.forget("s1")
     assert Adapters.deleted == ["s1"] and store.get("s1") is None
+    [forget] = training.forgotten  # every generation's job records, signed while the record existed
+    assert forget.up_to_generation == 0 and forget.generation_token == job_token(SECRET, "forget", "s1", 0)
+    driver.forget("s1")  # erased already (the operator's finalizer after CloseSession): no token needed
+    assert training.forgotten[-1].generation_token == ""
 
 
 def test_training_gets_each_warm_turns_served_context_from_the_serving_compress(setup):

@@ -23,6 +23,7 @@ from opentelemetry import trace
 
 from soma.adaptation.live_store import apply_live
 from soma.algo.config import MethodConfig
+from soma.session import live as live_record
 from soma.session.job_token import job_name, job_token, new_secret
 from soma.session.live import LiveRecord
 from soma.session.reconcile import (
@@ -39,7 +40,7 @@ from soma.session.reconcile import (
     reconcile,
 )
 from soma.session.records import Phase, ServedBy, SessionState, Turn
-from soma.storage.session_store import SessionStore
+from soma.storage.session_store import SessionMissing, SessionStore
 from soma.telemetry import metrics
 from soma.telemetry.session_trace import session_span
 from soma.v1 import common_pb2, gate_pb2, mining_pb2, training_pb2
@@ -355,8 +356,26 @@ class AdaptationDriver:
             drift=() if live.adaptation.phase is Phase.SURROGATE else record.drift,
         )
 
+    def _forget_jobs(self, session_id: str, up_to_generation: int, secret: str) -> None:
+        """Ask the job backend to delete what it keeps of the session's jobs (best effort: results
+        also expire with the backend's result_expires)."""
+        token = job_token(secret, "forget", session_id, up_to_generation) if secret else ""
+        request = training_pb2.ForgetSessionJobsRequest(
+            session_id=session_id, up_to_generation=up_to_generation, generation_token=token
+        )
+        try:
+            forgotten = self.clients.training.ForgetSessionJobs(request, timeout=self.rpc_timeout_s).forgotten
+        except grpc.RpcError as err:
+            log.warning("session %s: could not forget its jobs (%s: %s)", session_id, err.code(), err.details())
+            return
+        up_to = up_to_generation or "all"
+        log.info("session %s: %d job records forgotten (generations ≤ %s)", session_id, forgotten, up_to)
+
     def _record_changes(self, session_id: str, before: LiveRecord, after: LiveRecord) -> None:
-        """Spans and metrics for the transitions this tick made (written once the record is stored)."""
+        """Spans and metrics for the transitions this tick made (written once the record is stored);
+        a generation whose chain ended (gate decided, job failed) has its job results forgotten."""
+        if before.live.step != "idle" and after.live.step == "idle":
+            self._forget_jobs(session_id, before.generation, after.job_secret)
         known = len(before.live.adaptation.history)
         new_transitions = after.live.adaptation.history[known:] if after.live.adaptation.history else ()
         for t in new_transitions:
@@ -369,7 +388,14 @@ class AdaptationDriver:
 
     # -- the end of a session ---------------------------------------------------------------
     def forget(self, session_id: str) -> None:
-        """Delete the session's transcript and state, and every adapter generation it has."""
+        """Erase the session: what the job backend keeps of its jobs, every adapter generation, then
+        its transcript and state."""
+        try:
+            raw, _ = self.store.get_live(session_id)
+            secret = live_record.from_dict(raw).job_secret
+        except SessionMissing:
+            secret = ""  # already erased from the store: the job service needs no token then
+        self._forget_jobs(session_id, 0, secret)
         if self.adapter_store is not None:
             removed = self.adapter_store.delete_session(session_id)
             log.info("session %s: %d adapter objects deleted", session_id, removed)

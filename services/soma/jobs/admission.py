@@ -23,7 +23,7 @@ from soma.session.records import ServedBy, chat_messages
 from soma.storage.session_store import SessionMissing, SessionStore
 from soma.wire import messages_from_proto
 
-_WHAT = {"mine": "mining", "train": "training"}
+_WHAT = {"mine": "mining", "train": "training", "forget": "forget"}
 
 
 class JobAdmission:
@@ -31,6 +31,24 @@ class JobAdmission:
 
     def __init__(self, sessions: SessionStore):
         self.sessions = sessions
+
+    def check_forget(self, session_id: str, up_to_generation: int, token: str) -> None:
+        """Forgetting a session's jobs takes its driver's token while the session exists; once it is
+        erased, what is left of its jobs is nobody's and anyone inside may clean it up."""
+        try:
+            state = self.sessions.get(session_id)
+            raw = self.sessions.get_live(session_id)[0] if state is not None else None
+        except SessionMissing:
+            return
+        except Exception as err:  # noqa: BLE001 - refuse for now, the driver retries
+            raise Unavailable(f"the session store cannot be read ({type(err).__name__}); retry later") from err
+        if state is None:
+            return
+        if not token_matches(from_dict(raw).job_secret, "forget", session_id, up_to_generation, token):
+            raise PermissionDenied(
+                f"forgetting the jobs of session {session_id!r} is for its adaptation driver "
+                "(generation_token missing or wrong)"
+            )
 
     def warm_rows(self, kind: str, session_id: str, generation: int, token: str, warm_turns) -> list[dict]:
         """The job's warm turns as the worker takes them; raises a SomaError for a job to refuse."""

@@ -86,6 +86,28 @@ class JobQueue:
                 raise Unavailable(f"the job queue is unreachable ({type(err).__name__}: {err}); retry later") from err
         return self.status(jid, kind)
 
+    def forget(self, jid: str) -> bool:
+        """Delete what the backend keeps of a job (result, submission marker, delivery count);
+        False when it has no record of it. A copy still queued is dropped by the worker: its
+        session no longer wants it."""
+        if self._read_marker(jid) is None:
+            return False
+        AsyncResult(jid, app=self.app).forget()
+        self.app.backend.delete(f"soma-deliveries-{jid}".encode())
+        self.app.backend.delete(self._marker(jid))
+        return True
+
+    def forget_session(self, session_id: str, up_to_generation: int = 0) -> int:
+        """Forget the mining and training jobs of generations 1..up_to_generation (0: until five
+        generations in a row have none); the number forgotten."""
+        forgotten, missing, generation = 0, 0, 1
+        while (generation <= up_to_generation) if up_to_generation else missing < 5:
+            found = sum(self.forget(job_id(kind, session_id, generation)) for kind in KINDS)
+            forgotten += found
+            missing = 0 if found else missing + 1
+            generation += 1
+        return forgotten
+
     def status(self, jid: str, kind: str | None = None) -> JobView:
         marker = self._read_marker(jid)
         if marker is None or (kind is not None and marker.get("kind") != kind):

@@ -139,6 +139,12 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         view = self.queue.submit("train", request.session_id, request.generation, [warm, warm_hardness, mined])
         return training_pb2.SubmitTrainingJobResponse(job=job_status(view))
 
+    def ForgetSessionJobs(self, request, context):
+        job_id("x", request.session_id, max(1, request.up_to_generation))  # INVALID_ARGUMENT for unsafe ids
+        self.admission.check_forget(request.session_id, request.up_to_generation, request.generation_token)
+        forgotten = self.queue.forget_session(request.session_id, request.up_to_generation)
+        return training_pb2.ForgetSessionJobsResponse(forgotten=forgotten)
+
     def GetTrainingJob(self, request, context):
         view = self.queue.status(request.job_id, "train")
         response = training_pb2.GetTrainingJobResponse(job=job_status(view))

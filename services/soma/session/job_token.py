@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import secrets
 
-KINDS = ("mine", "train")
+KINDS = ("mine", "train", "forget")
 
 
 def job_name(kind: str, session_id: str, generation: int) -> str:

@@ -27,7 +27,7 @@ from soma.v1 import gate_pb2 as soma_dot_v1_dot_gate__pb2
 from soma.v1 import mining_pb2 as soma_dot_v1_dot_mining__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16soma/v1/training.proto\x12\x07soma.v1\x1a\x14soma/v1/common.proto\x1a\x12soma/v1/gate.proto\x1a\x14soma/v1/mining.proto\"\xe2\x01\n\x18SubmitTrainingJobRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\r\x12%\n\nwarm_turns\x18\x03 \x03(\x0b\x32\x11.soma.v1.WarmTurn\x12+\n\x0bmined_cases\x18\x04 \x03(\x0b\x32\x12.soma.v1.MinedCaseB\x02\x18\x01\x12\x19\n\rwarm_hardness\x18\x05 \x03(\x01\x42\x02\x18\x01\x12\x15\n\rmining_job_id\x18\x06 \x01(\t\x12\x18\n\x10generation_token\x18\x07 \x01(\t\"<\n\x19SubmitTrainingJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.soma.v1.JobStatus\"\'\n\x15GetTrainingJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xb0\x01\n\x0b\x41\x64\x61pterInfo\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\x0c\n\x04rank\x18\x04 \x01(\r\x12\x32\n\x07metrics\x18\x05 \x03(\x0b\x32!.soma.v1.AdapterInfo.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x90\x01\n\x16GetTrainingJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.soma.v1.JobStatus\x12%\n\x07\x61\x64\x61pter\x18\x02 \x01(\x0b\x32\x14.soma.v1.AdapterInfo\x12.\n\nacceptance\x18\x03 \x03(\x0b\x32\x1a.soma.v1.AcceptanceExample\")\n\x17WatchTrainingJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\";\n\x18WatchTrainingJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.soma.v1.JobStatus2\x9b\x02\n\x0fTrainingService\x12Z\n\x11SubmitTrainingJob\x12!.soma.v1.SubmitTrainingJobRequest\x1a\".soma.v1.SubmitTrainingJobResponse\x12Q\n\x0eGetTrainingJob\x12\x1e.soma.v1.GetTrainingJobRequest\x1a\x1f.soma.v1.GetTrainingJobResponse\x12Y\n\x10WatchTrainingJob\x12 .soma.v1.WatchTrainingJobRequest\x1a!.soma.v1.WatchTrainingJobResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16soma/v1/training.proto\x12\x07soma.v1\x1a\x14soma/v1/common.proto\x1a\x12soma/v1/gate.proto\x1a\x14soma/v1/mining.proto\"b\n\x18\x46orgetSessionJobsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x18\n\x10up_to_generation\x18\x02 \x01(\r\x12\x18\n\x10generation_token\x18\x03 \x01(\t\".\n\x19\x46orgetSessionJobsResponse\x12\x11\n\tforgotten\x18\x01 \x01(\r\"\xe2\x01\n\x18SubmitTrainingJobRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\r\x12%\n\nwarm_turns\x18\x03 \x03(\x0b\x32\x11.soma.v1.WarmTurn\x12+\n\x0bmined_cases\x18\x04 \x03(\x0b\x32\x12.soma.v1.MinedCaseB\x02\x18\x01\x12\x19\n\rwarm_hardness\x18\x05 \x03(\x01\x42\x02\x18\x01\x12\x15\n\rmining_job_id\x18\x06 \x01(\t\x12\x18\n\x10generation_token\x18\x07 \x01(\t\"<\n\x19SubmitTrainingJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.soma.v1.JobStatus\"\'\n\x15GetTrainingJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xb0\x01\n\x0b\x41\x64\x61pterInfo\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\x0c\n\x04rank\x18\x04 \x01(\r\x12\x32\n\x07metrics\x18\x05 \x03(\x0b\x32!.soma.v1.AdapterInfo.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x90\x01\n\x16GetTrainingJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.soma.v1.JobStatus\x12%\n\x07\x61\x64\x61pter\x18\x02 \x01(\x0b\x32\x14.soma.v1.AdapterInfo\x12.\n\nacceptance\x18\x03 \x03(\x0b\x32\x1a.soma.v1.AcceptanceExample\")\n\x17WatchTrainingJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\";\n\x18WatchTrainingJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.soma.v1.JobStatus2\xf7\x02\n\x0fTrainingService\x12Z\n\x11SubmitTrainingJob\x12!.soma.v1.SubmitTrainingJobRequest\x1a\".soma.v1.SubmitTrainingJobResponse\x12Q\n\x0eGetTrainingJob\x12\x1e.soma.v1.GetTrainingJobRequest\x1a\x1f.soma.v1.GetTrainingJobResponse\x12Y\n\x10WatchTrainingJob\x12 .soma.v1.WatchTrainingJobRequest\x1a!.soma.v1.WatchTrainingJobResponse0\x01\x12Z\n\x11\x46orgetSessionJobs\x12!.soma.v1.ForgetSessionJobsRequest\x1a\".soma.v1.ForgetSessionJobsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,22 +40,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITTRAININGJOBREQUEST'].fields_by_name['warm_hardness']._serialized_options = b'\030\001'
   _globals['_ADAPTERINFO_METRICSENTRY']._loaded_options = None
   _globals['_ADAPTERINFO_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_SUBMITTRAININGJOBREQUEST']._serialized_start=100
-  _globals['_SUBMITTRAININGJOBREQUEST']._serialized_end=326
-  _globals['_SUBMITTRAININGJOBRESPONSE']._serialized_start=328
-  _globals['_SUBMITTRAININGJOBRESPONSE']._serialized_end=388
-  _globals['_GETTRAININGJOBREQUEST']._serialized_start=390
-  _globals['_GETTRAININGJOBREQUEST']._serialized_end=429
-  _globals['_ADAPTERINFO']._serialized_start=432
-  _globals['_ADAPTERINFO']._serialized_end=608
-  _globals['_ADAPTERINFO_METRICSENTRY']._serialized_start=562
-  _globals['_ADAPTERINFO_METRICSENTRY']._serialized_end=608
-  _globals['_GETTRAININGJOBRESPONSE']._serialized_start=611
-  _globals['_GETTRAININGJOBRESPONSE']._serialized_end=755
-  _globals['_WATCHTRAININGJOBREQUEST']._serialized_start=757
-  _globals['_WATCHTRAININGJOBREQUEST']._serialized_end=798
-  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_start=800
-  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_end=859
-  _globals['_TRAININGSERVICE']._serialized_start=862
-  _globals['_TRAININGSERVICE']._serialized_end=1145
+  _globals['_FORGETSESSIONJOBSREQUEST']._serialized_start=99
+  _globals['_FORGETSESSIONJOBSREQUEST']._serialized_end=197
+  _globals['_FORGETSESSIONJOBSRESPONSE']._serialized_start=199
+  _globals['_FORGETSESSIONJOBSRESPONSE']._serialized_end=245
+  _globals['_SUBMITTRAININGJOBREQUEST']._serialized_start=248
+  _globals['_SUBMITTRAININGJOBREQUEST']._serialized_end=474
+  _globals['_SUBMITTRAININGJOBRESPONSE']._serialized_start=476
+  _globals['_SUBMITTRAININGJOBRESPONSE']._serialized_end=536
+  _globals['_GETTRAININGJOBREQUEST']._serialized_start=538
+  _globals['_GETTRAININGJOBREQUEST']._serialized_end=577
+  _globals['_ADAPTERINFO']._serialized_start=580
+  _globals['_ADAPTERINFO']._serialized_end=756
+  _globals['_ADAPTERINFO_METRICSENTRY']._serialized_start=710
+  _globals['_ADAPTERINFO_METRICSENTRY']._serialized_end=756
+  _globals['_GETTRAININGJOBRESPONSE']._serialized_start=759
+  _globals['_GETTRAININGJOBRESPONSE']._serialized_end=903
+  _globals['_WATCHTRAININGJOBREQUEST']._serialized_start=905
+  _globals['_WATCHTRAININGJOBREQUEST']._serialized_end=946
+  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_start=948
+  _globals['_WATCHTRAININGJOBRESPONSE']._serialized_end=1007
+  _globals['_TRAININGSERVICE']._serialized_start=1010
+  _globals['_TRAININGSERVICE']._serialized_end=1385
 # @@protoc_insertion_point(module_scope)

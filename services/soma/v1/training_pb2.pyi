@@ -9,6 +9,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ForgetSessionJobsRequest(_message.Message):
+    __slots__ = ("session_id", "up_to_generation", "generation_token")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    UP_TO_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    up_to_generation: int
+    generation_token: str
+    def __init__(self, session_id: _Optional[str] = ..., up_to_generation: _Optional[int] = ..., generation_token: _Optional[str] = ...) -> None: ...
+
+class ForgetSessionJobsResponse(_message.Message):
+    __slots__ = ("forgotten",)
+    FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
+    forgotten: int
+    def __init__(self, forgotten: _Optional[int] = ...) -> None: ...
+
 class SubmitTrainingJobRequest(_message.Message):
     __slots__ = ("session_id", "generation", "warm_turns", "mined_cases", "warm_hardness", "mining_job_id", "generation_token")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]

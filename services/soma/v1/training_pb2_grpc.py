@@ -50,6 +50,11 @@ class TrainingServiceStub:
                 request_serializer=soma_dot_v1_dot_training__pb2.WatchTrainingJobRequest.SerializeToString,
                 response_deserializer=soma_dot_v1_dot_training__pb2.WatchTrainingJobResponse.FromString,
                 _registered_method=True)
+        self.ForgetSessionJobs = channel.unary_unary(
+                '/soma.v1.TrainingService/ForgetSessionJobs',
+                request_serializer=soma_dot_v1_dot_training__pb2.ForgetSessionJobsRequest.SerializeToString,
+                response_deserializer=soma_dot_v1_dot_training__pb2.ForgetSessionJobsResponse.FromString,
+                _registered_method=True)
 
 
 class TrainingServiceServicer:
@@ -76,6 +81,15 @@ class TrainingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForgetSessionJobs(self, request, context):
+        """Deletes what the job backend keeps of a session's mining and training jobs (results, submission
+        records): the driver calls it once the gate has decided a generation (the results are consumed)
+        and when the session is erased. Get…Job for a forgotten job is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +107,11 @@ def add_TrainingServiceServicer_to_server(servicer, server):
                     servicer.WatchTrainingJob,
                     request_deserializer=soma_dot_v1_dot_training__pb2.WatchTrainingJobRequest.FromString,
                     response_serializer=soma_dot_v1_dot_training__pb2.WatchTrainingJobResponse.SerializeToString,
+            ),
+            'ForgetSessionJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetSessionJobs,
+                    request_deserializer=soma_dot_v1_dot_training__pb2.ForgetSessionJobsRequest.FromString,
+                    response_serializer=soma_dot_v1_dot_training__pb2.ForgetSessionJobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +196,33 @@ class TrainingService:
             '/soma.v1.TrainingService/WatchTrainingJob',
             soma_dot_v1_dot_training__pb2.WatchTrainingJobRequest.SerializeToString,
             soma_dot_v1_dot_training__pb2.WatchTrainingJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetSessionJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/soma.v1.TrainingService/ForgetSessionJobs',
+            soma_dot_v1_dot_training__pb2.ForgetSessionJobsRequest.SerializeToString,
+            soma_dot_v1_dot_training__pb2.ForgetSessionJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,
