@@ -68,6 +68,9 @@ def messages_to_proto(messages: Iterable[Message]) -> list[common_pb2.Message]:
     return [common_pb2.Message(role=_ROLE_VALUES[m["role"]], content=m["content"]) for m in messages]
 
 
+MIN_TEMPERATURE = 1e-3
+
+
 def sampling_from_proto(params: common_pb2.GenerationParams, settings: ModelSettings) -> SamplingParams:
     """Apply server defaults to zero fields and enforce the configured limits."""
     max_new = params.max_new_tokens or settings.default_max_new_tokens
@@ -79,7 +82,9 @@ def sampling_from_proto(params: common_pb2.GenerationParams, settings: ModelSett
         raise InvalidArgument(f"params.top_p={params.top_p} must be within [0, 1] (0 = default 1.0)")
     return SamplingParams(
         max_new_tokens=max_new,
-        temperature=params.temperature,
+        # below MIN_TEMPERATURE, logits / T overflow to inf and sampling breaks (soma bench fuzz found
+        # 1e-45): such a temperature means "greedy", and greedy it is
+        temperature=params.temperature if params.temperature >= MIN_TEMPERATURE else 0.0,
         top_p=params.top_p or 1.0,
         seed=params.seed if params.HasField("seed") else None,
         repetition_penalty=settings.repetition_penalty,  # a server setting, not a request field

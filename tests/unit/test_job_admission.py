@@ -71,6 +71,8 @@ def test_the_driver_s_token_admits_a_job_built_from_the_stored_turns(store):
         job_token(SECRET, "mine", "s2", 1),  # another session's
         job_token(SECRET, "mine", "s1", 2),  # another generation's
         job_token("cd" * 32, "mine", "s1", 1),  # another secret's
+        job_token(SECRET, "mine", "s1", 1)[:-1] + "é",  # non-ASCII (found by soma bench fuzz)
+        "\u2028" * 64,
     ],
 )
 def test_a_job_its_driver_did_not_sign_is_refused(store, token):

@@ -167,3 +167,20 @@ def test_detokenizer_holds_back_incomplete_utf8(backend: TransformersChatBackend
     pieces = [detok.add([i]) for i in ids] + [detok.flush()]
     assert all("\ufffd" not in p for p in pieces)
     assert "".join(pieces) == text
+
+
+def test_a_vanishing_temperature_from_the_wire_is_greedy(backend: TransformersChatBackend) -> None:
+    """`soma bench fuzz` sent temperature=1e-45: logits / T overflowed and the surrogate answered
+    INTERNAL. The wire reads any temperature below MIN_TEMPERATURE as greedy."""
+    from soma.config import SurrogateSettings
+    from soma.v1 import common_pb2
+    from soma.wire import MIN_TEMPERATURE, sampling_from_proto
+
+    settings = SurrogateSettings()
+    for tiny in (1.401298464324817e-45, 9.99994610111476e-41, MIN_TEMPERATURE / 2):
+        params = sampling_from_proto(common_pb2.GenerationParams(max_new_tokens=6, temperature=tiny), settings)
+        assert params.temperature == 0.0
+        messages = [{"role": "user", "content": "hello"}]
+        assert backend.generate(messages, params).text == backend.generate(messages, SamplingParams(6)).text
+    kept = sampling_from_proto(common_pb2.GenerationParams(temperature=0.5), settings)
+    assert kept.temperature == 0.5

@@ -8,6 +8,7 @@ before the task is sent; two racing submits may both send it, and the work is id
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from opentelemetry import propagate
 from soma.adapter_identity import check_key
 from soma.config import JobsSettings
 from soma.errors import NotFound, Unavailable
+from soma.ids import is_valid_session_id
 from soma.jobs.app import MINE_TASK, TRAIN_TASK
 from soma.session.job_token import job_name
 
@@ -46,6 +48,16 @@ class JobView:
 def job_id(kind: str, session_id: str, generation: int) -> str:
     check_key(session_id, generation)
     return job_name(kind, session_id, generation)
+
+
+_JOB_ID = re.compile(r"(mine|train)-(.+)-([1-9][0-9]{0,9})")
+
+
+def is_job_id(jid: str) -> bool:
+    """Whether `jid` has the form of a job id (`{kind}-{session}-{generation}`, a valid session id):
+    anything else names no job and never reaches the result backend as a key."""
+    match = _JOB_ID.fullmatch(jid)
+    return bool(match) and is_valid_session_id(match.group(2))
 
 
 class JobQueue:
@@ -109,7 +121,7 @@ class JobQueue:
         return forgotten
 
     def status(self, jid: str, kind: str | None = None) -> JobView:
-        marker = self._read_marker(jid)
+        marker = self._read_marker(jid) if is_job_id(jid) else None
         if marker is None or (kind is not None and marker.get("kind") != kind):
             what = {"mine": "mining ", "train": "training "}.get(kind or "", "")
             raise NotFound(f"no {what}job {jid!r}; submit it first")

@@ -42,4 +42,5 @@ def token_matches(secret: str, kind: str, session_id: str, generation: int, toke
     """Whether `token` signs this job (constant-time; False when the session has no secret)."""
     if not secret or not token:
         return False
-    return hmac.compare_digest(job_token(secret, kind, session_id, generation), token)
+    # as bytes: compare_digest refuses str with non-ASCII characters, and a token is the caller's input
+    return hmac.compare_digest(job_token(secret, kind, session_id, generation).encode(), token.encode())
