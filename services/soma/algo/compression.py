@@ -20,9 +20,13 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE.split(text) if s and s.strip()]
 
 
+MAX_SUMMARY_SENTENCES = 1024  # the newest ones beyond it are kept: cost is one encode and an N×N matrix
+
+
 def extractive_summary(texts: Sequence[str], encode: Callable[[list[str]], torch.Tensor], budget_chars: int) -> str:
-    """The most central sentences of `texts`, original order, at most budget_chars in total."""
-    sentences = [s for text in texts for s in split_sentences(text)]
+    """The most central sentences of `texts`, original order, at most budget_chars in total (among
+    the newest MAX_SUMMARY_SENTENCES sentences, so a request of a million tiny sentences stays cheap)."""
+    sentences = [s for text in texts for s in split_sentences(text)][-MAX_SUMMARY_SENTENCES:]
     if not sentences or budget_chars <= 0:
         return ""
     emb = torch.nn.functional.normalize(encode(sentences).float(), dim=-1)

@@ -46,6 +46,7 @@ class GateServicer(gate_pb2_grpc.GateServiceServicer):
     def _locality(self, query: str, warm: list[str]) -> float | None:
         if not query or not warm:
             return None
+        self._check_batch("warm_queries", len(warm))  # soma bench fuzz: 4,000 queries held the encoder 5 s
         self._check_texts("warm_queries", [query, *warm])
         emb = self.encoder.encode([query, *warm])
         return gate_stats.locality(emb[0], emb[1:])

@@ -12,6 +12,7 @@ long job never holds a second one hostage), soft and hard time limits, and a cap
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -36,6 +37,12 @@ class AtomicFilesystemBackend(FilesystemBackend):
         with os.fdopen(fd, "wb") as out:
             out.write(ensure_bytes(value))
         os.replace(tmp, path)
+
+    def delete(self, key):
+        """Deleting what is not there is done (the stock backend raises): forgetting a job that is
+        still queued has no result file yet."""
+        with contextlib.suppress(FileNotFoundError):
+            super().delete(key)
 
 
 def _embedded_urls(local_dir: Path) -> tuple[str, str, dict]:

@@ -124,7 +124,8 @@ class JobQueue:
         marker = self._read_marker(jid) if is_job_id(jid) else None
         if marker is None or (kind is not None and marker.get("kind") != kind):
             what = {"mine": "mining ", "train": "training "}.get(kind or "", "")
-            raise NotFound(f"no {what}job {jid!r}; submit it first")
+            shown = jid if len(jid) <= 80 else jid[:80] + f"... ({len(jid)} characters)"  # never echo 70 kB back
+            raise NotFound(f"no {what}job {shown!r}; submit it first")
         result = AsyncResult(jid, app=self.app)
         state, info = result.state, result.info
         # the attempt a job is on: in its progress (and result) meta; the backend keeps no arguments

@@ -28,6 +28,7 @@ _STATES = {
     "CANCELLED": common_pb2.JOB_STATE_CANCELLED,
 }
 WATCH_POLL_S = 0.2
+MAX_FORGET_GENERATIONS = 10_000  # far beyond any session's; `soma bench fuzz` found 2**32 tied a thread for days
 
 
 def job_status(view: JobView) -> common_pb2.JobStatus:
@@ -141,6 +142,10 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
 
     def ForgetSessionJobs(self, request, context):
         job_id("x", request.session_id, max(1, request.up_to_generation))  # INVALID_ARGUMENT for unsafe ids
+        if request.up_to_generation > MAX_FORGET_GENERATIONS:  # each generation costs backend reads
+            raise InvalidArgument(
+                f"up_to_generation={request.up_to_generation}; the limit is {MAX_FORGET_GENERATIONS} (0 = all)"
+            )
         self.admission.check_forget(request.session_id, request.up_to_generation, request.generation_token)
         forgotten = self.queue.forget_session(request.session_id, request.up_to_generation)
         return training_pb2.ForgetSessionJobsResponse(forgotten=forgotten)
