@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_load_arguments(bload)
     bload.set_defaults(func=cmd_bench_load)
-    bfuzz = bench_sub.add_parser("fuzz", help="generated requests to every public RPC of a real server")
+    bfuzz = bench_sub.add_parser("fuzz", help="generated requests to every public and internal RPC of real servers")
     from soma.bench.fuzz import add_arguments as add_fuzz_arguments
 
     add_fuzz_arguments(bfuzz)
