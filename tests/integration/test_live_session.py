@@ -239,32 +239,25 @@ def test_a_session_switches_only_to_the_adapter_its_own_driver_trained(live_stac
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED, info.value.details()
         s.turn(ON_TOPIC[1])
         s.wait_phase("SESSION_PHASE_SURROGATE")
-        trained = training.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=f"train-{s.id}-1"), timeout=30)
-    transcript = (
-        live_stack["stub"]
-        .GetSession(dialogue_pb2.GetSessionRequest(session_id=s.id, include_transcript=True))
-        .transcript
-    )
-    answers = [t.answer for t in transcript]
-    assert trained.acceptance and all(any(a.startswith(e.teacher_answer) for a in answers) for e in trained.acceptance)
+    # the adapter it switched to is generation 1, trained once, by the jobs its driver submitted (the
+    # attacker's were refused before anything was enqueued; their results are forgotten once consumed)
     manifest = json.loads((live_stack["root"] / "adapters" / s.id / "1" / "manifest.json").read_text())
-    assert manifest["files"]["adapter_model.safetensors"]["sha256"] == trained.adapter.sha256
+    assert manifest["session_id"] == s.id and manifest["generation"] == 1
+    log = (live_stack["root"] / "all.log").read_text()
+    assert log.count(f"training {s.id}/1 ") == 1 and log.count(f"mining {s.id}/1 ") == 1, log[-3000:]
+    assert "POISON" not in log
 
 
 def test_close_session_erases_every_trace_of_a_switched_session(live_stack):
     """Issue 15: after CloseSession of a session that adapted and switched, no file of the session
     store, the adapter store or the job backend (queue, results) holds its id or any of its text."""
     s = open_session(live_stack["stub"], "erase-me-1")
-    s.turn(ON_TOPIC[0])
-    s.turn(ON_TOPIC[1])
+    queries = [f"{q} (asked by erase-me-1)" for q in ON_TOPIC[:3]]  # text no other session of the stack has
+    s.turn(queries[0])
+    s.turn(queries[1])
     s.wait_phase("SESSION_PHASE_SURROGATE")
-    s.turn(ON_TOPIC[2])
-    transcript = (
-        live_stack["stub"]
-        .GetSession(dialogue_pb2.GetSessionRequest(session_id=s.id, include_transcript=True))
-        .transcript
-    )
-    texts = [s.id, *ON_TOPIC[:3], *(t.answer for t in transcript if len(t.answer) > 12)]
+    s.turn(queries[2])
+    texts = [s.id, *queries]
     live_stack["stub"].CloseSession(dialogue_pb2.CloseSessionRequest(session_id=s.id))
     with pytest.raises(grpc.RpcError) as info:
         s.state()
