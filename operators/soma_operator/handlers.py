@@ -9,12 +9,16 @@ calls belong.
 - a timer per object: `driver.tick`, then a status patch only when status.decide says so, and
   TTL expiry (delete the object: the finalizer below then cleans up);
 - on delete, behind kopf's finalizer: `driver.forget` (adapters out of the adapter store,
-  transcript and state out of the session store) before Kubernetes lets the object go.
+  transcript and state out of the session store) before Kubernetes lets the object go;
+- from startup to cleanup, every `orphan_sweep_interval_s`: `driver.sweep_orphans` (adapters of
+  sessions the session store no longer has, left by a crash mid-erasure).
 A failing driver or API call raises kopf.TemporaryError: kopf retries it after the backoff.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -38,6 +42,8 @@ class Driver(Protocol):
     def tick(self, session_id: str, now: float) -> dict | None: ...
 
     def forget(self, session_id: str) -> None: ...
+
+    def sweep_orphans(self) -> list[str]: ...
 
 
 class Deleter(Protocol):
@@ -87,6 +93,33 @@ def register(
     metrics = metrics or OperatorMetrics()
     backoff = settings.error_backoff_s
     resource = dict(group=GROUP, version=VERSION, plural=PLURAL, registry=registry)
+
+    sweeper: dict[str, asyncio.Task] = {}
+
+    async def sweep_forever(logger: Any) -> None:
+        while True:
+            await asyncio.sleep(interval)  # not at startup: a pass per interval, the first after one
+            try:
+                swept = await asyncio.to_thread(driver.sweep_orphans)
+                if swept:
+                    logger.warning("orphaned adapters of %d erased sessions deleted", len(swept))
+            except Exception as err:  # noqa: BLE001 - a store that is down now may be up at the next pass
+                logger.warning("the orphaned-adapter sweep failed (%s); retrying in %.0f s", err, interval)
+
+    interval = settings.orphan_sweep_interval_s
+    if interval > 0 and hasattr(driver, "sweep_orphans"):
+
+        @kopf.on.startup(registry=registry, id="orphan-sweep")
+        async def start_sweep(logger: Any, **_: Any) -> None:
+            sweeper["task"] = asyncio.get_running_loop().create_task(sweep_forever(logger))
+
+        @kopf.on.cleanup(registry=registry, id="orphan-sweep-stop")
+        async def stop_sweep(**_: Any) -> None:
+            task = sweeper.pop("task", None)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     @kopf.on.create(**resource, id="initial-status", backoff=backoff)
     def initial_status(status: Any, meta: Any, name: str, namespace: str, patch: kopf.Patch, **_: Any) -> None:

@@ -26,6 +26,15 @@ class OperatorSettings(BaseSettings):
         60.0, ge=0, le=86400, description="Counters and lastActivity are written to status at most this often."
     )
     error_backoff_s: float = Field(10.0, gt=0, le=3600, description="Retry delay after a failed tick or cleanup.")
+    orphan_sweep_interval_s: float = Field(
+        3600.0,
+        ge=0,
+        le=7 * 86400,
+        description=(
+            "Seconds between sweeps of the adapter store for adapters of sessions the session store no longer"
+            " has (the bucket must belong to this release alone); 0 = off."
+        ),
+    )
     max_workers: int = Field(8, ge=1, le=256, description="Threads running ticks (driver calls block) in parallel.")
     metrics_port: int = Field(9465, ge=0, le=65535, description="Prometheus /metrics port; 0 = off.")
     health_port: int = Field(8080, ge=0, le=65535, description="kopf liveness probe /healthz port; 0 = off.")

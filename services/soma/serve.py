@@ -276,8 +276,11 @@ def _dialogue(settings: Settings, internal_address: str | None, store):
         driver = build_driver(settings, internal_address, store=store, channels=channels)  # one store, one gate channel
         loop = ReconcileLoop(driver, store, a.reconcile_interval_s).start()
         live.on_adapting = loop.wake
-        # the idle TTL (the operator's job in a cluster): the adapters, then the record
-        background = [loop, IdleExpiry(store, d.session_ttl_s, forget=driver.forget).start()]
+        # the idle TTL (the operator's job in a cluster): the adapters, then the record; and the orphan sweep
+        background = [
+            loop,
+            IdleExpiry(store, d.session_ttl_s, forget=driver.forget, sweep=driver.sweep_orphans).start(),
+        ]
 
         on_close = driver.forget  # job records, adapters, then the record (CloseSession deletes it too)
 

@@ -14,6 +14,7 @@ import pytest
 from kubernetes import client
 from safetensors.numpy import save
 
+from soma.adaptation.driver import AdaptationDriver
 from soma.k8s.session_resource import SessionResources, object_name
 from soma.session.records import Phase, ServedBy, SessionState, Turn
 from soma.storage.adapter_store import S3AdapterStore, build_manifest
@@ -64,6 +65,18 @@ class StoreDriver:
         except (SessionMissing, SessionClosed):
             pass
 
+    def sweep_orphans(self) -> list[str]:
+        """The real driver's sweep, on these stores."""
+        return AdaptationDriver.sweep_orphans(self)
+
+    @property
+    def store(self) -> SqliteSessionStore:
+        return self.sessions
+
+    @property
+    def adapter_store(self) -> S3AdapterStore:
+        return self.adapters
+
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
@@ -93,6 +106,7 @@ async def test_deleting_the_object_deletes_adapters_and_transcript(k8s, s3, tmp_
         sessions.append_turn(SESSION, _turn(index), Phase.WARMUP)
     for generation in (1, 2):
         _put_adapter(s3, SESSION, generation)
+    sessions.create(SessionState("other-session", now, now))  # stored: the orphan sweep leaves it
     _put_adapter(s3, "other-session", 1)
     assert s3.generations(SESSION) == [1, 2]
 
@@ -116,3 +130,24 @@ async def test_deleting_the_object_deletes_adapters_and_transcript(k8s, s3, tmp_
     assert list(s3.client.list_objects(s3.bucket, prefix=f"{SESSION}/", recursive=True)) == []  # every file
     assert s3.generations("other-session") == [1]  # only this session's adapters
     assert sessions.turns(SESSION) == [] and sessions.get(SESSION).closed
+
+
+@pytest.mark.asyncio
+async def test_the_operator_sweeps_adapters_of_sessions_no_store_has(k8s, s3, tmp_path):
+    """Issue 15: adapters in S3 whose session is in no session store (a crash mid-erasure) are
+    deleted by the operator's sweep; a stored session's adapters stay."""
+    sessions = SqliteSessionStore(tmp_path / "sessions.db")
+    now = time.time()
+    sessions.create(SessionState("kept-1", now, now))
+    _put_adapter(s3, "kept-1", 1)
+    _put_adapter(s3, "orphan-1", 1)
+    _put_adapter(s3, "orphan-1", 2)
+    assert {"kept-1", "orphan-1"} <= set(s3.session_ids())
+
+    settings = OperatorSettings(standalone=True, tick_interval_s=0.2, error_backoff_s=0.2, orphan_sweep_interval_s=0.2)
+    registry = kopf.OperatorRegistry()
+    register(registry, StoreDriver(sessions, s3), settings, deleter=lambda ns: None)
+    async with running_operator(k8s, registry, kopf_settings(settings)):
+        await eventually(lambda: "orphan-1" not in s3.session_ids())
+    assert list(s3.client.list_objects(s3.bucket, prefix="orphan-1/", recursive=True)) == []
+    assert s3.generations("kept-1") == [1]

@@ -320,3 +320,34 @@ def test_a_record_without_a_signing_secret_gets_one_before_its_first_job(setup):
     driver.tick("s1", now=1001.0)
     [sub] = mining.submitted
     assert sub.generation_token == job_token(secret, "mine", "s1", 1)
+
+
+def test_the_orphan_sweep_deletes_only_adapters_of_sessions_the_store_lacks(setup, tmp_path):
+    """Issue 15: adapters left by a crash between an erasure and a job's own clean-up go; a live
+    session's stay; a store that cannot be read deletes nothing."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    from soma.storage.adapter_store import LocalAdapterStore, build_manifest
+
+    store, driver, *_ = setup
+    adapters = LocalAdapterStore(tmp_path / "adapters")
+    weights = save({"base_model.lora_A.weight": np.zeros((2, 4), dtype=np.float32)})
+    config = b'{"r": 2, "peft_type": "LORA"}'
+    for sid in ("s1", "gone-1", "gone-2"):
+        adapters.put(build_manifest(sid, 1, weights, config, base_model="tiny", rank=2), weights, config)
+    driver.adapter_store = adapters
+    assert adapters.session_ids() == ["gone-1", "gone-2", "s1"]
+
+    class Down:
+        def get(self, sid):
+            raise ConnectionError("store down")
+
+    driver.store = Down()
+    with pytest.raises(ConnectionError):
+        driver.sweep_orphans()
+    assert adapters.session_ids() == ["gone-1", "gone-2", "s1"]
+    driver.store = store
+    assert driver.sweep_orphans() == ["gone-1", "gone-2"]
+    assert adapters.session_ids() == ["s1"] and adapters.generations("s1") == [1]
+    assert driver.sweep_orphans() == []

@@ -401,6 +401,21 @@ class AdaptationDriver:
             log.info("session %s: %d adapter objects deleted", session_id, removed)
         self.store.delete(session_id)
 
+    def sweep_orphans(self) -> list[str]:
+        """Delete the adapters of sessions the session store no longer has: what a crash between an
+        erasure and a job's own clean-up (or a store restored from an older backup) leaves behind.
+        Adapters exist only for sessions created before them, so no live session loses one; a store
+        that cannot be read raises, and nothing is deleted."""
+        if self.adapter_store is None:
+            return []
+        orphans = [sid for sid in self.adapter_store.session_ids() if self.store.get(sid) is None]
+        for session_id in orphans:
+            removed = self.adapter_store.delete_session(session_id)
+            log.warning(
+                "session %s is not in the session store: %d orphaned adapter objects deleted", session_id, removed
+            )
+        return orphans
+
 
 def summary(record: LiveRecord, state: SessionState) -> dict:
     """describe() plus counters and the last activity: what the operator mirrors into the status."""

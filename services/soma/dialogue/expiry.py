@@ -1,5 +1,6 @@
 """The idle TTL outside the operator: a background thread that erases sessions nobody has used for
-`dialogue.session_ttl_s` (in a cluster the operator does it through each SomaSession's ttlSeconds)."""
+`dialogue.session_ttl_s` (in a cluster the operator does it through each SomaSession's ttlSeconds),
+and on the same pass sweeps the adapter store for adapters of sessions that no longer exist."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ log = logging.getLogger("soma.dialogue")
 
 class IdleExpiry:
     """Every `every_s`, erase the sessions idle longer than `ttl_s`: `forget(session_id)` removes what
-    lives outside the store (adapters), then the store's record goes."""
+    lives outside the store (adapters), then the store's record goes; then `sweep()` (when given)
+    removes orphaned adapters."""
 
     def __init__(
         self,
@@ -24,8 +26,9 @@ class IdleExpiry:
         forget: Callable[[str], None] = lambda _sid: None,
         every_s: float | None = None,
         clock: Callable[[], float] = time.time,
+        sweep: Callable[[], list[str]] | None = None,
     ):
-        self.store, self.ttl_s, self.forget, self.clock = store, ttl_s, forget, clock
+        self.store, self.ttl_s, self.forget, self.clock, self.sweep_orphans = store, ttl_s, forget, clock, sweep
         self.every_s = every_s if every_s is not None else min(300.0, max(1.0, ttl_s / 10))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="soma-idle-expiry", daemon=True)
@@ -43,6 +46,11 @@ class IdleExpiry:
             erased.append(session_id)
         if erased:
             log.info("erased %d sessions idle longer than %.0f s", len(erased), self.ttl_s)
+        if self.sweep_orphans is not None:
+            try:
+                self.sweep_orphans()
+            except Exception:  # noqa: BLE001 - the next pass tries again
+                log.exception("the orphaned-adapter sweep failed; retrying on the next pass")
         return erased
 
     def start(self) -> IdleExpiry:

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from soma.adapter_identity import AdapterCorrupt, check_key, check_safetensors
 from soma.errors import FailedPrecondition, NotFound, Unavailable
+from soma.ids import is_valid_session_id
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
@@ -130,6 +131,8 @@ class AdapterStore(Protocol):
 
     def delete_session(self, session_id: str) -> int: ...
 
+    def session_ids(self) -> list[str]: ...
+
 
 class LocalAdapterStore:
     """Embedded mode: a folder; each generation is published with one atomic rename."""
@@ -193,6 +196,12 @@ class LocalAdapterStore:
         count = len(self.generations(session_id))
         shutil.rmtree(folder, ignore_errors=True)
         return count
+
+    def session_ids(self) -> list[str]:
+        """The sessions that have anything stored (for the orphan sweep)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_valid_session_id(p.name))
 
 
 class S3AdapterStore:
@@ -340,6 +349,11 @@ class S3AdapterStore:
             if errors:
                 raise StoreUnavailable(f"could not delete {len(errors)} objects of session {session_id!r}: {errors[0]}")
         return count
+
+    def session_ids(self) -> list[str]:
+        """The sessions that have anything stored (for the orphan sweep): the bucket's top-level prefixes."""
+        names = self._call(lambda: [o.object_name for o in self.client.list_objects(self.bucket, recursive=False)])
+        return sorted(n.rstrip("/") for n in names if n.endswith("/") and is_valid_session_id(n.rstrip("/")))
 
 
 def open_store(settings: Any, *, create_bucket: bool = False) -> AdapterStore:
