@@ -232,6 +232,14 @@ class JobsSettings(_Section):
     retry_backoff_s: float = Field(2.0, gt=0, description="First retry delay; doubles on each retry.")
     teacher_address: str = Field("", description="host:port of the teacher service the mining jobs ask.")
     max_deliveries: int = Field(3, ge=1, description="A job delivered more often (its worker died each time) fails.")
+    requeue_after_s: float = Field(
+        120.0,
+        ge=0,
+        description=(
+            "A job still queued but gone from the broker this long (a worker took it and died before"
+            " starting it) is sent again when its status is read; 0 = off."
+        ),
+    )
     shutdown_wait_s: float = Field(
         10.0, ge=0, description="On SIGTERM a worker waits this long, then requeues its job."
     )

@@ -55,9 +55,10 @@ def stack(tmp_path_factory):
             {"lora.steps": 300, "lora.holdout_fraction": 0.0, "gate.acceptance_size": 1}
         ),
         "SOMA_JOBS__SHUTDOWN_WAIT_S": "1",
+        "SOMA_JOBS__REQUEUE_AFTER_S": "3",
     }
     sessions = SqliteSessionStore(root / "sessions.db")
-    for session_id in ("sess-1", "sess-kill", "sess-stop", "sess-poison", "sess-nomine", "sess-forget"):
+    for session_id in ("sess-1", "sess-kill", "sess-stop", "sess-poison", "sess-nomine", "sess-forget", "sess-lost"):
         adapting_session(sessions, session_id)
     teacher = start_server("teacher", env=env, log_path=root / "teacher.log")
     env["SOMA_JOBS__TEACHER_ADDRESS"] = teacher.address
@@ -320,3 +321,40 @@ def test_a_session_s_jobs_are_forgotten_only_by_its_driver_until_it_is_erased(st
         assert kept == []
         # a session no longer in the store: what is left of its jobs is anyone's to clean up
         assert training.ForgetSessionJobs(training_pb2.ForgetSessionJobsRequest(session_id="gone")).forgotten == 0
+
+
+def test_a_job_its_worker_took_and_never_started_is_sent_again(stack):
+    """Issue 15: the worker takes the mining job's message off the queue and dies before its pool
+    starts it. The filesystem broker has no visibility timeout, so without the requeue the job would
+    stay QUEUED until the driver's job_timeout_s; the job service sends it again after
+    jobs.requeue_after_s (3 s here) and the next worker runs it."""
+    from soma.config import JobsSettings
+    from soma.jobs import broker_messages
+    from soma.jobs.app import make_celery
+
+    worker = stack["worker"]
+    os.killpg(worker.pid, signal.SIGSTOP)  # the worker and its pool take nothing while we set the scene
+    try:
+        with grpc.insecure_channel(stack["mining"]) as m:
+            mining = mining_pb2_grpc.MiningServiceStub(m)
+            job = mining.SubmitMiningJob(
+                mining_pb2.SubmitMiningJobRequest(
+                    session_id="sess-lost", generation=1, warm_turns=WARM, generation_token=signed("mine", "sess-lost")
+                )
+            ).job
+            # what the worker's consumer did before it died: the message left the queue with it
+            app = make_celery(JobsSettings(local_dir=stack["root"] / "queue"))
+            assert broker_messages.remove_waiting(app, "soma.mining", {job.job_id}) == 1
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(30)
+        stack["worker"] = _start_worker(stack, "worker-after-lost.log")
+        with grpc.insecure_channel(stack["mining"]) as m:
+            mining = mining_pb2_grpc.MiningServiceStub(m)
+            updates = _watch(mining.WatchMiningJob(mining_pb2.WatchMiningJobRequest(job_id=job.job_id), timeout=300))
+        stages = [u.stage for u in updates]
+        assert "queued again: its worker never started it" in stages, stages
+        assert updates[-1].state == common_pb2.JOB_STATE_SUCCEEDED, updates[-1].message
+        assert "mining sess-lost/1" in (stack["root"] / "worker-after-lost.log").read_text()
+    finally:
+        if stack["worker"] is worker and worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGCONT)

@@ -3,12 +3,19 @@
 The job id is the idempotency key: `{kind}-{session}-{generation}`. Submitting it again returns
 the existing job instead of enqueuing a second one (a marker is written to the result backend
 before the task is sent; two racing submits may both send it, and the work is idempotent).
+
+A job still PENDING that is no longer waiting in the broker was taken by a worker that died
+before starting it; after `jobs.requeue_after_s` of that, reading its status sends it again (its
+arguments are kept beside the marker until the job is forgotten). Forgetting a job also removes
+its message from the broker if it is still waiting there.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,11 +28,13 @@ from soma.adapter_identity import check_key
 from soma.config import JobsSettings
 from soma.errors import NotFound, Unavailable
 from soma.ids import is_valid_session_id
+from soma.jobs import broker_messages
 from soma.jobs.app import MINE_TASK, TRAIN_TASK
 from soma.session.job_token import job_name
 
 KINDS = {"mine": (MINE_TASK, "mining_queue"), "train": (TRAIN_TASK, "training_queue")}
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
+log = logging.getLogger("soma.jobs")
 
 
 @dataclass(frozen=True)
@@ -61,9 +70,13 @@ def is_job_id(jid: str) -> bool:
 
 
 class JobQueue:
-    def __init__(self, app: Celery, settings: JobsSettings):
+    def __init__(self, app: Celery, settings: JobsSettings, clock=time.monotonic):
         self.app = app
         self.settings = settings
+        self.clock = clock
+        self.requeued = 0  # jobs sent again because their worker never started them
+        self._absent_since: dict[str, float] = {}  # PENDING jobs seen missing from the broker, since when
+        self._lock = threading.Lock()
 
     def depth(self, queue: str) -> int:
         """Messages waiting in a queue (the broker's own count: files, or a Redis list's length)."""
@@ -77,47 +90,99 @@ class JobQueue:
         raw = self.app.backend.get(self._marker(jid))
         return json.loads(raw) if raw is not None else None
 
+    def _args_key(self, jid: str) -> bytes:
+        return f"soma-args-{jid}".encode()
+
+    def _send(self, task: str, queue: str, jid: str, args: list[Any]) -> None:
+        headers: dict[str, str] = {}
+        propagate.inject(headers)  # the job's spans join the submitter's trace
+        self.app.send_task(task, args=args, task_id=jid, queue=queue, headers=headers)
+
     def submit(self, kind: str, session_id: str, generation: int, args: list[Any]) -> JobView:
         task, queue_key = KINDS[kind]
         jid = job_id(kind, session_id, generation)
         if self._read_marker(jid) is None:
             marker = {"session_id": session_id, "generation": generation, "kind": kind, "submitted": time.time()}
             self.app.backend.set(self._marker(jid), json.dumps(marker))
-            headers: dict[str, str] = {}
-            propagate.inject(headers)  # the job's spans join the submitter's trace
+            full_args = [session_id, generation, *args]
             try:
-                self.app.send_task(
-                    task,
-                    args=[session_id, generation, *args],
-                    task_id=jid,
-                    queue=getattr(self.settings, queue_key),
-                    headers=headers,
-                )
+                self.app.backend.set(self._args_key(jid), json.dumps(full_args))  # for a requeue
+                self._send(task, getattr(self.settings, queue_key), jid, full_args)
             except Exception as err:  # noqa: BLE001 - the broker's errors vary by transport
                 self.app.backend.delete(self._marker(jid))  # not enqueued: a retry must enqueue it
+                self.app.backend.delete(self._args_key(jid))
                 raise Unavailable(f"the job queue is unreachable ({type(err).__name__}: {err}); retry later") from err
         return self.status(jid, kind)
 
-    def forget(self, jid: str) -> bool:
-        """Delete what the backend keeps of a job (result, submission marker, delivery count);
-        False when it has no record of it. A copy still queued is dropped by the worker: its
-        session no longer wants it."""
+    def _requeue_if_lost(self, jid: str, kind: str) -> bool:
+        """Send a PENDING job again when it has been missing from the broker (taken by a worker that
+        never started it) for `requeue_after_s`; True when it was sent. Two sends of one job are
+        harmless: the work is idempotent per (session, generation)."""
+        after = self.settings.requeue_after_s
+        if after <= 0:
+            return False
+        task, queue_key = KINDS[kind]
+        queue = getattr(self.settings, queue_key)
+        try:
+            waiting = broker_messages.waiting_ids(self.app, queue)
+        except Exception as err:  # noqa: BLE001 - a broker that cannot be read now: decide on a later read
+            log.debug("cannot read queue %s (%s)", queue, err)
+            return False
+        now = self.clock()
+        with self._lock:
+            if waiting is None or jid in waiting:
+                self._absent_since.pop(jid, None)
+                return False
+            since = self._absent_since.setdefault(jid, now)
+            if now - since < after:
+                return False
+            self._absent_since[jid] = now  # the next requeue, if ever, one more period later
+        raw = self.app.backend.get(self._args_key(jid))
+        if raw is None or AsyncResult(jid, app=self.app).state != "PENDING":  # started meanwhile, or forgotten
+            return False
+        self._send(task, queue, jid, json.loads(raw))
+        self.requeued += 1
+        log.warning("job %s was taken from queue %s but never started for %.0f s: sent again", jid, queue, after)
+        return True
+
+    def forget(self, jid: str, *, purge: bool = True) -> bool:
+        """Delete what the backend keeps of a job (result, submission marker, arguments, delivery
+        count) and, with `purge`, its message if still waiting in the broker; False when the backend
+        has no record of it. A copy a worker already took is dropped by that worker: its session no
+        longer wants it."""
         if self._read_marker(jid) is None:
             return False
+        if purge:
+            self._purge({jid})
         AsyncResult(jid, app=self.app).forget()
-        self.app.backend.delete(f"soma-deliveries-{jid}".encode())
-        self.app.backend.delete(self._marker(jid))
+        for key in (f"soma-deliveries-{jid}".encode(), self._args_key(jid), self._marker(jid)):
+            self.app.backend.delete(key)
+        with self._lock:
+            self._absent_since.pop(jid, None)
         return True
+
+    def _purge(self, jids: set[str]) -> None:
+        for kind, (_, queue_key) in KINDS.items():
+            mine = {j for j in jids if j.startswith(f"{kind}-")}
+            if mine:
+                removed = broker_messages.remove_waiting(self.app, getattr(self.settings, queue_key), mine)
+                if removed:
+                    log.info("removed %d waiting %s messages from the broker", removed, kind)
 
     def forget_session(self, session_id: str, up_to_generation: int = 0) -> int:
         """Forget the mining and training jobs of generations 1..up_to_generation (0: until five
-        generations in a row have none); the number forgotten."""
-        forgotten, missing, generation = 0, 0, 1
+        generations in a row have none), their waiting messages removed from the broker first; the
+        number forgotten."""
+        forgotten, missing, generation, seen = 0, 0, 1, set()
         while (generation <= up_to_generation) if up_to_generation else missing < 5:
-            found = sum(self.forget(job_id(kind, session_id, generation)) for kind in KINDS)
-            forgotten += found
-            missing = 0 if found else missing + 1
+            jids = {job_id(kind, session_id, generation) for kind in KINDS}
+            known = {j for j in jids if self._read_marker(j) is not None}
+            seen |= known
+            missing = 0 if known else missing + 1
             generation += 1
+        self._purge(seen)
+        for jid in seen:
+            forgotten += self.forget(jid, purge=False)
         return forgotten
 
     def status(self, jid: str, kind: str | None = None) -> JobView:
@@ -132,7 +197,10 @@ class JobQueue:
         attempt = int(info.get("attempt", 1)) if isinstance(info, dict) else 1
         common = {"job_id": jid, "session_id": marker["session_id"], "generation": int(marker["generation"])}
         if state == "PENDING":
-            return JobView(**common, state="QUEUED", progress=0.0, stage="queued", message="", attempt=attempt)
+            stage = (
+                "queued again: its worker never started it" if self._requeue_if_lost(jid, marker["kind"]) else "queued"
+            )
+            return JobView(**common, state="QUEUED", progress=0.0, stage=stage, message="", attempt=attempt)
         if state in ("STARTED", "PROGRESS"):
             meta = info if isinstance(info, dict) else {}
             return JobView(
