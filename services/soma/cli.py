@@ -18,6 +18,8 @@ def _settings(args: argparse.Namespace):
         overrides.setdefault("server", {})["port"] = args.port
     if getattr(args, "host", None) is not None:
         overrides.setdefault("server", {})["host"] = args.host
+    if getattr(args, "http_port", None) is not None:
+        overrides.setdefault("server", {})["http_port"] = args.http_port if args.http_port >= 0 else None
     return load_settings(args.config, overrides)
 
 
@@ -201,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--target", choices=TARGETS, default="all")
     serve.add_argument("--port", type=int, help="gRPC port (0 = any free port); overrides server.port")
     serve.add_argument("--host", help="bind address; overrides server.host")
+    serve.add_argument(
+        "--http-port",
+        type=int,
+        help="OpenAI-compatible HTTP port (0 = any free port, -1 = off); overrides server.http_port",
+    )
     serve.add_argument("--config", type=Path, help="YAML configuration file")
     serve.set_defaults(func=cmd_serve)
 

@@ -95,6 +95,14 @@ class ServerSettings(_Section):
         description="A plaintext port serving only gRPC health, for probes that cannot speak TLS (kubelet's). "
         "Unset = none. Cluster with TLS: 8081 (the chart sets it).",
     )
+    http_port: int | None = Field(
+        8000,
+        ge=0,
+        le=65535,
+        description="The OpenAI-compatible HTTP door (POST /v1/chat/completions, GET /v1/models) of a process serving "
+        "the Dialogue API, on server.host; 0 picks a free port; empty = off. Off when the gRPC port serves TLS "
+        "(terminate TLS for HTTP at your ingress). Cluster: 8000.",
+    )
     _blank_paths = field_validator(
         "api_keys_file",
         "local_api_key_file",
@@ -102,6 +110,7 @@ class ServerSettings(_Section):
         "tls_cert_file",
         "tls_key_file",
         "health_port",
+        "http_port",
         mode="before",
     )(_empty_is_none)
 

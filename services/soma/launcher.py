@@ -37,13 +37,20 @@ def exit_with_parent(variable: str) -> None:
 _READY = re.compile(r"soma serving target=(\S+) .* on (\S+:\d+)")
 _INTERNAL = re.compile(r"internal services on (unix:[^;\s]+)")
 _KEY_FILE = re.compile(r"API key in (\S+)")
+_HTTP = re.compile(r"OpenAI-compatible HTTP at (\S+:\d+)")
 
 
 class ServerProcess:
     """A running `soma serve`; stop() drains it with SIGTERM."""
 
     def __init__(
-        self, proc: subprocess.Popen, address: str, log_path: Path | None, internal_address: str = "", api_key: str = ""
+        self,
+        proc: subprocess.Popen,
+        address: str,
+        log_path: Path | None,
+        internal_address: str = "",
+        api_key: str = "",
+        http_address: str = "",
     ):
         self.proc = proc
         self.address = address
@@ -52,6 +59,8 @@ class ServerProcess:
         # target all: the private socket of the internal services (teacher, surrogate, gate, jobs)
         self.internal_address = internal_address or address
         self.log_path = log_path
+        # the OpenAI-compatible HTTP door ("" when the process serves none)
+        self.http_address = http_address
 
     def stop(self, timeout: float = 60.0) -> int:
         if self.proc.poll() is None:
@@ -79,11 +88,11 @@ def start_server(
     cwd: Path | None = None,
     inherit_env: bool = True,
 ) -> ServerProcess:
-    """Run `python -m soma serve --target T --port 0 ARGS` and wait until it is healthy.
+    """Run `python -m soma serve --target T --port 0 --http-port 0 ARGS` and wait until it is healthy.
 
     `inherit_env=False` passes only `env` and the basics (PATH, LANG, ...) without the caller's
     SOMA_* and XDG_* variables: a server with soma's defaults, whatever the caller set."""
-    cmd = [sys.executable, "-m", "soma", "serve", "--target", target, "--port", "0", *args]
+    cmd = [sys.executable, "-m", "soma", "serve", "--target", target, "--port", "0", "--http-port", "0", *args]
     base = os.environ if inherit_env else {k: v for k, v in os.environ.items() if not k.startswith(("SOMA_", "XDG_"))}
     stderr = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
     try:
@@ -106,7 +115,9 @@ def start_server(
         for line in proc.stdout:
             match = _READY.search(line)
             if match and "address" not in found:
-                internal, key_file = _INTERNAL.search(line), _KEY_FILE.search(line)
+                internal, key_file, http = _INTERNAL.search(line), _KEY_FILE.search(line), _HTTP.search(line)
+                if http:
+                    found["http"] = http.group(1)
                 if internal:
                     found["internal"] = internal.group(1)
                 if key_file:
@@ -124,4 +135,6 @@ def start_server(
             raise TimeoutError(f"soma serve not ready after {timeout:.0f}s")
         time.sleep(0.1)
     wait_healthy(found["address"], timeout=max(5.0, deadline - time.monotonic()))
-    return ServerProcess(proc, found["address"], log_path, found.get("internal", ""), found.get("api_key", ""))
+    return ServerProcess(
+        proc, found["address"], log_path, found.get("internal", ""), found.get("api_key", ""), found.get("http", "")
+    )

@@ -397,8 +397,11 @@ def run(target: str, settings: Settings, config_path=None) -> int:
     # the worker asks the teacher on the private socket, like the process's own services do
     teacher = server.local_address or server.address
     worker = start_embedded_worker(settings, teacher, config_path) if target == "all" else None
+    door = start_http_door(target, settings, server.port)
     names = ", ".join(SERVICES_OF[target])
     private = f"; internal services on {server.local_address}" if server.local_address else ""
+    if door is not None:
+        private += f"; OpenAI-compatible HTTP at {door.address}"
     key_file = settings.server.local_api_key_file
     if "dialogue" in SERVICES_OF[target] and settings.server.auth == "keys" and key_file and key_file.is_file():
         private += f"; API key in {key_file}"
@@ -406,6 +409,24 @@ def run(target: str, settings: Settings, config_path=None) -> int:
     try:
         server.wait()
     finally:
+        if door is not None:
+            door.stop()
         stop_worker(worker)
         shutdown_tracing()
     return 0
+
+
+def start_http_door(target: str, settings: Settings, grpc_port: int):
+    """The OpenAI-compatible door of a process serving the Dialogue API (None when off)."""
+    s = settings.server
+    if "dialogue" not in SERVICES_OF[target] or s.http_port is None:
+        return None
+    if s.tls_cert_file is not None:
+        logging.getLogger("soma.serve").warning(
+            "server.http_port is ignored: the gRPC port serves TLS and the HTTP door would not (use an ingress)"
+        )
+        return None
+    from soma.openai_http.host import HttpDoor
+
+    models = ["soma", settings.teacher.model]
+    return HttpDoor(s.host, s.http_port, f"127.0.0.1:{grpc_port}", models, settings.dialogue.max_query_chars).start()

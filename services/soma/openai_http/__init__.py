@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP door of the Dialogue API (`server.http_port`)."""

@@ -1,0 +1,344 @@
+"""The OpenAI-compatible HTTP door: `POST /v1/chat/completions` and `GET /v1/models` (FastAPI), in
+front of the same Dialogue API the gRPC clients call.
+
+Every request becomes Dialogue RPCs on the server's own port with the caller's bearer key, so
+authentication, tenants, quotas and status codes are the gRPC API's; gRPC statuses come back as
+OpenAI-shaped error bodies. A conversation is a soma session: named by the `X-Session-Id` header
+(opened on first use), or recognised by the history the request resends (see conversation.py);
+the response names it in `x-session-id` and in a `soma` field of the body (or of the last chunk).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from soma.openai_http.conversation import BadRequest, check_supported, contradiction, history_digest, parse_messages
+from soma.v1 import common_pb2, dialogue_pb2, dialogue_pb2_grpc
+
+SERVED_BY = {common_pb2.SERVED_BY_TEACHER: "teacher", common_pb2.SERVED_BY_SURROGATE: "surrogate"}
+FINISH = {common_pb2.FINISH_REASON_STOP: "stop", common_pb2.FINISH_REASON_LENGTH: "length"}
+# gRPC status -> (HTTP status, OpenAI error type)
+STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
+    grpc.StatusCode.OUT_OF_RANGE: (400, "invalid_request_error"),
+    grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error"),
+    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error"),
+    grpc.StatusCode.NOT_FOUND: (404, "not_found_error"),
+    grpc.StatusCode.ALREADY_EXISTS: (409, "conflict_error"),
+    grpc.StatusCode.ABORTED: (409, "conflict_error"),
+    grpc.StatusCode.FAILED_PRECONDITION: (409, "conflict_error"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
+    grpc.StatusCode.UNAVAILABLE: (503, "api_error"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "api_error"),
+}
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str, type_: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.type, self.param, self.code = status, type_, param, code
+        self.headers: dict[str, str] = {}
+
+    def body(self) -> dict:
+        return {"error": {"message": str(self), "type": self.type, "param": self.param, "code": self.code}}
+
+
+def from_rpc(err: grpc.RpcError) -> HttpError:
+    status, type_ = STATUS.get(err.code(), (500, "api_error"))
+    out = HttpError(status, err.details() or err.code().name, type_, code=err.code().name.lower())
+    if err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        out.headers["retry-after"] = "1"
+    return out
+
+
+class Recognizer:
+    """digest of a conversation's history -> the session holding it, for clients that resend the
+    whole history without a session id. In this process's memory (bounded, least recently used
+    first out): after a restart, or on another replica, the next turn starts a new session."""
+
+    def __init__(self, capacity: int = 100_000):
+        self.capacity = capacity
+        self._map: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def find(self, digest: str) -> str | None:
+        with self._lock:
+            sid = self._map.get(digest)
+            if sid is not None:
+                self._map.move_to_end(digest)
+            return sid
+
+    def remember(self, digest: str, session_id: str, forget: str | None = None) -> None:
+        with self._lock:
+            if forget is not None:
+                self._map.pop(forget, None)
+            self._map[digest] = session_id
+            self._map.move_to_end(digest)
+            while len(self._map) > self.capacity:
+                self._map.popitem(last=False)
+
+
+def _number(body: dict, name: str, kind: type, low: float, high: float) -> Any:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise BadRequest(f"{name} must be a{'n integer' if kind is int else ' number'}", param=name)
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be between {low} and {high}", param=name)
+    return kind(value)
+
+
+def _params(body: dict) -> dict:
+    max_tokens = _number(body, "max_completion_tokens", int, 1, 1 << 20) or _number(body, "max_tokens", int, 1, 1 << 20)
+    params: dict[str, Any] = {"max_new_tokens": max_tokens or 0}
+    temperature = _number(body, "temperature", float, 0, 2)
+    top_p = _number(body, "top_p", float, 0, 1)
+    seed = _number(body, "seed", int, 0, (1 << 63) - 1)
+    if temperature is not None:
+        params["temperature"] = temperature
+    if top_p is not None:
+        params["top_p"] = top_p
+    if seed is not None:
+        params["seed"] = seed
+    return params
+
+
+def create_app(
+    channel: grpc.Channel,
+    models: list[str],
+    max_message_chars: int,
+    recognizer: Recognizer | None = None,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
+    """The door, calling the Dialogue API over `channel`. `models`: the ids a client may pass
+    (`soma` first); every one is served by soma's routing."""
+    stub = dialogue_pb2_grpc.DialogueServiceStub(channel)
+    recognizer = recognizer or Recognizer()
+    app = FastAPI(title="soma OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(HttpError)
+    async def http_error(_request: Request, err: HttpError):
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+    def metadata(request: Request) -> list[tuple[str, str]]:
+        auth = request.headers.get("authorization", "")
+        return [("authorization", auth)] if auth else []
+
+    @app.get("/v1/models")
+    def list_models(request: Request):
+        try:  # the key is checked as the Dialogue API checks it: an unknown session is NOT_FOUND for a good key
+            stub.GetSession(dialogue_pb2.GetSessionRequest(session_id="soma-key-check"), metadata=metadata(request))
+        except grpc.RpcError as err:
+            if err.code() is not grpc.StatusCode.NOT_FOUND:
+                raise from_rpc(err) from None
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "soma"} for m in models]
+        return {"object": "list", "data": data}
+
+    def session_for(request: Request, body: dict, meta) -> tuple[str, Any, str]:
+        """(session id, the parsed conversation, the digest the next request will resend)."""
+        conv = parse_messages(body.get("messages"), max_message_chars)
+        scope = request.headers.get("authorization", "")
+        wanted = request.headers.get("x-session-id", "").strip()
+        if wanted:
+            try:
+                reply = stub.GetSession(
+                    dialogue_pb2.GetSessionRequest(session_id=wanted, include_transcript=True), metadata=meta
+                )
+                stored = [(t.query, t.answer) for t in reply.transcript]
+            except grpc.RpcError as err:
+                if err.code() is not grpc.StatusCode.NOT_FOUND:
+                    raise from_rpc(err) from None
+                stored = None
+            why = contradiction(conv.prior, stored or [])
+            if why:
+                raise HttpError(409, f"session {wanted!r}: {why}", "conflict_error", "messages", "history_conflict")
+            if stored is None:
+                request_ = dialogue_pb2.OpenSessionRequest(session_id=wanted, system_prompt=conv.system)
+                try:
+                    stub.OpenSession(request_, metadata=meta)
+                except grpc.RpcError as err:
+                    raise from_rpc(err) from None
+            return wanted, conv, history_digest(scope, conv.system, conv.prior)
+        digest = history_digest(scope, conv.system, conv.prior)
+        found = recognizer.find(digest) if conv.prior else None
+        if found is not None:
+            try:
+                stub.GetSession(dialogue_pb2.GetSessionRequest(session_id=found), metadata=meta)
+                return found, conv, digest
+            except grpc.RpcError as err:
+                if err.code() is not grpc.StatusCode.NOT_FOUND:
+                    raise from_rpc(err) from None  # closed or expired meanwhile: a new session below
+        system = conv.system
+        if conv.prior:  # history soma never saw (another replica, a restart): kept as context
+            earlier = "\n".join(f"User: {u}\nAssistant: {a}" for u, a in conv.prior)
+            system = f"{system}\n\nThe conversation so far:\n{earlier}".strip()
+        try:
+            opened = stub.OpenSession(dialogue_pb2.OpenSessionRequest(system_prompt=system), metadata=meta)
+        except grpc.RpcError as err:
+            raise from_rpc(err) from None
+        return opened.session.session_id, conv, digest
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise HttpError(400, "the body is not valid JSON", "invalid_request_error", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise HttpError(400, "the body must be a JSON object", "invalid_request_error")
+        model = body.get("model")
+        if not model:
+            raise HttpError(400, "model is required", "invalid_request_error", "model")
+        if model not in models:
+            raise HttpError(
+                404,
+                f"the model {model!r} does not exist; use one of {models}",
+                "invalid_request_error",
+                "model",
+                "model_not_found",
+            )
+        try:
+            check_supported(body)
+            params = _params(body)
+            stream = bool(body.get("stream", False))
+            options = body.get("stream_options") or {}
+            include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
+        except BadRequest as err:
+            raise HttpError(400, str(err), "invalid_request_error", err.param, err.code) from None
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(turn, request, body, model, params, stream, include_usage)
+
+    def turn(request: Request, body: dict, model: str, params: dict, stream: bool, include_usage: bool):
+        meta = metadata(request)
+        try:
+            session_id, conv, digest = session_for(request, body, meta)
+        except BadRequest as err:
+            raise HttpError(400, str(err), "invalid_request_error", err.param, err.code) from None
+        chat = stub.Chat(
+            dialogue_pb2.ChatRequest(
+                session_id=session_id, query=conv.query, params=common_pb2.GenerationParams(**params)
+            ),
+            metadata=meta,
+        )
+        events = iter(chat)
+        try:
+            first = next(events, None)  # an error before the first token is still an HTTP status
+        except grpc.RpcError as err:
+            raise from_rpc(err) from None
+        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(clock())
+        headers = {"x-session-id": session_id}
+
+        def remember(answer: str) -> None:
+            recognizer.remember(
+                history_digest(
+                    request.headers.get("authorization", ""), conv.system, (*conv.prior, (conv.query, answer))
+                ),
+                session_id,
+                forget=digest,
+            )
+
+        def soma_field(record) -> dict:
+            return {
+                "session_id": session_id,
+                "served_by": SERVED_BY.get(record.served_by, "unknown"),
+                "turn_index": record.turn_index,
+                "phase": common_pb2.SessionPhase.Name(record.phase).removeprefix("SESSION_PHASE_").lower(),
+            }
+
+        def usage(record) -> dict:
+            return {
+                "prompt_tokens": record.prompt_tokens,
+                "completion_tokens": record.completion_tokens,
+                "total_tokens": record.prompt_tokens + record.completion_tokens,
+            }
+
+        def all_events() -> Iterator:
+            if first is not None:
+                yield first
+            yield from events
+
+        if not stream:
+            texts, record = [], None
+            try:
+                for event in all_events():
+                    if event.HasField("chunk"):
+                        texts.append(event.chunk.text)
+                    elif event.HasField("turn"):
+                        record = event.turn
+            except grpc.RpcError as err:
+                raise from_rpc(err) from None
+            answer = "".join(texts)
+            remember(answer)
+            headers["x-soma-served-by"] = SERVED_BY.get(record.served_by, "unknown")
+            return JSONResponse(
+                {
+                    "id": cid,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": answer},
+                            "finish_reason": FINISH.get(record.finish_reason, "stop"),
+                        }
+                    ],
+                    "usage": usage(record),
+                    "soma": soma_field(record),
+                },
+                headers=headers,
+            )
+
+        def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+            payload = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra,
+            }
+            return f"data: {json.dumps(payload)}\n\n"
+
+        def sse() -> Iterator[str]:
+            yield chunk({"role": "assistant", "content": ""})
+            texts = []
+            try:
+                for event in all_events():
+                    if event.HasField("chunk"):
+                        texts.append(event.chunk.text)
+                        yield chunk({"content": event.chunk.text})
+                    elif event.HasField("turn"):
+                        record = event.turn
+                        remember("".join(texts))
+                        yield chunk({}, FINISH.get(record.finish_reason, "stop"), soma=soma_field(record))
+                        if include_usage:
+                            payload = {
+                                "id": cid,
+                                "object": "chat.completion.chunk",
+                                "created": created,
+                                "model": model,
+                                "choices": [],
+                                "usage": usage(record),
+                            }
+                            yield f"data: {json.dumps(payload)}\n\n"
+            except grpc.RpcError as err:
+                yield f"data: {json.dumps(from_rpc(err).body())}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
+
+    return app

@@ -1,0 +1,234 @@
+"""The OpenAI-compatible HTTP door of a real `soma serve --target all` (real CPU models, default
+settings but short answers), called by the real `openai` Python SDK and by `curl -N`; each
+conversation is checked in the soma session it landed in through the gRPC Dialogue API. Tenant
+isolation uses a `--target dialogue` server with two API keys in front of the stand-in teacher
+(`soma.bench.instant_teacher`, a real TeacherService process)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import grpc
+import openai
+import pytest
+
+from soma.bench.instant_teacher import start as start_teacher
+from soma.client import open_channel
+from soma.launcher import start_server
+from soma.server.auth import hash_key
+from soma.v1 import dialogue_pb2, dialogue_pb2_grpc
+from tests.servers import free_port
+
+pytestmark = pytest.mark.integration
+
+QUERIES = ["How do I reverse a list in Python?", "And a tuple?", "And a string?"]
+
+
+def _client(server, key=None) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"http://{server.http_address}/v1", api_key=key or server.api_key, max_retries=0)
+
+
+def _session(server, session_id, key=None):
+    stub = dialogue_pb2_grpc.DialogueServiceStub(open_channel(server.address, key or server.api_key))
+    return stub.GetSession(dialogue_pb2.GetSessionRequest(session_id=session_id, include_transcript=True))
+
+
+def _play(client, headers=None, stream_turn=None):
+    """Three turns resending the whole history, as an OpenAI app does; (session ids, answers)."""
+    messages = [{"role": "system", "content": "Answer in one short sentence."}]
+    ids, answers = [], []
+    for i, query in enumerate(QUERIES):
+        messages.append({"role": "user", "content": query})
+        if i == stream_turn:
+            raw = client.chat.completions.with_raw_response.create(
+                model="soma",
+                messages=messages,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_headers=headers,
+            )
+            chunks = list(raw.parse())
+            answer = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+            last = [c for c in chunks if c.choices][-1]
+            assert last.choices[0].finish_reason in ("stop", "length")
+            assert last.model_extra["soma"]["session_id"] == raw.headers["x-session-id"]
+        else:
+            raw = client.chat.completions.with_raw_response.create(
+                model="soma", messages=messages, extra_headers=headers
+            )
+            completion = raw.parse()
+            answer = completion.choices[0].message.content
+            assert completion.usage.completion_tokens > 0
+            assert raw.headers["x-soma-served-by"] in ("teacher", "surrogate")
+            assert completion.model_extra["soma"]["turn_index"] == i + 1
+        ids.append(raw.headers["x-session-id"])
+        answers.append(answer)
+        messages.append({"role": "assistant", "content": answer})
+    return ids, answers
+
+
+def test_the_sdk_with_a_session_id_plays_one_session(all_server):
+    client = _client(all_server)
+    assert {"soma"} <= {m.id for m in client.models.list().data}
+    ids, answers = _play(client, headers={"X-Session-Id": "oai-header-1"})
+    assert ids == ["oai-header-1"] * 3
+    reply = _session(all_server, "oai-header-1")
+    assert [(t.query, t.answer) for t in reply.transcript] == list(zip(QUERIES, answers, strict=True))
+
+
+def test_the_sdk_resending_the_history_keeps_one_session(all_server):
+    ids, answers = _play(_client(all_server), stream_turn=1)
+    assert len(set(ids)) == 1
+    reply = _session(all_server, ids[0])
+    assert reply.session.turn_count == 3
+    assert [(t.query, t.answer) for t in reply.transcript] == list(zip(QUERIES, answers, strict=True))
+
+
+def test_a_contradicting_history_gets_409_and_changes_nothing(all_server):
+    client = _client(all_server)
+    headers = {"X-Session-Id": "oai-conflict-1"}
+    first = client.chat.completions.create(
+        model="soma", messages=[{"role": "user", "content": QUERIES[0]}], extra_headers=headers
+    )
+    forged = [
+        {"role": "user", "content": QUERIES[0]},
+        {"role": "assistant", "content": "something soma never said"},
+        {"role": "user", "content": QUERIES[1]},
+    ]
+    with pytest.raises(openai.ConflictError) as info:
+        client.chat.completions.create(model="soma", messages=forged, extra_headers=headers)
+    assert info.value.status_code == 409 and "differs from the answer soma gave" in info.value.message
+    reply = _session(all_server, "oai-conflict-1")
+    assert [(t.query, t.answer) for t in reply.transcript] == [(QUERIES[0], first.choices[0].message.content)]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_streams_server_sent_events(all_server):
+    body = {"model": "soma", "stream": True, "messages": [{"role": "user", "content": QUERIES[0]}]}
+    out = subprocess.run(
+        [
+            "curl",
+            "-sN",
+            f"http://{all_server.http_address}/v1/chat/completions",
+            "-H",
+            f"Authorization: Bearer {all_server.api_key}",
+            "-H",
+            "Content-Type: application/json",
+            "-D",
+            "-",
+            "-d",
+            json.dumps(body),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    head, _, stream = out.partition("\n\n")  # text mode: the \r\n of the headers read as \n
+    assert "text/event-stream" in head and "x-session-id:" in head.lower()
+    events = [line.removeprefix("data: ") for line in stream.splitlines() if line.startswith("data: ")]
+    assert events and events[-1] == "[DONE]", out
+    chunks = [json.loads(e) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    session_id = chunks[-1]["soma"]["session_id"]
+    assert _session(all_server, session_id).transcript[0].answer == text
+
+
+@pytest.mark.parametrize(
+    "body, status, param",
+    [
+        ({"model": "soma", "messages": []}, 400, "messages"),
+        ({"model": "gpt-17", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
+        ({"model": "soma", "messages": [{"role": "user", "content": "x" * 2001}]}, 400, "messages[0].content"),
+        ({"model": "soma", "n": 2, "messages": [{"role": "user", "content": "hi"}]}, 400, "n"),
+        (
+            {"model": "soma", "tools": [{"type": "function"}], "messages": [{"role": "user", "content": "hi"}]},
+            400,
+            "tools",
+        ),
+        ({"model": "soma", "messages": [{"role": "assistant", "content": "hi"}]}, 400, "messages[0]"),
+        ({"model": "soma", "max_tokens": -3, "messages": [{"role": "user", "content": "hi"}]}, 400, "max_tokens"),
+    ],
+)
+def test_bad_requests_get_openai_errors_and_change_nothing(all_server, body, status, param):
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://{all_server.http_address}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {all_server.api_key}", "X-Session-Id": "oai-bad-1"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=60)
+    assert info.value.code == status
+    error = json.loads(info.value.read())["error"]
+    assert error["param"] == param and error["message"] and error["type"]
+    with pytest.raises(grpc.RpcError) as missing:
+        _session(all_server, "oai-bad-1")
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND  # no session was opened
+
+
+def test_malformed_json_and_a_bad_key(all_server):
+    import urllib.error
+    import urllib.request
+
+    url = f"http://{all_server.http_address}/v1/chat/completions"
+    request = urllib.request.Request(url, data=b"{not json", headers={"Authorization": f"Bearer {all_server.api_key}"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=60)
+    assert info.value.code == 400 and json.loads(info.value.read())["error"]["code"] == "invalid_json"
+    with pytest.raises(openai.AuthenticationError):
+        _client(all_server, key="not-a-key").chat.completions.create(
+            model="soma", messages=[{"role": "user", "content": "hi"}]
+        )
+    with pytest.raises(openai.AuthenticationError):
+        _client(all_server, key="not-a-key").models.list()
+
+
+@pytest.fixture
+def two_tenants(tmp_path):
+    keys = tmp_path / "api-keys.json"
+    keys.write_text(
+        json.dumps({hash_key("key-of-alice-0123456789"): "alice", hash_key("key-of-bob-0123456789ab"): "bob"})
+    )
+    teacher, address = start_teacher(tmp_path / "teacher.log", port=free_port())
+    env = {
+        "SOMA_STATE_DIR": str(tmp_path / "state"),
+        "SOMA_SERVER__API_KEYS_FILE": str(keys),
+        "SOMA_DIALOGUE__TEACHER_ADDRESS": address,
+        "SOMA_ADAPTATION__MODE": "off",
+    }
+    try:
+        with start_server("dialogue", env=env, log_path=tmp_path / "dialogue.log") as server:
+            yield server
+    finally:
+        teacher.kill()
+        teacher.wait(30)
+
+
+def test_another_tenant_never_lands_in_the_first_tenant_s_session(two_tenants):
+    server = two_tenants
+    alice, bob = _client(server, "key-of-alice-0123456789"), _client(server, "key-of-bob-0123456789ab")
+    history = [{"role": "user", "content": QUERIES[0]}]
+    raw = alice.chat.completions.with_raw_response.create(model="soma", messages=history)
+    alice_sid = raw.headers["x-session-id"]
+    history += [{"role": "assistant", "content": raw.parse().choices[0].message.content}]
+    history += [{"role": "user", "content": QUERIES[1]}]
+    # bob resends alice's exact history, then names her session: neither reaches it
+    bob_sid = bob.chat.completions.with_raw_response.create(model="soma", messages=history).headers["x-session-id"]
+    assert bob_sid != alice_sid
+    named = bob.chat.completions.with_raw_response.create(
+        model="soma", messages=[{"role": "user", "content": "hello"}], extra_headers={"X-Session-Id": alice_sid}
+    )
+    assert named.headers["x-session-id"] == alice_sid  # the same id, but bob's own session
+    mine = _session(server, alice_sid, "key-of-alice-0123456789")
+    assert [t.query for t in mine.transcript] == [QUERIES[0]]
+    assert [t.query for t in _session(server, alice_sid, "key-of-bob-0123456789ab").transcript] == ["hello"]
+    # alice continues her conversation by resending it: her session, turn 2
+    again = alice.chat.completions.with_raw_response.create(model="soma", messages=history)
+    assert again.headers["x-session-id"] == alice_sid
+    assert _session(server, alice_sid, "key-of-alice-0123456789").session.turn_count == 2
