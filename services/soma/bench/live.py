@@ -177,7 +177,10 @@ def run_bench_live(args: argparse.Namespace) -> int:
     report = summarize(runs, cache, w, args)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     md = to_markdown(report)
-    (out / "report.md").write_text(md)
+    from soma.bench.report_plots import plot_live
+
+    plot_live(report, out / "latency.png")
+    (out / "report.md").write_text(md + "\n![turn latency: baseline and live](latency.png)\n")
     print(md)
     return 0
 

@@ -149,6 +149,9 @@ def run_bench_serve(args: argparse.Namespace) -> int:
         + [f"| {a} | {b} | {c} |" for a, b, c in rows]
         + [""]
     )
-    (out / "report.md").write_text(md)
+    from soma.bench.report_plots import plot_serve
+
+    plot_serve(report, out / "serve.png")
+    (out / "report.md").write_text(md + "\n![overhead per turn and throughput](serve.png)\n")
     print(md)
     return 0 if report["targets"]["overhead_ok"] and report["targets"]["throughput_ok"] else 1
