@@ -451,6 +451,9 @@ class TelemetrySettings(_Section):
     service_name: str = Field("soma", description="OpenTelemetry service.name prefix.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off. Cluster: 9464.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level (stderr).")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="stderr log lines: text, or JSON with trace_id and span_id. Cluster: json."
+    )
 
 
 def _json_or_text(value: str) -> Any:

@@ -375,14 +375,11 @@ def stop_worker(proc, timeout_s: float = 60.0) -> None:
 
 def run(target: str, settings: Settings, config_path=None) -> int:
     from soma.launcher import exit_with_parent
+    from soma.telemetry.logs import configure_logging
     from soma.telemetry.metrics import start_metrics_server
     from soma.telemetry.tracing import setup_tracing, shutdown_tracing
 
-    logging.basicConfig(
-        level=settings.telemetry.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.telemetry.log_level, settings.telemetry.log_format)
     ensure_data_folders(settings)  # a folder it cannot write stops it now (exit 2), not the first job
     setup_tracing(f"{settings.telemetry.service_name}-{target}", settings.telemetry.otlp_endpoint)
     server = build_server(target, settings)

@@ -203,6 +203,19 @@ def test_a_session_switches_to_its_surrogate_and_rolls_back_on_a_topic_change(li
     for stage in ("mining", "training", "gate"):
         assert m[f'soma_adaptation_seconds_count{{stage="{stage}"}}'] >= 1
     assert 'soma_queue_depth{queue="soma.mining"}' in m
+    # the observability pack: latency histograms by role, in-flight gauge, sessions by phase, savings
+    for role in ("teacher", "surrogate"):
+        assert m[f'soma_turn_seconds_count{{served_by="{role}"}}'] >= 2
+        assert m[f'soma_time_to_first_token_seconds_count{{served_by="{role}"}}'] >= 2
+        assert m[f'soma_time_per_output_token_seconds_count{{served_by="{role}"}}'] >= 1
+    assert m["soma_turns_in_flight"] == 0
+    assert m['soma_sessions{phase="ADAPTING"}'] >= 1 or m.get('soma_sessions{phase="GATING"}', 0) >= 1
+    # two surrogate turns: the teacher would have written their answers and read their full histories
+    assert m['soma_teacher_tokens_avoided_total{kind="completion"}'] >= 2
+    assert (
+        m['soma_teacher_tokens_avoided_total{kind="prompt"}']
+        > m['soma_teacher_tokens_avoided_total{kind="completion"}']
+    )
 
 
 def test_a_session_switches_only_to_the_adapter_its_own_driver_trained(live_stack):
@@ -358,12 +371,23 @@ def test_one_trace_holds_the_session_s_whole_life(live_stack):
     gate = [s for _, s in mine if s.name == "soma.adaptation.RunGate"]
     assert gate and _attr(gate[0], "soma.gate.accepted") is True
     assert all(_attr(s, "gen_ai.conversation.id") == "life-1" for _, s in mine if s.name.startswith("soma."))
+    # OpenTelemetry GenAI semantic conventions on every turn span
+    turns = [s for _, s in mine if s.name == "soma.turn"]
+    for span in turns:
+        assert _attr(span, "gen_ai.operation.name") == "chat"
+        assert _attr(span, "gen_ai.request.model") and _attr(span, "gen_ai.response.model")
+        assert _attr(span, "gen_ai.usage.input_tokens") > 0 and _attr(span, "gen_ai.usage.output_tokens") > 0
+        assert _attr(span, "gen_ai.response.finish_reasons") in (["stop"], ["length"])
+    models = {_attr(s, "gen_ai.response.model") for s in turns}
+    assert len(models) == 2, models  # the teacher's and the surrogate's
 
 
 def _attr(span, key):
     for a in span.attributes:
         if a.key == key:
             v = a.value
+            if v.WhichOneof("value") == "array_value":
+                return [x.string_value for x in v.array_value.values]
             return {
                 "string_value": v.string_value,
                 "bool_value": v.bool_value,

@@ -340,3 +340,26 @@ def test_a_tenant_s_session_limit_is_checked_in_the_create_itself(store):
         results = list(pool.map(create, range(20)))
     assert results.count("ok") == 3 and store.open_sessions_of("acme") == 3
     store.create(SessionState("other", now, now, labels={"tenant": "beta"}), max_open_of_tenant=3)
+
+
+def test_sessions_are_counted_by_phase_and_exported_as_a_gauge(store):
+    """soma_sessions{phase} in every mode: the store's own count, read when Prometheus scrapes."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from soma.telemetry.metrics import SessionsByPhase
+
+    for sid in ("a", "b", "c"):
+        _open(store, sid)
+    store.put_live("c", {"x": 1}, 0, Phase.ADAPTING, 0)
+    assert store.count_by_phase() == {Phase.WARMUP: 2, Phase.ADAPTING: 1}
+    store.delete("a")
+    clock = [0.0]
+    registry = CollectorRegistry()
+    collector = SessionsByPhase(store, max_age_s=10, clock=lambda: clock[0])
+    registry.register(collector)
+    text = generate_latest(registry).decode()
+    assert 'soma_sessions{phase="WARMUP"} 1.0' in text and 'soma_sessions{phase="ADAPTING"} 1.0' in text
+    _open(store, "d")
+    assert 'soma_sessions{phase="WARMUP"} 1.0' in generate_latest(registry).decode()  # cached
+    clock[0] = 11
+    assert 'soma_sessions{phase="WARMUP"} 2.0' in generate_latest(registry).decode()

@@ -45,7 +45,19 @@ from soma.storage.session_store import (
     TenantFull,
     TurnConflict,
 )
-from soma.telemetry.metrics import QUOTA_REFUSALS, SESSIONS_CLOSED, SESSIONS_OPEN, SURROGATE_FALLBACKS, TURNS
+from soma.telemetry.metrics import (
+    QUOTA_REFUSALS,
+    SESSIONS_CLOSED,
+    SESSIONS_OPEN,
+    SURROGATE_FALLBACKS,
+    TEACHER_TOKENS_AVOIDED,
+    TIME_PER_OUTPUT_TOKEN,
+    TIME_TO_FIRST_TOKEN,
+    TURN_SECONDS,
+    TURNS,
+    TURNS_IN_FLIGHT,
+    register_sessions_by_phase,
+)
 from soma.telemetry.session_trace import current_ids, session_span
 from soma.v1 import (
     dialogue_pb2,
@@ -263,7 +275,8 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
                 if not self._locks.try_acquire(session_id):
                     raise Aborted(f"a turn is already in progress on session {session_id}; wait for it and retry")
                 try:
-                    yield from self._chat(session_id, query, request, context, started)
+                    with TURNS_IN_FLIGHT.track_inprogress():
+                        yield from self._chat(session_id, query, request, context, started)
                 finally:
                     self._locks.release(session_id)
             finally:
@@ -295,7 +308,9 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
         plan = self._plan(session_id, query, chat_request)
         trace.get_current_span().set_attribute("gen_ai.conversation.id", session_id)  # the Chat RPC's span
         with session_span(session_id, plan.live, "soma.turn", turn_index=plan.turn_index) as span:
-            result = yield from self._stream(session_id, query, plan, chat_request, context)
+            first_chunk: list[float] = []
+            stream = self._stream(session_id, query, plan, chat_request, context)
+            result = yield from _noting_first_item(stream, first_chunk)
             if result is None:
                 return  # the client left
             span.set_attributes(
@@ -304,12 +319,37 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
                     "soma.route_reason": plan.decision.reason,
                     "soma.phase": plan.phase.value,
                     "soma.completion_tokens": result.completion_tokens,
+                    # OpenTelemetry GenAI semantic conventions
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.request.model": result.model,
+                    "gen_ai.response.model": result.model,
+                    "gen_ai.usage.input_tokens": result.prompt_tokens,
+                    "gen_ai.usage.output_tokens": result.completion_tokens,
+                    "gen_ai.response.finish_reasons": [finish_from_proto(result.finish_reason)],
                 }
             )
             if not context.is_active():
                 return  # the client cancelled: a turn it never received is not stored
             turn = self._commit(session_id, query, plan, result, started)
+            self._observe_turn(plan, query, result, started, first_chunk)
             yield dialogue_pb2.ChatResponse(turn=turn_record_to_proto(turn))
+
+    def _observe_turn(self, plan: _TurnPlan, query: str, result, started: float, first_chunk: list[float]) -> None:
+        """Latency histograms of the stored turn and, for a surrogate turn, the teacher tokens it saved."""
+        ended, role = time.perf_counter(), plan.decision.served_by.value.lower()
+        TURN_SECONDS.labels(role).observe(ended - started)
+        if first_chunk:
+            TIME_TO_FIRST_TOKEN.labels(role).observe(first_chunk[0] - started)
+            if result.completion_tokens > 1:
+                TIME_PER_OUTPUT_TOKEN.labels(role).observe((ended - first_chunk[0]) / (result.completion_tokens - 1))
+        if plan.decision.served_by is ServedBy.SURROGATE:
+            # the teacher would have read the full history (the surrogate read S̃_t): estimated from the
+            # surrogate's own characters per prompt token, since this process loads no tokenizer
+            full = sum(len(m["content"]) for m in chat_messages(plan.state, plan.history, query))
+            served = sum(len(m.content) for m in (plan.surrogate.messages or ())) if plan.surrogate else 0
+            per_token = served / result.prompt_tokens if result.prompt_tokens and served else 4.0
+            TEACHER_TOKENS_AVOIDED.labels("prompt").inc(round(full / per_token))
+            TEACHER_TOKENS_AVOIDED.labels("completion").inc(result.completion_tokens)
 
     def _plan(self, session_id: str, query: str, chat_request) -> _TurnPlan:
         state = self._open_session(session_id)
@@ -506,6 +546,18 @@ def _refused_as_exhausted():
         raise ResourceExhausted(str(err)) from None
 
 
+def _noting_first_item(stream, first: list[float]):
+    """`yield from stream`, noting when its first item came (time to first token); returns what
+    the stream returns."""
+    try:
+        item = next(stream)
+    except StopIteration as done:
+        return done.value
+    first.append(time.perf_counter())
+    yield item
+    return (yield from stream)
+
+
 def hosted(
     store: SessionStore,
     teacher_address: str,
@@ -518,6 +570,7 @@ def hosted(
     """`background`: threads beside the service (the embedded reconcile loop, the idle expiry),
     stopped when the server starts draining."""
     servicer = DialogueServicer(store, teacher_address, settings, channel_factory, **live)
+    register_sessions_by_phase(store)
 
     def drain() -> None:
         for worker in background:

@@ -3,7 +3,6 @@ that dies is noticed and its job delivered again) with soma's tasks registered."
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -12,12 +11,11 @@ from soma.jobs.app import make_celery
 from soma.jobs.metrics_folder import serve_worker_metrics, worker_metrics_dir
 from soma.jobs.tasks import register_tasks
 from soma.launcher import exit_with_parent
+from soma.telemetry.logs import configure_logging
 
 
 def run_worker(settings: Settings, queues: str, concurrency: int = 1) -> int:
-    logging.basicConfig(
-        level=settings.telemetry.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.telemetry.log_level, settings.telemetry.log_format)
     names = [q.strip() for q in queues.split(",") if q.strip()]
     known = {settings.jobs.mining_queue, settings.jobs.training_queue}
     unknown = [q for q in names if q not in known]

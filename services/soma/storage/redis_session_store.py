@@ -257,6 +257,20 @@ class RedisSessionStore:
                 idle.append(key[len(f"{self.prefix}session:") :])
         return idle
 
+    def count_by_phase(self) -> dict[Phase, int]:
+        """A SCAN over the session keys, reading each one's phase (one field, pipelined per page)."""
+        counts: dict[Phase, int] = {}
+        keys = list(self.redis.scan_iter(match=f"{self.prefix}session:*", count=500))
+        for start in range(0, len(keys), 500):
+            pipe = self.redis.pipeline(transaction=False)
+            for key in keys[start : start + 500]:
+                pipe.hget(key, "phase")
+            for phase in pipe.execute():
+                if phase is not None:
+                    p = Phase(phase.decode() if isinstance(phase, bytes) else phase)
+                    counts[p] = counts.get(p, 0) + 1
+        return counts
+
     def sessions_in(self, phases: Iterable[Phase]) -> list[str]:
         wanted = set(phases)
         if wanted <= ACTIVE_PHASES:

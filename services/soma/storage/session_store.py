@@ -71,6 +71,10 @@ class SessionStore(Protocol):
         """Sessions last updated before `before` (epoch seconds): what the idle TTL erases."""
         ...
 
+    def count_by_phase(self) -> dict[Phase, int]:
+        """Stored sessions per phase (soma_sessions{phase}); closed ones are erased, so not counted."""
+        ...
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -336,6 +340,10 @@ class SqliteSessionStore:
             (Phase.CLOSED.value, tenant),
         ).fetchone()
         return int(row["n"])
+
+    def count_by_phase(self) -> dict[Phase, int]:
+        rows = self._conn().execute("SELECT phase, COUNT(*) AS n FROM sessions GROUP BY phase")
+        return {Phase(row["phase"]): int(row["n"]) for row in rows}
 
     def sessions_in(self, phases: Iterable[Phase]) -> list[str]:
         values = [p.value for p in phases]

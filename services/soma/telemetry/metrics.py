@@ -54,3 +54,68 @@ ADAPTATION_SECONDS = prometheus_client.Histogram(
     ["stage"],
     buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1200, 3600),
 )
+
+# what a turn felt like to its client, by who served it (teacher | surrogate)
+TURN_SECONDS = prometheus_client.Histogram(
+    "soma_turn_seconds",
+    "Turn wall time, from the Chat request to the last chunk, by model role.",
+    ["served_by"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600),
+)
+TIME_TO_FIRST_TOKEN = prometheus_client.Histogram(
+    "soma_time_to_first_token_seconds",
+    "Time from the Chat request to the first chunk of the answer, by model role.",
+    ["served_by"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60),
+)
+TIME_PER_OUTPUT_TOKEN = prometheus_client.Histogram(
+    "soma_time_per_output_token_seconds",
+    "Decode time per output token after the first, by model role.",
+    ["served_by"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+TURNS_IN_FLIGHT = prometheus_client.Gauge("soma_turns_in_flight", "Chat turns being served by this process.")
+TEACHER_TOKENS_AVOIDED = prometheus_client.Counter(
+    "soma_teacher_tokens_avoided",
+    "Teacher tokens not spent because the surrogate served the turn (estimated): prompt = the full-history "
+    "prompt the teacher would have read, completion = the answer it would have written.",
+    ["kind"],
+)
+
+
+class SessionsByPhase:
+    """soma_sessions{phase}: the session store's count per phase when Prometheus scrapes, cached for
+    `max_age_s` so a busy scrape interval does not turn into store load (every mode: embedded too)."""
+
+    def __init__(self, store, max_age_s: float = 15.0, clock=None):
+        import time
+
+        self.store, self.max_age_s, self.clock = store, max_age_s, clock or time.monotonic
+        self._cached: tuple[float, dict] | None = None
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily("soma_sessions", "Stored sessions by phase.", labels=["phase"])
+        now = self.clock()
+        if self._cached is None or now - self._cached[0] > self.max_age_s:
+            try:
+                self._cached = (now, self.store.count_by_phase())
+            except Exception:  # noqa: BLE001 - a store that is down has no count to report
+                self._cached = None
+        for phase, count in sorted(((p.value, n) for p, n in (self._cached or (0, {}))[1].items())):
+            family.add_metric([phase], count)
+        yield family
+
+
+_phase_collector: SessionsByPhase | None = None
+
+
+def register_sessions_by_phase(store) -> None:
+    """One collector per process, following the latest store (tests build several services)."""
+    global _phase_collector
+    if _phase_collector is None:
+        _phase_collector = SessionsByPhase(store)
+        prometheus_client.REGISTRY.register(_phase_collector)
+    else:
+        _phase_collector.store, _phase_collector._cached = store, None
