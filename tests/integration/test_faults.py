@@ -114,3 +114,77 @@ def test_the_teacher_killed_mid_stream_leaves_the_transcript_and_a_retry_succeed
     assert retried[-1].turn.turn_index == 1
     got = stub.GetSession(dialogue_pb2.GetSessionRequest(session_id="s", include_transcript=True))
     assert got.session.turn_count == 1 and got.transcript[0].query == LONG_QUERY
+
+
+@pytest.fixture
+def redis_stack(tmp_path):
+    """The same dialogue server, its sessions in a real redis-server (append-only file, so a restart
+    on the same port keeps them)."""
+    from tests.servers import redis_server
+
+    keys = tmp_path / "api-keys.json"
+    keys.write_text(json.dumps({hash_key(QUIET): "quiet"}))
+    teacher, address = start_teacher(tmp_path / "teacher.log", chunk_delay_ms=50, port=free_port())
+    redis_dir = tmp_path / "redis"
+    with redis_server(redis_dir) as (url, redis_proc):
+        env = {
+            "SOMA_STATE_DIR": str(tmp_path / "state"),
+            "SOMA_SERVER__API_KEYS_FILE": str(keys),
+            "SOMA_DIALOGUE__TEACHER_ADDRESS": address,
+            "SOMA_DIALOGUE__SESSION_STORE": "redis",
+            "SOMA_DIALOGUE__REDIS_URL": url,
+            "SOMA_ADAPTATION__MODE": "off",
+        }
+        state = {"redis": redis_proc, "redis_dir": redis_dir, "redis_port": int(url.rsplit(":", 1)[1].split("/")[0])}
+        try:
+            with start_server("dialogue", env=env, log_path=tmp_path / "dialogue.log") as server:
+                state["server"] = server
+                yield state
+        finally:
+            teacher.kill()
+            teacher.wait(30)
+
+
+def _transcript(stub, sid):
+    got = stub.GetSession(dialogue_pb2.GetSessionRequest(session_id=sid, include_transcript=True))
+    return got.session.turn_count, [t.query for t in got.transcript]
+
+
+def test_redis_restarted_mid_turn_loses_no_turn_and_stores_none_twice(redis_stack):
+    """Issue 15: Redis goes down while the teacher streams a turn. Down at the commit: the client gets
+    UNAVAILABLE and nothing is stored; once Redis is back (its append-only file intact) the same
+    turn_index succeeds. Restarted before the commit: the turn is stored once."""
+    from tests.servers import redis_server
+
+    stub = _stub(redis_stack["server"], QUIET)
+    stub.OpenSession(dialogue_pb2.OpenSessionRequest(session_id="r"))
+    queries = [f"{LONG_QUERY} first", f"{LONG_QUERY} second"]
+
+    request = dialogue_pb2.ChatRequest(session_id="r", query=queries[0], turn_index=1)
+    request.params.max_new_tokens = 16
+    stream = stub.Chat(request, timeout=60)
+    assert next(stream).HasField("chunk")  # the teacher is streaming
+    redis_stack["redis"].kill()  # down until after the turn ends: its commit cannot reach the store
+    redis_stack["redis"].wait(10)
+    with pytest.raises(grpc.RpcError) as info:
+        list(stream)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
+
+    with redis_server(redis_stack["redis_dir"], port=redis_stack["redis_port"]) as (_, proc):
+        assert _transcript(stub, "r") == (0, [])  # the session survived; the failed turn was not stored
+        assert _chat(stub, "r", query=queries[0], turn_index=1)[-1].turn.turn_index == 1  # the retry
+
+        request = dialogue_pb2.ChatRequest(session_id="r", query=queries[1], turn_index=2)
+        request.params.max_new_tokens = 16
+        stream = stub.Chat(request, timeout=60)
+        assert next(stream).HasField("chunk")
+        proc.terminate()  # restarted while the teacher streams, back before the commit
+        proc.wait(10)
+        with redis_server(redis_stack["redis_dir"], port=redis_stack["redis_port"]):
+            events = list(stream)
+            assert events[-1].turn.turn_index == 2
+            assert _transcript(stub, "r") == (2, queries)
+            with pytest.raises(grpc.RpcError) as again:  # a retry of a stored turn is refused, not stored twice
+                _chat(stub, "r", query=queries[1], turn_index=2)
+            assert again.value.code() == grpc.StatusCode.ABORTED
+            assert _transcript(stub, "r") == (2, queries)

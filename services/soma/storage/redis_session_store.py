@@ -11,11 +11,13 @@ adaptation is in progress, for the reconcile loop).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Iterable
 from typing import Any
 
+from soma.errors import Unavailable
 from soma.session.records import Phase, ServedBy, SessionState, Turn, turn_from_dict, turn_to_dict
 from soma.storage.session_store import (
     ACTIVE_PHASES,
@@ -98,9 +100,40 @@ def _turn(raw: str) -> Turn:
     return turn_from_dict(json.loads(raw))
 
 
+class SessionStoreUnavailable(Unavailable):
+    """Redis could not be reached (down, restarting, timed out): UNAVAILABLE to the caller, whose
+    request changed nothing and can be retried."""
+
+
+def _unavailable_when_unreachable(cls):
+    """Every public method: a Redis connection or timeout error becomes SessionStoreUnavailable
+    (it would otherwise reach the client as INTERNAL)."""
+    import redis
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def call(self, *args, **kwargs):
+            try:
+                return fn(self, *args, **kwargs)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as err:
+                raise SessionStoreUnavailable(
+                    f"the session store (Redis) is unreachable ({type(err).__name__}: {err}); nothing was changed,"
+                    " retry shortly"
+                ) from err
+
+        return call
+
+    for name, fn in list(vars(cls).items()):
+        if not name.startswith("_") and callable(fn):
+            setattr(cls, name, wrap(fn))
+    return cls
+
+
+@_unavailable_when_unreachable
 class RedisSessionStore:
     """Session store in Redis; reconnects by itself (redis-py retries), so a restarted Redis
-    with persistence keeps every session."""
+    with persistence keeps every session; while it cannot be reached, calls raise
+    SessionStoreUnavailable."""
 
     def __init__(self, url: str, *, prefix: str = "soma:", client: Any = None):
         import redis
