@@ -12,6 +12,7 @@ its message from the broker if it is still waiting there.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -69,6 +70,38 @@ def is_job_id(jid: str) -> bool:
     return bool(match) and is_valid_session_id(match.group(2))
 
 
+def _unreachable_errors() -> tuple[type[BaseException], ...]:
+    from kombu.exceptions import OperationalError
+
+    errors: list[type[BaseException]] = [OperationalError, ConnectionError]
+    try:
+        import redis
+
+        errors += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
+    except ImportError:  # a broker without Redis
+        pass
+    return tuple(errors)
+
+
+def _unavailable_when_unreachable(fn):
+    """A broker or result backend that cannot be reached (Redis down or restarting) is UNAVAILABLE
+    to the caller, who retries; it would otherwise reach the client as INTERNAL."""
+
+    @functools.wraps(fn)
+    def call(self, *args, **kwargs):
+        try:
+            return fn(self, *args, **kwargs)
+        except _UNREACHABLE as err:
+            raise Unavailable(
+                f"the job queue is unreachable ({type(err).__name__}: {err}); nothing was changed, retry later"
+            ) from err
+
+    return call
+
+
+_UNREACHABLE = _unreachable_errors()
+
+
 class JobQueue:
     def __init__(self, app: Celery, settings: JobsSettings, clock=time.monotonic):
         self.app = app
@@ -78,6 +111,7 @@ class JobQueue:
         self._absent_since: dict[str, float] = {}  # PENDING jobs seen missing from the broker, since when
         self._lock = threading.Lock()
 
+    @_unavailable_when_unreachable
     def depth(self, queue: str) -> int:
         """Messages waiting in a queue (the broker's own count: files, or a Redis list's length)."""
         with self.app.connection_for_read() as conn:
@@ -98,6 +132,7 @@ class JobQueue:
         propagate.inject(headers)  # the job's spans join the submitter's trace
         self.app.send_task(task, args=args, task_id=jid, queue=queue, headers=headers)
 
+    @_unavailable_when_unreachable
     def submit(self, kind: str, session_id: str, generation: int, args: list[Any]) -> JobView:
         task, queue_key = KINDS[kind]
         jid = job_id(kind, session_id, generation)
@@ -145,6 +180,7 @@ class JobQueue:
         log.warning("job %s was taken from queue %s but never started for %.0f s: sent again", jid, queue, after)
         return True
 
+    @_unavailable_when_unreachable
     def forget(self, jid: str, *, purge: bool = True) -> bool:
         """Delete what the backend keeps of a job (result, submission marker, arguments, delivery
         count) and, with `purge`, its message if still waiting in the broker; False when the backend
@@ -169,6 +205,7 @@ class JobQueue:
                 if removed:
                     log.info("removed %d waiting %s messages from the broker", removed, kind)
 
+    @_unavailable_when_unreachable
     def forget_session(self, session_id: str, up_to_generation: int = 0) -> int:
         """Forget the mining and training jobs of generations 1..up_to_generation (0: until five
         generations in a row have none), their waiting messages removed from the broker first; the
@@ -185,6 +222,7 @@ class JobQueue:
             forgotten += self.forget(jid, purge=False)
         return forgotten
 
+    @_unavailable_when_unreachable
     def status(self, jid: str, kind: str | None = None) -> JobView:
         marker = self._read_marker(jid) if is_job_id(jid) else None
         if marker is None or (kind is not None and marker.get("kind") != kind):
