@@ -424,10 +424,54 @@ def cluster_like(tmp_path_factory):
                 "root": root,
                 "redis": (redis_url, redis_proc),
                 "s3": s3_proc,
+                "s3_endpoint": endpoint,
             }
         finally:
             channel.close()
             server.stop()
+
+
+def test_close_session_erases_every_trace_from_redis_and_s3(cluster_like):
+    """Issue 15, the cluster layout: after CloseSession of a switched session, no Redis key or value,
+    no S3 object and no file of the job backend holds its id or any of its text."""
+    import redis
+
+    from soma.storage.adapter_store import S3AdapterStore
+
+    s = open_session(cluster_like["stub"], "erase-redis-1")
+    queries = [f"{q} (asked by erase-redis-1)" for q in ON_TOPIC[:3]]  # text no other session has
+    s.turn(queries[0])
+    s.turn(queries[1])
+    s.wait_phase("SESSION_PHASE_SURROGATE")
+    s.turn(queries[2])
+    s3 = S3AdapterStore.connect(cluster_like["s3_endpoint"], "adapters", "test", "testsecret", secure=False)
+    assert s3.generations(s.id) == [1]
+    cluster_like["stub"].CloseSession(dialogue_pb2.CloseSessionRequest(session_id=s.id))
+    with pytest.raises(grpc.RpcError) as info:
+        s.state()
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+    texts = [t.encode() for t in (s.id, *queries)]
+    r = redis.Redis.from_url(cluster_like["redis"][0])
+    held = []
+    for key in r.scan_iter():
+        held.append(key)
+        kind = r.type(key)
+        if kind == b"string":
+            held.append(r.get(key))
+        elif kind == b"hash":
+            held.extend(b"".join(kv) for kv in r.hgetall(key).items())
+        elif kind == b"list":
+            held.extend(r.lrange(key, 0, -1))
+        elif kind in (b"set", b"zset"):
+            held.extend(r.smembers(key) if kind == b"set" else r.zrange(key, 0, -1))
+    objects = list(s3.client.list_objects(s3.bucket, recursive=True))
+    held += [o.object_name.encode() for o in objects]
+    held += [s3.client.get_object(s3.bucket, o.object_name).read() for o in objects]
+    held += [p.read_bytes() for p in (cluster_like["root"] / "jobs").rglob("*") if p.is_file()]
+    blob = b"\0".join(x for x in held if x)
+    for text in texts:
+        assert text not in blob, f"{text!r} is still stored"
 
 
 def test_redis_restarted_between_turns_and_s3_unreachable(cluster_like, tmp_path):
