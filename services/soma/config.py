@@ -62,6 +62,13 @@ class ServerSettings(_Section):
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     max_workers: int = Field(32, ge=2, le=1024, description="gRPC handler threads.")
     grace_period_s: float = Field(30.0, ge=0, le=3600, description="On SIGTERM, how long in-flight RPCs may finish.")
+    max_connection_age_s: float = Field(
+        300.0,
+        ge=0,
+        le=86400,
+        description="Clients are asked to reconnect after this long (GOAWAY: new calls go to a new connection, "
+        "running streams finish), so DNS round robin finds new pods; 0 = never.",
+    )
     max_message_mb: int = Field(16, ge=1, le=1024, description="Largest gRPC message, MiB.")
     drain_delay_s: float = Field(
         0.0, ge=0, le=300, description="On SIGTERM, report NOT_SERVING this long before refusing RPCs. Cluster: 5."
@@ -183,6 +190,10 @@ class ModelSettings(_Section):
     )
     vllm_engine_process: bool = Field(
         False, description="backend vllm: engine core in child processes (spawned) instead of in-process. GPU: true."
+    )
+    vllm_log_stats: bool = Field(
+        False,
+        description="backend vllm: vLLM's own periodic engine stats in the log (throughput, KV cache). GPU: true.",
     )
     vllm_enforce_eager: bool = Field(
         False, description="backend vllm: skip torch.compile (CPU: starts in ~25 s, not ~75 s; decodes slower)."
@@ -352,8 +363,10 @@ class DialogueSettings(_Section):
 
 
 def _host_port(value: str) -> str:
-    if value and not re.fullmatch(r"(unix:.+|[A-Za-z0-9.\-]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5})", value):
-        raise ValueError(f"{value!r} is not host:port")
+    # host:port, [v6]:port, unix:path, or dns:///host:port (gRPC's DNS resolver: every address of a
+    # headless Service, turns spread over them round robin)
+    if value and not re.fullmatch(r"(unix:.+|(dns:///)?[A-Za-z0-9.\-]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5})", value):
+        raise ValueError(f"{value!r} is not host:port (or dns:///host:port)")
     return value
 
 

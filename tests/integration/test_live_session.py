@@ -261,6 +261,37 @@ def test_a_session_switches_only_to_the_adapter_its_own_driver_trained(live_stac
     assert "POISON" not in log
 
 
+def _exposed_names(text: str) -> set[str]:
+    """Every series name a /metrics page declares (a labelled counter with no sample yet still has
+    its # TYPE line, which names it with its _total); histograms as _bucket/_sum/_count."""
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            suffixes = {"histogram": ["_bucket", "_sum", "_count"]}
+            names.update(name + s for s in suffixes.get(kind, [""]))
+    return names
+
+
+def test_the_dashboard_and_alerts_query_only_metrics_soma_really_exports(live_stack):
+    """Issue 16: every metric name in the chart's Grafana dashboard and PrometheusRule is declared on
+    the /metrics page of a running `soma serve --target all` (with live adaptation, so the queue
+    depth and the adaptation series are there) or by the operator's registry."""
+    import urllib.request
+
+    from prometheus_client import generate_latest
+
+    from soma_operator.metrics import OperatorMetrics
+    from tests.k8s.manifests import promql_metric_names, render
+
+    page = urllib.request.urlopen(f"http://127.0.0.1:{live_stack['metrics_port']}/metrics", timeout=10).read()
+    exported = _exposed_names(page.decode()) | _exposed_names(generate_latest(OperatorMetrics().registry).decode())
+    pack = render({"telemetry": {"grafanaDashboard": {"enabled": True}, "prometheusRule": {"enabled": True}}})
+    queried = promql_metric_names(pack)
+    assert len(queried) >= 8
+    assert queried <= exported, sorted(queried - exported)
+
+
 def test_close_session_erases_every_trace_of_a_switched_session(live_stack):
     """Issue 15: after CloseSession of a session that adapted and switched, no file of the session
     store, the adapter store or the job backend (queue, results) holds its id or any of its text."""

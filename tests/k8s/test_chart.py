@@ -2,8 +2,9 @@
 
 Rendering and linting use Helm's Go library (helm-python-sdk); every rendered object is checked
 with `kubernetes-validate --strict` against the Kubernetes 1.30 OpenAPI schemas. Custom resources
-of other projects (ServiceMonitor, KEDA's ScaledObject and TriggerAuthentication, kopf's peering
-objects) have no schema there: they are listed, and everything else must validate.
+of other projects (ServiceMonitor, PrometheusRule, KEDA's ScaledObject and TriggerAuthentication,
+kopf's peering objects) have no schema there: they are listed, and everything else must validate.
+The defaults are the GPU layout; `cpu` and `minimal` are the CPU value sets.
 """
 
 from __future__ import annotations
@@ -32,7 +33,14 @@ from tests.k8s.manifests import (
 )
 
 # kinds kubernetes-validate has no schema for: custom resources the chart renders on request
-FOREIGN_KINDS = {"ServiceMonitor", "ScaledObject", "TriggerAuthentication", "KopfPeering", "ClusterKopfPeering"}
+FOREIGN_KINDS = {
+    "ServiceMonitor",
+    "PrometheusRule",
+    "ScaledObject",
+    "TriggerAuthentication",
+    "KopfPeering",
+    "ClusterKopfPeering",
+}
 SERVICES = {
     "dialogue": "soma.v1.DialogueService",
     "teacher": "soma.v1.TeacherService",
@@ -43,6 +51,10 @@ SERVICES = {
 }
 GPU = "nvidia.com/gpu"
 A100 = {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+GPU_NODES = {"nvidia.com/gpu.present": "true"}
+GPU_TOLERATION = {"key": GPU, "operator": "Exists", "effect": "NoSchedule"}
+# pods of the chart that are not soma servers or workers
+NOT_SOMA = {"redis", "minio", "create-bucket", "session-cleanup"}
 
 
 def _container(doc):
@@ -119,7 +131,7 @@ def test_every_pod_runs_non_root_read_only_without_privileges(rendered, value_se
             assert container["resources"]["requests"], where
 
 
-@pytest.mark.parametrize("value_set", ["default", "gpu", "external", "minimal"])
+@pytest.mark.parametrize("value_set", ["default", "cpu", "gpu", "external", "minimal"])
 def test_grpc_services_have_grpc_health_probes(rendered, value_set):
     docs = rendered(value_set)
     serving = [d for d in of_kind(docs, "Deployment") if "serve" in _container(d).get("args", [])]
@@ -170,7 +182,7 @@ def test_service_addresses_point_at_rendered_services(rendered):
     addresses = {k: v for k, v in env.items() if k.endswith("_ADDRESS")}
     assert len(addresses) == 6  # teacher, surrogate, gate, mining, training; the jobs' teacher
     for key, address in addresses.items():
-        host, port = address.split(":")
+        host, port = address.removeprefix("dns:///").split(":")
         assert int(port) in ports[host], key
     assert env["SOMA_DIALOGUE__REDIS_URL"] == "redis://:$(SOMA_REDIS_PASSWORD)@soma-redis:6379/2"
     assert env["SOMA_JOBS__BROKER_URL"] == "redis://:$(SOMA_REDIS_PASSWORD)@soma-redis:6379/0"
@@ -182,7 +194,7 @@ def test_service_addresses_point_at_rendered_services(rendered):
     assert env["SOMA_ADAPTATION__MODE"] == "operator"
 
 
-@pytest.mark.parametrize("value_set", ["default", "gpu", "external"])
+@pytest.mark.parametrize("value_set", ["default", "cpu", "gpu", "external"])
 def test_the_chart_configuration_is_accepted_by_soma_config(rendered, value_set, monkeypatch):
     """Each soma pod's SOMA_* environment loads into soma.config.Settings (which forbids unknown
     keys): a misspelt variable would stop the pod at startup."""
@@ -190,8 +202,8 @@ def test_the_chart_configuration_is_accepted_by_soma_config(rendered, value_set,
 
     for owner, spec in pod_specs(rendered(value_set)):
         container = spec["containers"][0]
-        if not container["image"].strip('"').split(":")[0].startswith("soma"):
-            continue  # redis, minio, mc
+        if component(owner) in NOT_SOMA:
+            continue  # redis, minio, mc, the uninstall hook
         for name in [n for n in os.environ if n.startswith("SOMA_")]:
             monkeypatch.delenv(name)
         for name, entry in env_of(container).items():
@@ -209,17 +221,18 @@ def test_the_chart_configuration_is_accepted_by_soma_config(rendered, value_set,
             assert (operator.health_port, operator.metrics_port) == (8080, 9464)
 
 
-# --- GPU value set --------------------------------------------------------------------------------
+# --- the GPU layout: default values (and the gpu value set on top of them) -----------------------
 
 
-def test_gpu_workers_land_on_the_a100_pool_with_a_gpu_each(rendered):
-    docs = rendered("gpu")
+@pytest.mark.parametrize("value_set", ["default", "gpu"])
+def test_gpu_workers_land_on_the_a100_pool_with_a_gpu_each(rendered, value_set):
+    docs = rendered(value_set)
     workers = [d for d in of_kind(docs, "Deployment") if component(d).startswith("worker-")]
     assert {component(w) for w in workers} == {"worker-mining", "worker-training"}
     for worker in workers:
         spec = worker["spec"]["template"]["spec"]
-        assert A100.items() <= spec["nodeSelector"].items()
-        assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+        assert (A100 | GPU_NODES).items() <= spec["nodeSelector"].items()
+        assert GPU_TOLERATION in spec["tolerations"]
         container = _container(worker)
         assert _gpu_limit(container) == 1
         assert container["image"].startswith("soma-cuda:")
@@ -229,20 +242,28 @@ def test_gpu_workers_land_on_the_a100_pool_with_a_gpu_each(rendered):
         assert spec["terminationGracePeriodSeconds"] > int(env_values(container)["SOMA_JOBS__SHUTDOWN_WAIT_S"])
 
 
-def test_gpu_teacher_and_surrogate_run_vllm_on_gpus(rendered):
-    docs = rendered("gpu")
+@pytest.mark.parametrize("value_set", ["default", "gpu"])
+def test_gpu_teacher_and_surrogate_run_vllm_on_gpus(rendered, value_set):
+    """`helm install soma charts/soma` is the GPU layout: the paper's pair by hub id on vLLM, each
+    on a GPU node with the GPU toleration and an nvidia.com/gpu limit."""
+    docs = rendered(value_set)
+    models = {"TEACHER": "Qwen/Qwen3-8B", "SURROGATE": "Qwen/Qwen3-0.6B"}
     for name, role in (("soma-teacher", "TEACHER"), ("soma-surrogate", "SURROGATE")):
         doc = named(docs, "Deployment", name)
         container = _container(doc)
         env = env_values(container)
         assert env[f"SOMA_{role}__BACKEND"] == "vllm"
         assert env[f"SOMA_{role}__DTYPE"] == "bfloat16"
+        assert env[f"SOMA_{role}__MODEL"] == models[role]
         assert _gpu_limit(container) == 1
         assert container["image"].startswith("soma-cuda:")
-        assert A100.items() <= doc["spec"]["template"]["spec"]["nodeSelector"].items()
-        assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in doc["spec"]["template"]["spec"][
-            "tolerations"
-        ]
+        assert GPU_NODES.items() <= doc["spec"]["template"]["spec"]["nodeSelector"].items()
+        assert GPU_TOLERATION in doc["spec"]["template"]["spec"]["tolerations"]
+    env = env_values(_container(named(docs, "Deployment", "soma-teacher")))
+    assert env["SOMA_TEACHER__REPETITION_PENALTY"] == "1"  # an 8B teacher needs no penalty
+    # every model by hub id: the CPU image may be built without the PyPI-shipped models
+    assert env["SOMA_GATE__ENCODER"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert env_values(_container(named(docs, "Deployment", "soma-worker-mining")))["SOMA_METHOD__BUDGET"] == "paper"
     # services without a GPU stay off the GPU pool
     for name in ("soma-dialogue", "soma-gate", "soma-operator"):
         doc = named(docs, "Deployment", name)
@@ -257,7 +278,15 @@ def test_gpu_set_scales_workers_on_queue_length_and_is_scraped(rendered):
     trigger = scaled["soma-worker-mining"]["spec"]["triggers"][0]
     assert trigger["type"] == "redis"
     assert trigger["metadata"]["listName"] == "soma.mining"
-    assert trigger["metadata"]["address"] == "soma-redis:6379"
+    # KEDA's operator runs in its own namespace: a short name would not resolve there
+    assert trigger["metadata"]["address"] == "soma-redis.soma.svc.cluster.local:6379"
+    # ... and a NetworkPolicy lets KEDA's namespace reach the in-cluster Redis
+    keda = named(docs, "NetworkPolicy", "soma-redis-keda")
+    assert keda["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "redis"
+    [rule] = keda["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}]
+    assert not [p for p in of_kind(rendered("default"), "NetworkPolicy") if p["metadata"]["name"] == "soma-redis-keda"]
     for name in scaled:
         assert "replicas" not in named(docs, "Deployment", name)["spec"]  # KEDA owns it
     (monitor,) = of_kind(docs, "ServiceMonitor")
@@ -270,6 +299,36 @@ def test_gpu_set_scales_workers_on_queue_length_and_is_scraped(rendered):
 
 
 # --- minimal (embedded) value set -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value_set", ["cpu", "minimal"])
+def test_cpu_value_sets_ask_for_no_gpu(rendered, value_set):
+    """cpu (every service split out) and minimal (one pod) run on any node: no GPU limit or request,
+    no GPU node selector or toleration, the CPU image, the CPU models and method budget."""
+    docs = rendered(value_set)
+    pods = list(pod_specs(docs))
+    assert pods
+    for owner, spec in pods:
+        where = owner["metadata"]["name"]
+        for container in spec["containers"] + spec.get("initContainers", []):
+            resources = container.get("resources", {})
+            assert GPU not in resources.get("limits", {}) and GPU not in resources.get("requests", {}), where
+            assert not container["image"].startswith("soma-cuda"), where
+            env = env_values(container)
+            if "SOMA_TEACHER__BACKEND" in env:
+                assert env["SOMA_TEACHER__BACKEND"] == env["SOMA_SURROGATE__BACKEND"] == "transformers", where
+                assert env["SOMA_METHOD__BUDGET"] == "cpu", where
+                assert env["SOMA_GATE__ENCODER"] == "all-minilm-l6-v2", where  # the PyPI-shipped encoder
+                assert not any("VLLM" in name for name in env), where
+        assert not any(key.startswith("nvidia.com/") for key in spec.get("nodeSelector", {})), where
+        assert GPU_TOLERATION not in spec.get("tolerations", []), where
+        assert not any(v.get("emptyDir", {}).get("medium") == "Memory" for v in spec["volumes"]), where
+    assert GPU not in str(docs)
+    if value_set == "cpu":  # the same split as the GPU layout: one Deployment per service, workers per queue
+        assert {component(d) for d in of_kind(docs, "Deployment")} >= set(SERVICES) | {
+            "worker-mining",
+            "worker-training",
+        }
 
 
 def test_minimal_is_one_embedded_pod_without_gpus(rendered):
@@ -302,6 +361,8 @@ def test_external_renders_no_redis_or_minio_and_uses_the_existing_secrets(render
     assert not [n for n in names if "minio" in n or "bucket" in n]
     assert not of_kind(docs, "StatefulSet") and not of_kind(docs, "Secret")
     for owner, spec in pod_specs(docs):
+        if component(owner) in NOT_SOMA:
+            continue
         container = spec["containers"][0]
         env = env_of(container)
         assert env["SOMA_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "soma-redis", "key": "password"}
@@ -380,7 +441,8 @@ def test_operator_with_cluster_scope_gets_a_cluster_role():
     resources = {res for rule in role["rules"] for res in rule["resources"]}
     assert "clusterkopfpeerings" in resources and "kopfpeerings" not in resources
     assert {"namespaces", "customresourcedefinitions", "somasessions"} <= resources
-    assert [r["metadata"]["name"] for r in of_kind(docs, "Role")] == ["soma-dialogue"]
+    # the sessions live in the release's namespace: the dialogue and the uninstall hook keep Roles there
+    assert sorted(r["metadata"]["name"] for r in of_kind(docs, "Role")) == ["soma-dialogue", "soma-session-cleanup"]
     assert named(docs, "ClusterKopfPeering", "soma-operator")
     assert env_values(_container(named(docs, "Deployment", "soma-operator")))["SOMA_OPERATOR_NAMESPACE"] == ""
 
@@ -464,8 +526,8 @@ BAD_VALUES = {
         },
         "/teacher/gpu/enabled",
     ),
-    "vLLM teacher without a GPU": ({"teacher": {"backend": "vllm"}}, "/teacher/gpu/enabled"),
-    "vLLM surrogate without a GPU": ({"surrogate": {"backend": "vllm"}}, "/surrogate/gpu/enabled"),
+    "vLLM teacher without a GPU": ({"teacher": {"gpu": {"enabled": False, "count": 1}}}, "/teacher/gpu/enabled"),
+    "vLLM surrogate without a GPU": ({"surrogate": {"gpu": {"enabled": False, "count": 1}}}, "/surrogate/gpu/enabled"),
     "external redis without host": ({"redis": {"enabled": False}}, "/redis/external/host"),
     "external S3 without secret": (
         {"minio": {"enabled": False, "external": {"endpoint": "s3:443"}}},
@@ -521,8 +583,8 @@ def test_cluster_pods_share_a_service_token_from_a_secret(rendered):
     [secret] = [d for d in of_kind(docs, "Secret") if d["metadata"]["name"] == "soma-service-token"]
     assert len(base64.b64decode(secret["data"]["token"])) == 48
     for owner, spec in pod_specs(docs):
-        if component(owner) in ("redis", "minio", "create-bucket"):
-            continue  # not soma's pods
+        if component(owner) in NOT_SOMA:
+            continue  # not soma's servers
         mounts = {v["name"]: v for v in spec["volumes"]}
         assert mounts["service-token"]["secret"]["secretName"] == "soma-service-token", component(owner)
         assert env_values(spec["containers"][0])["SOMA_SERVER__SERVICE_TOKEN_FILE"] == "/etc/soma/service/token"
@@ -569,7 +631,7 @@ def test_the_in_cluster_redis_takes_a_password_and_never_evicts_silently(rendere
     assert redis["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "soma-redis", "key": "password"}
     assert "REDISCLI_AUTH" in " ".join(redis["readinessProbe"]["exec"]["command"])
     for owner, spec in pod_specs(docs):
-        if component(owner) in ("redis", "minio", "create-bucket"):
+        if component(owner) in NOT_SOMA:
             continue
         env = spec["containers"][0]["env"]
         names = [e["name"] for e in env]

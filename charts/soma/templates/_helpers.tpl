@@ -103,8 +103,54 @@ imagePullPolicy: {{ $img.pullPolicy }}
 {{- end -}}
 {{- end -}}
 
+{{/* The gRPC address of a service: (list root component). Teacher and surrogate have headless
+     Services (one DNS record per ready pod): their callers dial dns:///<name>:<port> and spread
+     calls over the pods with gRPC's round_robin policy instead of pinning one pod per channel. */}}
 {{- define "soma.address" -}}
-{{- printf "%s:%d" (include "soma.componentName" (list (index . 0) (index . 1))) (int (index . 0).Values.grpcPort) -}}
+{{- $address := printf "%s:%d" (include "soma.componentName" (list (index . 0) (index . 1))) (int (index . 0).Values.grpcPort) -}}
+{{- if include "soma.headless" (index . 1) -}}dns:///{{- end -}}{{ $address }}
+{{- end -}}
+
+{{- define "soma.headless" -}}
+{{- if has . (list "teacher" "surrogate") -}}true{{- end -}}
+{{- end -}}
+
+{{/* Redis by fully qualified name (host:port), for clients outside the release's namespace
+     (KEDA's operator); an external Redis as given. */}}
+{{- define "soma.redisHostFqdn" -}}
+{{- if .Values.redis.enabled -}}
+{{- printf "%s.%s.svc.%s:6379" (include "soma.componentName" (list . "redis")) .Release.Namespace .Values.clusterDomain -}}
+{{- else -}}
+{{- include "soma.redisHost" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether the dialogue pods serve the OpenAI-compatible HTTP door: on httpPort, unless TLS is on
+     the gRPC port (the server then leaves it off; terminate TLS for HTTP at an ingress). */}}
+{{- define "soma.httpOn" -}}
+{{- if and .Values.httpPort (not .Values.auth.tlsSecret) -}}true{{- end -}}
+{{- end -}}
+
+{{/* terminationGracePeriodSeconds of a soma server pod: the drain, then the grace period of the
+     in-flight RPCs (server.drain_delay_s + server.grace_period_s), and a margin for the exit. */}}
+{{- define "soma.serverGrace" -}}
+{{- add (int .Values.drainDelaySeconds) (int .Values.gracePeriodSeconds) 15 -}}
+{{- end -}}
+
+{{/* Annotations of the ServiceAccounts the chart makes (serviceAccount.annotations, e.g. IRSA's
+     eks.amazonaws.com/role-arn), indented for metadata. */}}
+{{- define "soma.serviceAccountAnnotations" -}}
+{{- with .Values.serviceAccount.annotations }}
+annotations: {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Pod template annotations: podAnnotations, then the component's own: (list root cfg). */}}
+{{- define "soma.podAnnotations" -}}
+{{- $annotations := merge (deepCopy ((index . 1).podAnnotations | default dict)) (deepCopy ((index . 0).Values.podAnnotations | default dict)) -}}
+{{- with $annotations }}
+annotations: {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end -}}
 
 {{/* Adaptation driver: the operator when it is installed, else the dialogue drives the jobs. */}}
@@ -123,10 +169,12 @@ imagePullPolicy: {{ $img.pullPolicy }}
 {{- $env := dict
   "SOMA_SERVER__HOST" "0.0.0.0"
   "SOMA_SERVER__PORT" (toString $v.grpcPort)
-  "SOMA_SERVER__DRAIN_DELAY_S" "5"
+  "SOMA_SERVER__DRAIN_DELAY_S" (toString $v.drainDelaySeconds)
+  "SOMA_SERVER__GRACE_PERIOD_S" (toString $v.gracePeriodSeconds)
   "SOMA_TELEMETRY__METRICS_PORT" (toString $v.metricsPort)
   "SOMA_TELEMETRY__OTLP_ENDPOINT" $v.telemetry.otlpEndpoint
   "SOMA_TELEMETRY__LOG_LEVEL" $v.logLevel
+  "SOMA_TELEMETRY__LOG_FORMAT" $v.logFormat
   "SOMA_MODEL_CACHE" (printf "%s/models" $cache)
   "HF_HOME" (printf "%s/hf" $cache)
   "XDG_CACHE_HOME" (printf "%s/xdg" $cache)
@@ -145,6 +193,8 @@ imagePullPolicy: {{ $img.pullPolicy }}
 -}}
 {{- if include "soma.servesDialogue" $component -}}
 {{- $_ := set $env "SOMA_SERVER__API_KEYS_FILE" "/etc/soma/auth/api-keys.json" -}}
+{{- /* empty = off: the server leaves the HTTP door off anyway when the gRPC port serves TLS */ -}}
+{{- $_ := set $env "SOMA_SERVER__HTTP_PORT" (ternary (toString $v.httpPort) "" (eq (include "soma.httpOn" $root) "true")) -}}
 {{- if $v.auth.tlsSecret -}}
 {{- $_ := set $env "SOMA_SERVER__TLS_CERT_FILE" "/etc/soma/tls/tls.crt" -}}
 {{- $_ := set $env "SOMA_SERVER__TLS_KEY_FILE" "/etc/soma/tls/tls.key" -}}
@@ -177,7 +227,24 @@ imagePullPolicy: {{ $img.pullPolicy }}
 {{- $_ := set $env "SOMA_ADAPTERS__S3_REGION" $v.minio.external.region -}}
 {{- $_ := set $env "SOMA_ADAPTERS__S3_CREDENTIALS_DIR" "/var/run/secrets/soma/s3" -}}
 {{- end -}}
-{{- $env = merge (deepCopy (index . 2)) (deepCopy $v.extraEnv) $env -}}
+{{- /* extraEnv (global, then the component's): NAME: "value", NAME: {value: ...} or
+     NAME: {valueFrom: {...}} (a Secret's or ConfigMap's key); null drops a variable */ -}}
+{{- $refs := dict -}}
+{{- range $extra := list $v.extraEnv (index . 2) -}}
+{{- range $name, $entry := $extra -}}
+{{- $_ := unset $env $name -}}
+{{- $_ := unset $refs $name -}}
+{{- if kindIs "map" $entry -}}
+{{- if hasKey $entry "valueFrom" -}}
+{{- $_ := set $refs $name $entry.valueFrom -}}
+{{- else -}}
+{{- $_ := set $env $name (toString $entry.value) -}}
+{{- end -}}
+{{- else if not (kindIs "invalid" $entry) -}}
+{{- $_ := set $env $name (toString $entry) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if and (eq $v.mode "cluster") (include "soma.redisSecret" $root) }}
 - name: SOMA_REDIS_PASSWORD
   valueFrom:
@@ -192,17 +259,31 @@ imagePullPolicy: {{ $img.pullPolicy }}
       name: {{ required "teacher.openai.existingSecret is required with backend openai" $v.teacher.openai.existingSecret }}
       key: {{ $v.teacher.openai.apiKeyKey }}
 {{- end }}
+{{- if and $v.hfTokenSecret.name (ne $component "operator") (not (hasKey $refs "HF_TOKEN")) }}
+- name: HF_TOKEN  # hub downloads of gated or private models (huggingface_hub, vLLM)
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.hfTokenSecret.name }}
+      key: {{ $v.hfTokenSecret.key }}
+{{- end }}
+{{- range $name, $ref := $refs }}
+- name: {{ $name }}
+  valueFrom: {{- toYaml $ref | nindent 4 }}
+{{- end }}
 {{- range $name, $value := $env }}
 - name: {{ $name }}
   value: {{ $value | toString | quote }}
 {{- end }}
 {{- end -}}
 
-{{/* Pod spec shared by every soma pod: (dict root component cfg args probes healthService terminationGrace). */}}
+{{/* Pod spec shared by every soma pod: (dict root component cfg args probes healthService terminationGrace
+     serviceAccount labelComponent). labelComponent: the pods' component label, when it differs from
+     the serve target (embedded pods serve `all`). */}}
 {{- define "soma.podSpec" -}}
 {{- $root := .root -}}
 {{- $v := $root.Values -}}
 {{- $cfg := .cfg -}}
+{{- $labelComponent := .labelComponent | default .component -}}
 {{- $gpu := false -}}
 {{- if $cfg.gpu }}{{ $gpu = $cfg.gpu.enabled }}{{ end -}}
 {{- with $v.imagePullSecrets }}
@@ -212,6 +293,20 @@ serviceAccountName: {{ .serviceAccount | default (include "soma.componentName" (
 automountServiceAccountToken: {{ .serviceAccount | empty | not }}
 securityContext: {{- toYaml $v.podSecurityContext | nindent 2 }}
 terminationGracePeriodSeconds: {{ .terminationGrace | default 45 }}
+{{- with ($cfg.priorityClassName | default $v.priorityClassName) }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with $cfg.topologySpreadConstraints }}
+{{- /* a constraint without a labelSelector spreads the pods of this component */}}
+topologySpreadConstraints:
+  {{- range . }}
+  {{- $constraint := deepCopy . }}
+  {{- if not (hasKey $constraint "labelSelector") }}
+  {{- $_ := set $constraint "labelSelector" (dict "matchLabels" (include "soma.selectorLabels" (list $root $labelComponent) | fromYaml)) }}
+  {{- end }}
+  - {{ toYaml $constraint | nindent 4 | trim }}
+  {{- end }}
+{{- end }}
 {{- $nodeSelector := ternary (merge (deepCopy ($cfg.nodeSelector | default dict)) $v.gpu.nodeSelector) ($cfg.nodeSelector | default dict) $gpu }}
 {{- with $nodeSelector }}
 nodeSelector: {{- toYaml . | nindent 2 }}
@@ -245,6 +340,9 @@ containers:
       - {name: grpc, containerPort: {{ $v.grpcPort }}, protocol: TCP}
       {{- if and (include "soma.servesDialogue" .component) $v.auth.tlsSecret }}
       - {name: health, containerPort: {{ $v.healthPort }}, protocol: TCP}
+      {{- end }}
+      {{- if and (include "soma.servesDialogue" .component) (include "soma.httpOn" $root) }}
+      - {name: http, containerPort: {{ $v.httpPort }}, protocol: TCP}  # the OpenAI-compatible HTTP door
       {{- end }}
       {{- end }}
       - {name: metrics, containerPort: {{ $v.metricsPort }}, protocol: TCP}
@@ -301,6 +399,9 @@ containers:
       {{- if $gpu }}
       - {name: dshm, mountPath: /dev/shm}
       {{- end }}
+      {{- with concat ($v.extraVolumeMounts | default list) ($cfg.extraVolumeMounts | default list) }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
 volumes:
   - name: tmp
     emptyDir: {sizeLimit: 2Gi}
@@ -352,6 +453,9 @@ volumes:
   - name: dshm
     emptyDir: {medium: Memory, sizeLimit: {{ $v.gpu.shmSize }}}
   {{- end }}
+  {{- with concat ($v.extraVolumes | default list) ($cfg.extraVolumes | default list) }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 {{- end -}}
 
 {{/* One gRPC service: Deployment, Service, PodDisruptionBudget, HorizontalPodAutoscaler.
@@ -381,10 +485,12 @@ spec:
   template:
     metadata:
       labels: {{- include "soma.labels" (list $root $component) | nindent 8 }}
+      {{- with include "soma.podAnnotations" (list $root $cfg) | trim }}{{ . | nindent 6 }}{{ end }}
     spec:
-      {{- include "soma.podSpec" (dict "root" $root "component" $target "cfg" $cfg
+      {{- include "soma.podSpec" (dict "root" $root "component" $target "labelComponent" $component "cfg" $cfg
             "args" (list "serve" "--target" $target) "healthService" (index . 2)
             "serviceAccount" (ternary (index . (sub (len .) 1)) "" (eq (len .) 4))
+            "terminationGrace" (include "soma.serverGrace" $root)
             "workingDir" (ternary "/var/lib/soma" "" (eq $target "all"))) | trim | nindent 6 }}
 ---
 apiVersion: v1
@@ -399,9 +505,15 @@ metadata:
   {{- end }}
 spec:
   type: {{ ($cfg.service | default dict).type | default "ClusterIP" }}
+  {{- if include "soma.headless" $component }}
+  clusterIP: None  # headless: callers resolve every ready pod and balance turns over them (round_robin)
+  {{- end }}
   selector: {{- include "soma.selectorLabels" (list $root $component) | nindent 4 }}
   ports:
     - {name: grpc, port: {{ $root.Values.grpcPort }}, targetPort: grpc, protocol: TCP, appProtocol: grpc}
+    {{- if and (include "soma.servesDialogue" $target) (include "soma.httpOn" $root) }}
+    - {name: http, port: {{ $root.Values.httpPort }}, targetPort: http, protocol: TCP, appProtocol: http}
+    {{- end }}
     - {name: metrics, port: {{ $root.Values.metricsPort }}, targetPort: metrics, protocol: TCP}
 {{- if and $cfg.pdb $cfg.pdb.enabled }}
 ---

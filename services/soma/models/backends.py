@@ -71,6 +71,7 @@ def _vllm(path: str, section: ModelSettings, key: str) -> Any:
             gpu_memory_utilization=section.vllm_gpu_memory_utilization,
             engine_process=section.vllm_engine_process,
             enforce_eager=section.vllm_enforce_eager,
+            log_stats=section.vllm_log_stats,
         )
     except (OSError, ValueError) as err:
         raise _load_error(f"{key}", section, err) from None

@@ -110,6 +110,7 @@ class VllmChatBackend:
         engine_process: bool = False,
         enforce_eager: bool = False,
         lora_dir: str | None = None,
+        log_stats: bool = False,
     ):
         _configure_environment(engine_process)
         from transformers import AutoConfig, AutoTokenizer
@@ -138,7 +139,7 @@ class VllmChatBackend:
             kv_cache_memory_bytes=int(kv_cache_gb * _GIB) if kv_cache_gb else None,
             distributed_executor_backend="mp" if engine_process else "uni",
             enforce_eager=enforce_eager,
-            disable_log_stats=True,
+            disable_log_stats=not log_stats,
             seed=0,
         )
         with _process_rng_kept():  # an in-process engine seeds the global RNGs; the process keeps its own

@@ -53,6 +53,13 @@ class SomaServer:
             ("grpc.max_receive_message_length", settings.max_message_mb << 20),
             ("grpc.so_reuseport", 0),
         ]
+        if settings.max_connection_age_s:
+            self._options += [
+                ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+                # GOAWAY stops new streams only; one open at that age runs to its end (a turn up to
+                # teacher_timeout_s, a job watch up to jobs.time_limit_s), within an hour at most
+                ("grpc.max_connection_age_grace_ms", 3_600_000),
+            ]
         self._grpc = self._new_grpc_server(settings.max_workers, "soma-rpc", list(guards or []))
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)

@@ -98,6 +98,8 @@ def traced_channel(address: str, *, max_message_mb: int = 16, service_token: str
         ("grpc.max_receive_message_length", max_message_mb << 20),
         # Read streamed responses on the calling thread: saves a thread handoff per message.
         (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
+        # every address the name resolves to (a headless Service's pods with dns:///), turn by turn
+        ("grpc.lb_policy_name", "round_robin"),
     ]
     channel = grpc.insecure_channel(address, options=options)
     interceptors = [
