@@ -55,6 +55,7 @@ def _play(client, headers=None, stream_turn=None):
             last = [c for c in chunks if c.choices][-1]
             assert last.choices[0].finish_reason in ("stop", "length")
             assert last.model_extra["soma"]["session_id"] == raw.headers["x-session-id"]
+            assert raw.headers["x-soma-served-by"] == last.model_extra["soma"]["served_by"]
         else:
             raw = client.chat.completions.with_raw_response.create(
                 model="soma", messages=messages, extra_headers=headers
@@ -129,6 +130,7 @@ def test_curl_streams_server_sent_events(all_server):
     ).stdout
     head, _, stream = out.partition("\n\n")  # text mode: the \r\n of the headers read as \n
     assert "text/event-stream" in head and "x-session-id:" in head.lower()
+    assert "x-soma-served-by: teacher" in head.lower()  # a new session's first turn: the teacher
     events = [line.removeprefix("data: ") for line in stream.splitlines() if line.startswith("data: ")]
     assert events and events[-1] == "[DONE]", out
     chunks = [json.loads(e) for e in events[:-1]]

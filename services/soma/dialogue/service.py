@@ -60,6 +60,7 @@ from soma.telemetry.metrics import (
 )
 from soma.telemetry.session_trace import current_ids, session_span
 from soma.v1 import (
+    common_pb2,
     dialogue_pb2,
     dialogue_pb2_grpc,
     surrogate_pb2,
@@ -484,11 +485,13 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
         call = stub.Generate(request, timeout=timeout)
         context.add_callback(call.cancel)  # the client left: stop the model at once, not at the next chunk
         result, started = None, False
+        served_by = common_pb2.SERVED_BY_TEACHER if role == "teacher" else common_pb2.SERVED_BY_SURROGATE
         try:
             for response in call:
                 if response.HasField("chunk"):
                     started = True
-                    yield dialogue_pb2.ChatResponse(chunk=response.chunk)
+                    chunk = common_pb2.TextChunk(text=response.chunk.text, served_by=served_by)
+                    yield dialogue_pb2.ChatResponse(chunk=chunk)
                 elif response.HasField("result"):
                     result = response.result
         except grpc.RpcError as err:

@@ -240,6 +240,8 @@ def create_app(
             raise from_rpc(err) from None
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(clock())
         headers = {"x-session-id": session_id}
+        if first is not None and first.HasField("chunk") and first.chunk.served_by in SERVED_BY:
+            headers["x-soma-served-by"] = SERVED_BY[first.chunk.served_by]  # streaming too: known from chunk one
 
         def remember(answer: str) -> None:
             recognizer.remember(

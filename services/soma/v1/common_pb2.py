@@ -24,35 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14soma/v1/common.proto\x12\x07soma.v1\"7\n\x07Message\x12\x1b\n\x04role\x18\x01 \x01(\x0e\x32\r.soma.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"j\n\x10GenerationParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"\x19\n\tTextChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xc3\x01\n\x10GenerationResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12,\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x15.soma.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\r\x12\x18\n\x10model_latency_ms\x18\x05 \x01(\x01\x12\r\n\x05model\x18\x06 \x01(\t\x12\x18\n\x10\x64ropped_messages\x18\x07 \x01(\r\"\xaa\x02\n\nTurnRecord\x12\x12\n\nturn_index\x18\x01 \x01(\r\x12$\n\tserved_by\x18\x02 \x01(\x0e\x32\x11.soma.v1.ServedBy\x12\x14\n\x0croute_reason\x18\x03 \x01(\t\x12$\n\x05phase\x18\x04 \x01(\x0e\x32\x15.soma.v1.SessionPhase\x12\x15\n\rprompt_tokens\x18\x05 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\r\x12\x12\n\nlatency_ms\x18\x07 \x01(\x01\x12\x18\n\x10model_latency_ms\x18\x08 \x01(\x01\x12,\n\rfinish_reason\x18\t \x01(\x0e\x32\x15.soma.v1.FinishReason\x12\x18\n\x10\x64ropped_messages\x18\n \x01(\r\"\xb9\x01\n\x08WarmTurn\x12\x12\n\nturn_index\x18\x01 \x01(\r\x12!\n\x07\x63ontext\x18\x02 \x03(\x0b\x32\x10.soma.v1.Message\x12\x16\n\x0eteacher_answer\x18\x03 \x01(\t\x12\x34\n\x15teacher_finish_reason\x18\x04 \x01(\x0e\x32\x15.soma.v1.FinishReason\x12(\n\x0eserved_context\x18\x05 \x03(\x0b\x32\x10.soma.v1.Message\"\xa8\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\r\x12 \n\x05state\x18\x04 \x01(\x0e\x32\x11.soma.v1.JobState\x12\x10\n\x08progress\x18\x05 \x01(\x02\x12\r\n\x05stage\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\r*U\n\x08ServedBy\x12\x19\n\x15SERVED_BY_UNSPECIFIED\x10\x00\x12\x15\n\x11SERVED_BY_TEACHER\x10\x01\x12\x17\n\x13SERVED_BY_SURROGATE\x10\x02*\xed\x01\n\x0cSessionPhase\x12\x1d\n\x19SESSION_PHASE_UNSPECIFIED\x10\x00\x12\x18\n\x14SESSION_PHASE_WARMUP\x10\x01\x12\x1a\n\x16SESSION_PHASE_ADAPTING\x10\x02\x12\x18\n\x14SESSION_PHASE_GATING\x10\x03\x12\x1b\n\x17SESSION_PHASE_SURROGATE\x10\x04\x12\x1d\n\x19SESSION_PHASE_ROLLED_BACK\x10\x05\x12\x18\n\x14SESSION_PHASE_CLOSED\x10\x06\x12\x18\n\x14SESSION_PHASE_FAILED\x10\x07*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14soma/v1/common.proto\x12\x07soma.v1\"7\n\x07Message\x12\x1b\n\x04role\x18\x01 \x01(\x0e\x32\r.soma.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"j\n\x10GenerationParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"?\n\tTextChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12$\n\tserved_by\x18\x02 \x01(\x0e\x32\x11.soma.v1.ServedBy\"\xc3\x01\n\x10GenerationResult\x12\x0c\n\x04text\x18\x01 \x01(\t\x12,\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x15.soma.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\r\x12\x18\n\x10model_latency_ms\x18\x05 \x01(\x01\x12\r\n\x05model\x18\x06 \x01(\t\x12\x18\n\x10\x64ropped_messages\x18\x07 \x01(\r\"\xaa\x02\n\nTurnRecord\x12\x12\n\nturn_index\x18\x01 \x01(\r\x12$\n\tserved_by\x18\x02 \x01(\x0e\x32\x11.soma.v1.ServedBy\x12\x14\n\x0croute_reason\x18\x03 \x01(\t\x12$\n\x05phase\x18\x04 \x01(\x0e\x32\x15.soma.v1.SessionPhase\x12\x15\n\rprompt_tokens\x18\x05 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\r\x12\x12\n\nlatency_ms\x18\x07 \x01(\x01\x12\x18\n\x10model_latency_ms\x18\x08 \x01(\x01\x12,\n\rfinish_reason\x18\t \x01(\x0e\x32\x15.soma.v1.FinishReason\x12\x18\n\x10\x64ropped_messages\x18\n \x01(\r\"\xb9\x01\n\x08WarmTurn\x12\x12\n\nturn_index\x18\x01 \x01(\r\x12!\n\x07\x63ontext\x18\x02 \x03(\x0b\x32\x10.soma.v1.Message\x12\x16\n\x0eteacher_answer\x18\x03 \x01(\t\x12\x34\n\x15teacher_finish_reason\x18\x04 \x01(\x0e\x32\x15.soma.v1.FinishReason\x12(\n\x0eserved_context\x18\x05 \x03(\x0b\x32\x10.soma.v1.Message\"\xa8\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\r\x12 \n\x05state\x18\x04 \x01(\x0e\x32\x11.soma.v1.JobState\x12\x10\n\x08progress\x18\x05 \x01(\x02\x12\r\n\x05stage\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\r*U\n\x08ServedBy\x12\x19\n\x15SERVED_BY_UNSPECIFIED\x10\x00\x12\x15\n\x11SERVED_BY_TEACHER\x10\x01\x12\x17\n\x13SERVED_BY_SURROGATE\x10\x02*\xed\x01\n\x0cSessionPhase\x12\x1d\n\x19SESSION_PHASE_UNSPECIFIED\x10\x00\x12\x18\n\x14SESSION_PHASE_WARMUP\x10\x01\x12\x1a\n\x16SESSION_PHASE_ADAPTING\x10\x02\x12\x18\n\x14SESSION_PHASE_GATING\x10\x03\x12\x1b\n\x17SESSION_PHASE_SURROGATE\x10\x04\x12\x1d\n\x19SESSION_PHASE_ROLLED_BACK\x10\x05\x12\x18\n\x14SESSION_PHASE_CLOSED\x10\x06\x12\x18\n\x14SESSION_PHASE_FAILED\x10\x07*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'soma.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SERVEDBY']._serialized_start=1083
-  _globals['_SERVEDBY']._serialized_end=1168
-  _globals['_SESSIONPHASE']._serialized_start=1171
-  _globals['_SESSIONPHASE']._serialized_end=1408
-  _globals['_ROLE']._serialized_start=1410
-  _globals['_ROLE']._serialized_end=1490
-  _globals['_FINISHREASON']._serialized_start=1492
-  _globals['_FINISHREASON']._serialized_end=1587
-  _globals['_JOBSTATE']._serialized_start=1590
-  _globals['_JOBSTATE']._serialized_end=1744
+  _globals['_SERVEDBY']._serialized_start=1121
+  _globals['_SERVEDBY']._serialized_end=1206
+  _globals['_SESSIONPHASE']._serialized_start=1209
+  _globals['_SESSIONPHASE']._serialized_end=1446
+  _globals['_ROLE']._serialized_start=1448
+  _globals['_ROLE']._serialized_end=1528
+  _globals['_FINISHREASON']._serialized_start=1530
+  _globals['_FINISHREASON']._serialized_end=1625
+  _globals['_JOBSTATE']._serialized_start=1628
+  _globals['_JOBSTATE']._serialized_end=1782
   _globals['_MESSAGE']._serialized_start=33
   _globals['_MESSAGE']._serialized_end=88
   _globals['_GENERATIONPARAMS']._serialized_start=90
   _globals['_GENERATIONPARAMS']._serialized_end=196
   _globals['_TEXTCHUNK']._serialized_start=198
-  _globals['_TEXTCHUNK']._serialized_end=223
-  _globals['_GENERATIONRESULT']._serialized_start=226
-  _globals['_GENERATIONRESULT']._serialized_end=421
-  _globals['_TURNRECORD']._serialized_start=424
-  _globals['_TURNRECORD']._serialized_end=722
-  _globals['_WARMTURN']._serialized_start=725
-  _globals['_WARMTURN']._serialized_end=910
-  _globals['_JOBSTATUS']._serialized_start=913
-  _globals['_JOBSTATUS']._serialized_end=1081
+  _globals['_TEXTCHUNK']._serialized_end=261
+  _globals['_GENERATIONRESULT']._serialized_start=264
+  _globals['_GENERATIONRESULT']._serialized_end=459
+  _globals['_TURNRECORD']._serialized_start=462
+  _globals['_TURNRECORD']._serialized_end=760
+  _globals['_WARMTURN']._serialized_start=763
+  _globals['_WARMTURN']._serialized_end=948
+  _globals['_JOBSTATUS']._serialized_start=951
+  _globals['_JOBSTATUS']._serialized_end=1119
 # @@protoc_insertion_point(module_scope)

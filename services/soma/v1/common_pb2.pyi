@@ -91,10 +91,12 @@ class GenerationParams(_message.Message):
     def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class TextChunk(_message.Message):
-    __slots__ = ("text",)
+    __slots__ = ("text", "served_by")
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    SERVED_BY_FIELD_NUMBER: _ClassVar[int]
     text: str
-    def __init__(self, text: _Optional[str] = ...) -> None: ...
+    served_by: ServedBy
+    def __init__(self, text: _Optional[str] = ..., served_by: _Optional[_Union[ServedBy, str]] = ...) -> None: ...
 
 class GenerationResult(_message.Message):
     __slots__ = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "model_latency_ms", "model", "dropped_messages")
