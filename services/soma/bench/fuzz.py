@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -1265,31 +1263,6 @@ def fuzz_internal(
     }
 
 
-def start_instant_teacher(log_path: Path, token_file: Path) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "SOMA_SERVE_PARENT_PID": str(os.getpid())}
-    log = open(log_path, "w")  # noqa: SIM115 - the child keeps writing to it
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "soma.bench.instant_teacher",
-            "--port",
-            "0",
-            "--service-token-file",
-            str(token_file),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        env=env,
-    )
-    line = proc.stdout.readline()
-    if not line.startswith("instant teacher on "):
-        proc.kill()
-        raise RuntimeError(f"the stand-in teacher did not start; see {log_path}")
-    return proc, line.split()[-1]
-
-
 def _stop_teacher(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
@@ -1337,6 +1310,8 @@ def run_fuzz_stack(examples: int, seed: int, folder: Path) -> tuple[dict[str, An
     (folder / "adapters").mkdir()
     cluster = {"SOMA_SERVER__SERVICE_TOKEN_FILE": str(token_file)}
     jobs_env = {"SOMA_JOBS__LOCAL_DIR": str(folder / "jobs"), "SOMA_DIALOGUE__SESSION_DB": str(session_db)}
+    from soma.bench.instant_teacher import start as start_instant_teacher
+
     with ExitStack() as stack:
         teacher, teacher_address = start_instant_teacher(folder / "teacher.log", token_file)
         stack.callback(_stop_teacher, teacher)
