@@ -234,3 +234,37 @@ def test_another_tenant_never_lands_in_the_first_tenant_s_session(two_tenants):
     again = alice.chat.completions.with_raw_response.create(model="soma", messages=history)
     assert again.headers["x-session-id"] == alice_sid
     assert _session(server, alice_sid, "key-of-alice-0123456789").session.turn_count == 2
+
+
+def test_a_resent_history_finds_its_session_after_a_restart(tmp_path):
+    """The conversation is recognised by its stored transcript (DialogueService.FindSession), not by
+    the serving process's memory: after the server restarts on the same store (or on another
+    replica), the app that resends its history still lands in its session."""
+    key = "key-of-carol-0123456789"
+    keys = tmp_path / "api-keys.json"
+    keys.write_text(json.dumps({hash_key(key): "carol"}))
+    teacher, address = start_teacher(tmp_path / "teacher.log", port=free_port())
+    env = {
+        "SOMA_STATE_DIR": str(tmp_path / "state"),
+        "SOMA_SERVER__API_KEYS_FILE": str(keys),
+        "SOMA_DIALOGUE__TEACHER_ADDRESS": address,
+        "SOMA_ADAPTATION__MODE": "off",
+    }
+    history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUERIES[0]}]
+    try:
+        with start_server("dialogue", env=env, log_path=tmp_path / "dialogue.log") as server:
+            raw = _client(server, key).chat.completions.with_raw_response.create(model="soma", messages=history)
+            first_id = raw.headers["x-session-id"]
+            history += [{"role": "assistant", "content": raw.parse().choices[0].message.content}]
+        history += [{"role": "user", "content": QUERIES[1]}]
+        with start_server("dialogue", env=env, log_path=tmp_path / "dialogue.log") as server:
+            again = _client(server, key).chat.completions.with_raw_response.create(model="soma", messages=history)
+            assert again.headers["x-session-id"] == first_id
+            assert [t.query for t in _session(server, first_id, key).transcript] == QUERIES[:2]
+            # a history that differs in one character is another conversation: a new session
+            history[2]["content"] += "!"
+            other = _client(server, key).chat.completions.with_raw_response.create(model="soma", messages=history)
+            assert other.headers["x-session-id"] != first_id
+    finally:
+        teacher.kill()
+        teacher.wait(30)

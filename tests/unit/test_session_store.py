@@ -363,3 +363,21 @@ def test_sessions_are_counted_by_phase_and_exported_as_a_gauge(store):
     assert 'soma_sessions{phase="WARMUP"} 1.0' in generate_latest(registry).decode()  # cached
     clock[0] = 11
     assert 'soma_sessions{phase="WARMUP"} 2.0' in generate_latest(registry).decode()
+
+
+def test_a_session_is_found_by_its_transcript_key_until_it_moves_on_or_is_erased(store):
+    """What the OpenAI door's history recognition reads: one key per session, replaced on each turn,
+    gone with the session (no key or row of it left)."""
+    _open(store, "h1")
+    _open(store, "h2")
+    store.set_history_key("h1", "k-turn-1")
+    store.set_history_key("h2", "k-other")
+    assert store.session_by_history("k-turn-1") == "h1" and store.session_by_history("k-other") == "h2"
+    store.set_history_key("h1", "k-turn-2")  # the session moved on: the old transcript names nothing
+    assert store.session_by_history("k-turn-1") is None and store.session_by_history("k-turn-2") == "h1"
+    store.set_history_key("nope", "k-ghost")  # an unknown (or erased) session is not indexed
+    assert store.session_by_history("k-ghost") is None
+    store.delete("h1")
+    assert store.session_by_history("k-turn-2") is None and store.session_by_history("k-other") == "h2"
+    if hasattr(store, "redis"):
+        assert not [k for k in store.redis.scan_iter(match=f"{store.prefix}history:*") if "k-turn" in k]

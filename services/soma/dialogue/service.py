@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -36,7 +37,7 @@ from soma.errors import (
 from soma.ids import is_valid_session_id
 from soma.server.app import HostedService
 from soma.server.auth import current_tenant, scoped_session_id, unscoped_session_id
-from soma.session.records import Phase, ServedBy, SessionState, Turn, chat_messages
+from soma.session.records import Phase, ServedBy, SessionState, Turn, chat_messages, history_digest, history_key
 from soma.storage.session_store import (
     SessionClosed,
     SessionExists,
@@ -71,6 +72,7 @@ from soma.v1 import (
 from soma.wire import finish_from_proto, messages_to_proto, session_to_proto, turn_record_to_proto
 
 log = logging.getLogger("soma.dialogue")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 tracer = trace.get_tracer("soma.dialogue")
 
 _LABEL_MAX_CHARS = 256
@@ -87,6 +89,7 @@ class _TurnPlan:
     decision: RouteDecision
     phase: Phase = Phase.WARMUP
     surrogate: Any = None  # SurrogatePlan when the surrogate serves
+    transcript: list[Turn] = field(default_factory=list)  # every stored turn (history: those sent)
 
 
 class _SessionLocks:
@@ -285,7 +288,7 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
         finally:
             self.quotas.release_turn_slot(tenant)
 
-    def _history(self, session_id: str, state: SessionState) -> list[Turn]:
+    def _history(self, session_id: str, state: SessionState) -> tuple[list[Turn], list[Turn]]:
         """Stored turns, newest kept, within dialogue.max_history_chars (the model trims further);
         refused when the session may not grow (quotas.turns_per_session, history_bytes_per_session)."""
         history = self.store.turns(session_id)
@@ -301,7 +304,7 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
             if budget < 0:
                 break
             kept += 1
-        return history[len(history) - kept :]
+        return history, history[len(history) - kept :]
 
     def _chat(self, session_id, query, chat_request, context, started) -> Iterator[dialogue_pb2.ChatResponse]:
         """A turn in three steps: plan (who serves it, with what context), stream (the model's answer
@@ -359,11 +362,12 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
                 f"turn_index={chat_request.turn_index} but session {session_id} is at turn {state.turn_count + 1}"
                 f" ({state.turn_count} stored); read it with GetSession before retrying"
             )
-        history = self._history(session_id, state)
+        transcript, history = self._history(session_id, state)
         live = self.live.record(session_id) if self.live else None
         plan = _TurnPlan(
             state, state.turn_count + 1, history, live, route_turn(state, live, live=self.live is not None)
         )
+        plan.transcript = transcript
         plan.phase = live.phase if live else Phase.WARMUP
         if plan.decision.served_by is ServedBy.SURROGATE:  # one gate call: S̃_t and the drift check
             plan.surrogate = self.live.plan_surrogate_turn(session_id, live, state, history, query)
@@ -414,6 +418,7 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
         except TurnConflict as err:
             raise Aborted(f"session {session_id} changed while this turn was generated ({err}); retry") from None
         TURNS.labels(plan.decision.served_by.value.lower()).inc()
+        self._index_transcript(session_id, plan, turn)
         if self.live:
             drift = plan.surrogate.drift if plan.surrogate else None
             after = self.live.commit_turn(
@@ -426,6 +431,28 @@ class DialogueServicer(dialogue_pb2_grpc.DialogueServiceServicer):
                 except SessionMissing:
                     pass  # closed and erased meanwhile: nothing left to correct
         return turn
+
+    def _index_transcript(self, session_id: str, plan: _TurnPlan, turn: Turn) -> None:
+        """Index the session by its transcript now (FindSession); best effort: a client that resends the
+        history and is not recognised gets a new session, it loses nothing."""
+        turns = [(t.query, t.answer) for t in plan.transcript] + [(turn.query, turn.answer)]
+        key = history_key(current_tenant(), history_digest(plan.state.system_prompt, turns))
+        try:
+            self.store.set_history_key(session_id, key)
+        except Exception as err:  # noqa: BLE001 - the turn is stored; only its recognition is missed
+            log.warning("session %s: could not index its transcript (%s)", session_id, err)
+
+    def FindSession(
+        self, request: dialogue_pb2.FindSessionRequest, context: grpc.ServicerContext
+    ) -> dialogue_pb2.FindSessionResponse:
+        digest = request.history_digest
+        if not _SHA256_HEX.fullmatch(digest):
+            raise InvalidArgument("history_digest must be a sha256 as 64 lowercase hex digits")
+        stored = self.store.session_by_history(history_key(current_tenant(), digest))
+        state = self.store.get(stored) if stored else None
+        if state is None or state.closed:
+            raise NotFound("none of your sessions holds exactly this history; open a new one")
+        return dialogue_pb2.FindSessionResponse(session=self._session_proto(state))
 
     def _surrogate_turn(self, session_id, state, plan, decision, chat_request, context):
         """Serve with the session's adapter and S̃_t; a failure before the first chunk (gate, adapter

@@ -22,7 +22,8 @@ import grpc
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from soma.openai_http.conversation import BadRequest, check_supported, contradiction, history_digest, parse_messages
+from soma.openai_http.conversation import BadRequest, check_supported, contradiction, parse_messages
+from soma.session.records import history_digest, history_key
 from soma.v1 import common_pb2, dialogue_pb2, dialogue_pb2_grpc
 
 SERVED_BY = {common_pb2.SERVED_BY_TEACHER: "teacher", common_pb2.SERVED_BY_SURROGATE: "surrogate"}
@@ -62,9 +63,10 @@ def from_rpc(err: grpc.RpcError) -> HttpError:
 
 
 class Recognizer:
-    """digest of a conversation's history -> the session holding it, for clients that resend the
-    whole history without a session id. In this process's memory (bounded, least recently used
-    first out): after a restart, or on another replica, the next turn starts a new session."""
+    """digest of a resent history -> session, for the sessions this process opened on a history soma
+    had not seen (its earlier turns went into the system prompt, so the stored transcript cannot
+    match what the client resends). In this process's memory, bounded, least recently used first
+    out; every other session is found by its stored transcript (DialogueService.FindSession)."""
 
     def __init__(self, capacity: int = 100_000):
         self.capacity = capacity
@@ -146,7 +148,8 @@ def create_app(
         return {"object": "list", "data": data}
 
     def session_for(request: Request, body: dict, meta) -> tuple[str, Any, str]:
-        """(session id, the parsed conversation, the digest the next request will resend)."""
+        """(session id, the parsed conversation, and for a session opened on history soma had not seen,
+        the key this process remembers it by; None for every other session: the store finds those)."""
         conv = parse_messages(body.get("messages"), max_message_chars)
         scope = request.headers.get("authorization", "")
         wanted = request.headers.get("x-session-id", "").strip()
@@ -169,25 +172,33 @@ def create_app(
                     stub.OpenSession(request_, metadata=meta)
                 except grpc.RpcError as err:
                     raise from_rpc(err) from None
-            return wanted, conv, history_digest(scope, conv.system, conv.prior)
-        digest = history_digest(scope, conv.system, conv.prior)
-        found = recognizer.find(digest) if conv.prior else None
-        if found is not None:
+            return wanted, conv, None
+        digest = history_digest(conv.system, conv.prior)
+        local = history_key(scope, digest)  # this process's memory, for sessions opened on unseen history
+        if conv.prior:
             try:
-                stub.GetSession(dialogue_pb2.GetSessionRequest(session_id=found), metadata=meta)
-                return found, conv, digest
+                found = stub.FindSession(dialogue_pb2.FindSessionRequest(history_digest=digest), metadata=meta)
+                return found.session.session_id, conv, None
             except grpc.RpcError as err:
                 if err.code() is not grpc.StatusCode.NOT_FOUND:
-                    raise from_rpc(err) from None  # closed or expired meanwhile: a new session below
+                    raise from_rpc(err) from None
+            remembered = recognizer.find(local)
+            if remembered is not None:
+                try:
+                    stub.GetSession(dialogue_pb2.GetSessionRequest(session_id=remembered), metadata=meta)
+                    return remembered, conv, local
+                except grpc.RpcError as err:
+                    if err.code() is not grpc.StatusCode.NOT_FOUND:
+                        raise from_rpc(err) from None  # closed or expired meanwhile: a new session below
         system = conv.system
-        if conv.prior:  # history soma never saw (another replica, a restart): kept as context
+        if conv.prior:  # history soma never saw (a conversation begun elsewhere): kept as context
             earlier = "\n".join(f"User: {u}\nAssistant: {a}" for u, a in conv.prior)
             system = f"{system}\n\nThe conversation so far:\n{earlier}".strip()
         try:
             opened = stub.OpenSession(dialogue_pb2.OpenSessionRequest(system_prompt=system), metadata=meta)
         except grpc.RpcError as err:
             raise from_rpc(err) from None
-        return opened.session.session_id, conv, digest
+        return opened.session.session_id, conv, (local if conv.prior else None)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -227,6 +238,7 @@ def create_app(
             session_id, conv, digest = session_for(request, body, meta)
         except BadRequest as err:
             raise HttpError(400, str(err), "invalid_request_error", err.param, err.code) from None
+        scope = request.headers.get("authorization", "")
         chat = stub.Chat(
             dialogue_pb2.ChatRequest(
                 session_id=session_id, query=conv.query, params=common_pb2.GenerationParams(**params)
@@ -244,13 +256,10 @@ def create_app(
             headers["x-soma-served-by"] = SERVED_BY[first.chunk.served_by]  # streaming too: known from chunk one
 
         def remember(answer: str) -> None:
-            recognizer.remember(
-                history_digest(
-                    request.headers.get("authorization", ""), conv.system, (*conv.prior, (conv.query, answer))
-                ),
-                session_id,
-                forget=digest,
-            )
+            if digest is None:
+                return  # found by its stored transcript next time
+            turns = (*conv.prior, (conv.query, answer))
+            recognizer.remember(history_key(scope, history_digest(conv.system, turns)), session_id, forget=digest)
 
         def soma_field(record) -> dict:
             return {

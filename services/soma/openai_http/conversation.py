@@ -4,13 +4,13 @@ OpenAI-style clients resend the whole conversation on every call; soma keeps the
 itself. A request's `messages` are split into the system prompt, the prior (user, assistant)
 turns and the new user query; the prior turns either match the session's stored transcript (or
 are left out), or the request contradicts the session. Without a session id, a conversation is
-recognised by a digest of its prior turns within the caller's key, so an app that resends the
-whole history keeps one session.
+recognised by the digest of its prior turns (soma.session.records.history_digest), which the
+dialogue service looks up among the caller's stored transcripts, so an app that resends the whole
+history keeps one session.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -115,17 +115,6 @@ def check_supported(body: dict) -> None:
     stop = body.get("stop")
     if stop not in (None, [], ""):
         raise BadRequest("stop sequences are not supported by soma", param="stop", code="unsupported_parameter")
-
-
-def history_digest(key_scope: str, system: str, turns: Sequence[tuple[str, str]]) -> str:
-    """The digest a conversation is recognised by: the caller's scope, the system prompt and every
-    (user, assistant) turn, length-prefixed so no two histories share one."""
-    h = hashlib.sha256()
-    for part in (key_scope, system, *(t for turn in turns for t in turn)):
-        data = part.encode()
-        h.update(len(data).to_bytes(8, "big"))
-        h.update(data)
-    return h.hexdigest()
 
 
 def contradiction(prior: Sequence[tuple[str, str]], stored: Sequence[tuple[str, str]]) -> str | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -69,6 +71,23 @@ def chat_messages(state: SessionState, history: list[Turn], query: str) -> list[
         messages.append({"role": "assistant", "content": turn.answer})
     messages.append({"role": "user", "content": query})
     return messages
+
+
+def history_digest(system: str, turns: Iterable[tuple[str, str]]) -> str:
+    """A conversation's fingerprint: sha256 over the system prompt and every (user, assistant) turn,
+    each part length-prefixed so no two conversations share one. The OpenAI door computes it over
+    the history a request resends, the dialogue service over the stored transcript."""
+    h = hashlib.sha256()
+    for part in (system, *(text for turn in turns for text in turn)):
+        data = part.encode()
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def history_key(tenant: str | None, digest: str) -> str:
+    """What the session store indexes a transcript by: its digest within one tenant."""
+    return hashlib.sha256(f"{tenant or ''}\0{digest}".encode()).hexdigest()
 
 
 def turn_to_dict(turn: Turn) -> dict:

@@ -28,6 +28,16 @@ from soma.storage.session_store import (
     TurnConflict,
 )
 
+# KEYS: session. ARGV: the new history key, session id, the history keys' prefix.
+_SET_HISTORY = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local old = redis.call('HGET', KEYS[1], 'history_key')
+if old then redis.call('DEL', ARGV[3] .. old) end
+redis.call('SET', ARGV[3] .. ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], 'history_key', ARGV[1])
+return 1
+"""
+
 # KEYS: session, the tenant's set of open sessions. ARGV: limit (0 = none), session id, fields...
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -151,6 +161,7 @@ class RedisSessionStore:
         self._append = self.redis.register_script(_APPEND)
         self._close = self.redis.register_script(_CLOSE)
         self._put_live = self.redis.register_script(_PUT_LIVE)
+        self._set_history = self.redis.register_script(_SET_HISTORY)
         self._active = f"{prefix}adapting"
 
     def _keys(self, session_id: str) -> list[str]:
@@ -247,9 +258,11 @@ class RedisSessionStore:
         return state
 
     def delete(self, session_id: str) -> bool:
-        labels = self.redis.hget(self._keys(session_id)[0], "labels")
+        labels, history = self.redis.hmget(self._keys(session_id)[0], ["labels", "history_key"])
         pipe = self.redis.pipeline()
         pipe.delete(*self._keys(session_id))
+        if history:
+            pipe.delete(f"{self.prefix}history:{history}")
         pipe.srem(self._active, session_id)
         if labels is not None:
             pipe.srem(self._tenant_key(json.loads(labels)), session_id)
@@ -289,6 +302,13 @@ class RedisSessionStore:
             if updated is not None and float(updated) < before:
                 idle.append(key[len(f"{self.prefix}session:") :])
         return idle
+
+    def set_history_key(self, session_id: str, key: str) -> None:
+        """One Lua script: the old index key goes, the new one points here, only while the session exists."""
+        self._set_history(keys=[self._keys(session_id)[0]], args=[key, session_id, f"{self.prefix}history:"])
+
+    def session_by_history(self, key: str) -> str | None:
+        return self.redis.get(f"{self.prefix}history:{key}")
 
     def count_by_phase(self) -> dict[Phase, int]:
         """A SCAN over the session keys, reading each one's phase (one field, pipelined per page)."""

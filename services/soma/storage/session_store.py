@@ -75,6 +75,15 @@ class SessionStore(Protocol):
         """Stored sessions per phase (soma_sessions{phase}); closed ones are erased, so not counted."""
         ...
 
+    def set_history_key(self, session_id: str, key: str) -> None:
+        """Index the session by its transcript's key (soma.session.records.history_key), replacing
+        its previous one; a session erased meanwhile is not indexed."""
+        ...
+
+    def session_by_history(self, key: str) -> str | None:
+        """The session whose stored transcript has this key, or None."""
+        ...
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -99,6 +108,11 @@ CREATE TABLE IF NOT EXISTS turns (
     record TEXT NOT NULL,
     PRIMARY KEY (session_id, turn_index)
 );
+CREATE TABLE IF NOT EXISTS history_keys (
+    key TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_keys_of_session ON history_keys(session_id);
 """
 
 # columns added after the first release: ALTER TABLE brings older files up to date
@@ -289,6 +303,7 @@ class SqliteSessionStore:
         """Remove the session entirely (the operator's finalizer and TTL); False when unknown."""
         with self._write() as conn:
             conn.execute("DELETE FROM turns WHERE session_id=?", (session_id,))
+            conn.execute("DELETE FROM history_keys WHERE session_id=?", (session_id,))
             deleted = conn.execute("DELETE FROM sessions WHERE session_id=?", (session_id,)).rowcount == 1
         # the write-ahead log still holds the pages as they were: fold it into the (secure_delete)
         # database and empty it, so the erased text is gone from disk (skipped while readers hold it;
@@ -340,6 +355,19 @@ class SqliteSessionStore:
             (Phase.CLOSED.value, tenant),
         ).fetchone()
         return int(row["n"])
+
+    def set_history_key(self, session_id: str, key: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM history_keys WHERE session_id=?", (session_id,))
+            conn.execute(
+                "INSERT OR REPLACE INTO history_keys (key, session_id)"
+                " SELECT ?, session_id FROM sessions WHERE session_id=?",
+                (key, session_id),
+            )
+
+    def session_by_history(self, key: str) -> str | None:
+        row = self._conn().execute("SELECT session_id FROM history_keys WHERE key=?", (key,)).fetchone()
+        return row["session_id"] if row else None
 
     def count_by_phase(self) -> dict[Phase, int]:
         rows = self._conn().execute("SELECT phase, COUNT(*) AS n FROM sessions GROUP BY phase")

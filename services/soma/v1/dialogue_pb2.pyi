@@ -121,3 +121,15 @@ class TranscriptTurn(_message.Message):
     answer: str
     record: _common_pb2.TurnRecord
     def __init__(self, query: _Optional[str] = ..., answer: _Optional[str] = ..., record: _Optional[_Union[_common_pb2.TurnRecord, _Mapping]] = ...) -> None: ...
+
+class FindSessionRequest(_message.Message):
+    __slots__ = ("history_digest",)
+    HISTORY_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    history_digest: str
+    def __init__(self, history_digest: _Optional[str] = ...) -> None: ...
+
+class FindSessionResponse(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: Session
+    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ...) -> None: ...

@@ -55,6 +55,11 @@ class DialogueServiceStub:
                 request_serializer=soma_dot_v1_dot_dialogue__pb2.CloseSessionRequest.SerializeToString,
                 response_deserializer=soma_dot_v1_dot_dialogue__pb2.CloseSessionResponse.FromString,
                 _registered_method=True)
+        self.FindSession = channel.unary_unary(
+                '/soma.v1.DialogueService/FindSession',
+                request_serializer=soma_dot_v1_dot_dialogue__pb2.FindSessionRequest.SerializeToString,
+                response_deserializer=soma_dot_v1_dot_dialogue__pb2.FindSessionResponse.FromString,
+                _registered_method=True)
 
 
 class DialogueServiceServicer:
@@ -89,6 +94,15 @@ class DialogueServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindSession(self, request, context):
+        """Finds the caller's session whose stored transcript is a given history (how the
+        OpenAI-compatible door keeps one session for clients that resend the whole conversation).
+        NOT_FOUND when none of the caller's sessions holds exactly that history.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DialogueServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +125,11 @@ def add_DialogueServiceServicer_to_server(servicer, server):
                     servicer.CloseSession,
                     request_deserializer=soma_dot_v1_dot_dialogue__pb2.CloseSessionRequest.FromString,
                     response_serializer=soma_dot_v1_dot_dialogue__pb2.CloseSessionResponse.SerializeToString,
+            ),
+            'FindSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindSession,
+                    request_deserializer=soma_dot_v1_dot_dialogue__pb2.FindSessionRequest.FromString,
+                    response_serializer=soma_dot_v1_dot_dialogue__pb2.FindSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +241,33 @@ class DialogueService:
             '/soma.v1.DialogueService/CloseSession',
             soma_dot_v1_dot_dialogue__pb2.CloseSessionRequest.SerializeToString,
             soma_dot_v1_dot_dialogue__pb2.CloseSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/soma.v1.DialogueService/FindSession',
+            soma_dot_v1_dot_dialogue__pb2.FindSessionRequest.SerializeToString,
+            soma_dot_v1_dot_dialogue__pb2.FindSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,
