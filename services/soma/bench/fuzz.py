@@ -1,6 +1,6 @@
 """`soma bench fuzz`: hypothesis-generated requests against every RPC of real servers.
 
-The public Dialogue API (OpenSession, Chat, GetSession, CloseSession), Health and Reflection get
+The public Dialogue API (OpenSession, Chat, GetSession, CloseSession, FindSession), Health and Reflection get
 requests with empty and extreme lengths, control characters, huge maps, out-of-range numbers, NaN
 and infinities, and credentials that are missing, malformed or wrong. The server under test is
 `soma serve --target dialogue` (adaptation off) in front of a stand-in teacher
@@ -38,7 +38,16 @@ from typing import Any
 import grpc
 
 BAD_CODES = ("INTERNAL", "UNKNOWN", "DATA_LOSS")
-PUBLIC_RPCS = ("OpenSession", "Chat", "GetSession", "CloseSession", "Credentials", "Health", "Reflection")
+PUBLIC_RPCS = (
+    "OpenSession",
+    "Chat",
+    "GetSession",
+    "CloseSession",
+    "FindSession",
+    "Credentials",
+    "Health",
+    "Reflection",
+)
 INTERNAL_RPCS = (
     "TeacherGenerate",
     "SubmitMiningJob",
@@ -301,6 +310,15 @@ def fuzz(
         req = dialogue_pb2.CloseSessionRequest(session_id=sid)
         call("CloseSession", lambda: stub.CloseSession(req, timeout=30), lambda: _describe(req))
 
+    hex_digests = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
+
+    @hypothesis_seed(seed + 17)
+    @every
+    @given(digest=st.one_of(text, hex_digests))
+    def find_session(digest):
+        req = dialogue_pb2.FindSessionRequest(history_digest=digest)
+        call("FindSession", lambda: stub.FindSession(req, timeout=30), lambda: _describe(req))
+
     raw_stub = dialogue_pb2_grpc.DialogueServiceStub(raw)
 
     @hypothesis_seed(seed + 4)
@@ -335,7 +353,7 @@ def fuzz(
             lambda: _describe(req),
         )
 
-    runs = [open_session, chat, get_session, close_session, credentials, health_check, reflect]
+    runs = [open_session, chat, get_session, close_session, find_session, credentials, health_check, reflect]
     if teacher:
         from soma.telemetry.tracing import SERVICE_TOKEN_HEADER
         from soma.v1 import teacher_pb2, teacher_pb2_grpc
