@@ -106,3 +106,26 @@ def scrape_metrics(port: int) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             values[name] = float(value)
     return values
+
+
+def redis_contents(url: str) -> list[bytes]:
+    """Every key of a Redis database and every value under it (strings, lists, hashes, sets, sorted
+    sets): what an erasure test searches for a session's id or text."""
+    import redis
+
+    r = redis.Redis.from_url(url)
+    out: list[bytes] = []
+    for key in r.scan_iter():
+        out.append(key)
+        kind = r.type(key)
+        if kind == b"string":
+            out.append(r.get(key))
+        elif kind == b"list":
+            out.extend(r.lrange(key, 0, -1))
+        elif kind == b"hash":
+            out.extend(b"".join(kv) for kv in r.hgetall(key).items())
+        elif kind == b"set":
+            out.extend(r.smembers(key))
+        elif kind == b"zset":
+            out.extend(r.zrange(key, 0, -1))
+    return out

@@ -15,7 +15,7 @@ from soma.config import JobsSettings
 from soma.jobs import broker_messages
 from soma.jobs.app import make_celery
 from soma.jobs.queue import JobQueue
-from tests.servers import redis_server
+from tests.servers import redis_contents, redis_server
 
 pytestmark = pytest.mark.integration
 
@@ -53,22 +53,7 @@ def _everything(kind: str, tmp_path, redis_url) -> bytes:
     """Every byte the broker and result backend hold: all files, or every Redis key and value."""
     if kind == "filesystem":
         return b"".join(p.read_bytes() for p in (tmp_path / "jobs").rglob("*") if p.is_file())
-    r = redis.Redis.from_url(redis_url)
-    out = []
-    for key in r.scan_iter():
-        out.append(key)
-        kind_of = r.type(key)
-        if kind_of == b"string":
-            out.append(r.get(key))
-        elif kind_of == b"list":
-            out.extend(r.lrange(key, 0, -1))
-        elif kind_of == b"hash":
-            out.extend(b"".join(kv) for kv in r.hgetall(key).items())
-        elif kind_of == b"set":
-            out.extend(r.smembers(key))
-        elif kind_of == b"zset":
-            out.extend(r.zrange(key, 0, -1))
-    return b"".join(out)
+    return b"".join(redis_contents(redis_url))
 
 
 def _take(kind: str, queue: JobQueue, jid: str, redis_url: str) -> None:

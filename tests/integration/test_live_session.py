@@ -34,7 +34,7 @@ from soma.v1 import (
     training_pb2_grpc,
 )
 from tests.integration.conftest import SERVER_ENV
-from tests.servers import free_port, redis_server, s3_server, scrape_metrics
+from tests.servers import free_port, redis_contents, redis_server, s3_server, scrape_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -465,8 +465,6 @@ def cluster_like(tmp_path_factory):
 def test_close_session_erases_every_trace_from_redis_and_s3(cluster_like):
     """Issue 15, the cluster layout: after CloseSession of a switched session, no Redis key or value,
     no S3 object and no file of the job backend holds its id or any of its text."""
-    import redis
-
     from soma.storage.adapter_store import S3AdapterStore
 
     s = open_session(cluster_like["stub"], "erase-redis-1")
@@ -483,19 +481,7 @@ def test_close_session_erases_every_trace_from_redis_and_s3(cluster_like):
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
     texts = [t.encode() for t in (s.id, *queries)]
-    r = redis.Redis.from_url(cluster_like["redis"][0])
-    held = []
-    for key in r.scan_iter():
-        held.append(key)
-        kind = r.type(key)
-        if kind == b"string":
-            held.append(r.get(key))
-        elif kind == b"hash":
-            held.extend(b"".join(kv) for kv in r.hgetall(key).items())
-        elif kind == b"list":
-            held.extend(r.lrange(key, 0, -1))
-        elif kind in (b"set", b"zset"):
-            held.extend(r.smembers(key) if kind == b"set" else r.zrange(key, 0, -1))
+    held = redis_contents(cluster_like["redis"][0])
     objects = list(s3.client.list_objects(s3.bucket, recursive=True))
     held += [o.object_name.encode() for o in objects]
     held += [s3.client.get_object(s3.bucket, o.object_name).read() for o in objects]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from contextlib import contextmanager
 
 import grpc
 import openai
@@ -191,25 +192,31 @@ def test_malformed_json_and_a_bad_key(all_server):
         _client(all_server, key="not-a-key").models.list()
 
 
-@pytest.fixture
-def two_tenants(tmp_path):
+@contextmanager
+def _keyed_dialogue_env(tmp_path, tenants: dict[str, str]):
+    """Env of a `--target dialogue` server whose API keys map to `tenants`, in front of the stand-in
+    teacher (stopped on exit)."""
     keys = tmp_path / "api-keys.json"
-    keys.write_text(
-        json.dumps({hash_key("key-of-alice-0123456789"): "alice", hash_key("key-of-bob-0123456789ab"): "bob"})
-    )
+    keys.write_text(json.dumps({hash_key(key): tenant for key, tenant in tenants.items()}))
     teacher, address = start_teacher(tmp_path / "teacher.log", port=free_port())
-    env = {
-        "SOMA_STATE_DIR": str(tmp_path / "state"),
-        "SOMA_SERVER__API_KEYS_FILE": str(keys),
-        "SOMA_DIALOGUE__TEACHER_ADDRESS": address,
-        "SOMA_ADAPTATION__MODE": "off",
-    }
     try:
-        with start_server("dialogue", env=env, log_path=tmp_path / "dialogue.log") as server:
-            yield server
+        yield {
+            "SOMA_STATE_DIR": str(tmp_path / "state"),
+            "SOMA_SERVER__API_KEYS_FILE": str(keys),
+            "SOMA_DIALOGUE__TEACHER_ADDRESS": address,
+            "SOMA_ADAPTATION__MODE": "off",
+        }
     finally:
         teacher.kill()
         teacher.wait(30)
+
+
+@pytest.fixture
+def two_tenants(tmp_path):
+    tenants = {"key-of-alice-0123456789": "alice", "key-of-bob-0123456789ab": "bob"}
+    with _keyed_dialogue_env(tmp_path, tenants) as env:
+        with start_server("dialogue", env=env, log_path=tmp_path / "dialogue.log") as server:
+            yield server
 
 
 def test_another_tenant_never_lands_in_the_first_tenant_s_session(two_tenants):
@@ -241,17 +248,8 @@ def test_a_resent_history_finds_its_session_after_a_restart(tmp_path):
     the serving process's memory: after the server restarts on the same store (or on another
     replica), the app that resends its history still lands in its session."""
     key = "key-of-carol-0123456789"
-    keys = tmp_path / "api-keys.json"
-    keys.write_text(json.dumps({hash_key(key): "carol"}))
-    teacher, address = start_teacher(tmp_path / "teacher.log", port=free_port())
-    env = {
-        "SOMA_STATE_DIR": str(tmp_path / "state"),
-        "SOMA_SERVER__API_KEYS_FILE": str(keys),
-        "SOMA_DIALOGUE__TEACHER_ADDRESS": address,
-        "SOMA_ADAPTATION__MODE": "off",
-    }
     history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUERIES[0]}]
-    try:
+    with _keyed_dialogue_env(tmp_path, {key: "carol"}) as env:
         with start_server("dialogue", env=env, log_path=tmp_path / "dialogue.log") as server:
             raw = _client(server, key).chat.completions.with_raw_response.create(model="soma", messages=history)
             first_id = raw.headers["x-session-id"]
@@ -265,6 +263,3 @@ def test_a_resent_history_finds_its_session_after_a_restart(tmp_path):
             history[2]["content"] += "!"
             other = _client(server, key).chat.completions.with_raw_response.create(model="soma", messages=history)
             assert other.headers["x-session-id"] != first_id
-    finally:
-        teacher.kill()
-        teacher.wait(30)
