@@ -256,8 +256,8 @@ class JobsSettings(_Section):
         120.0,
         ge=0,
         description=(
-            "A job still queued but gone from the broker this long (a worker took it and died before"
-            " starting it) is sent again when its status is read; 0 = off."
+            "A job older than this, still queued but gone from the broker this long (a worker took it and"
+            " died before starting it), is sent again when its status is read; 0 = off."
         ),
     )
     shutdown_wait_s: float = Field(

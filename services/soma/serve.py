@@ -388,13 +388,15 @@ def run(target: str, settings: Settings, config_path=None) -> int:
 
         export_worker_metrics(worker_metrics_dir(settings.state_dir))
     start_metrics_server(settings.telemetry.metrics_port, settings.server.host)
+    door = http_door(target, settings, server.port)  # bound now: a taken port stops the start before anything runs
     server.install_signal_handlers()
     exit_with_parent("SOMA_SERVE_PARENT_PID")  # started by soma demo / bench / tests: go when they go
     server.start()
+    if door is not None:
+        door.start()
     # the worker asks the teacher on the private socket, like the process's own services do
     teacher = server.local_address or server.address
     worker = start_embedded_worker(settings, teacher, config_path) if target == "all" else None
-    door = start_http_door(target, settings, server.port)
     names = ", ".join(SERVICES_OF[target])
     private = f"; internal services on {server.local_address}" if server.local_address else ""
     if door is not None:
@@ -413,8 +415,9 @@ def run(target: str, settings: Settings, config_path=None) -> int:
     return 0
 
 
-def start_http_door(target: str, settings: Settings, grpc_port: int):
-    """The OpenAI-compatible door of a process serving the Dialogue API (None when off)."""
+def http_door(target: str, settings: Settings, grpc_port: int):
+    """The OpenAI-compatible door of a process serving the Dialogue API, bound but not started
+    (None when off). It calls the Dialogue API on this process's own port."""
     s = settings.server
     if "dialogue" not in SERVICES_OF[target] or s.http_port is None:
         return None
@@ -425,5 +428,15 @@ def start_http_door(target: str, settings: Settings, grpc_port: int):
         return None
     from soma.openai_http.host import HttpDoor
 
-    models = ["soma", settings.teacher.model]
-    return HttpDoor(s.host, s.http_port, f"127.0.0.1:{grpc_port}", models, settings.dialogue.max_query_chars).start()
+    host = s.host.strip("[]")
+    own = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "localhost": "127.0.0.1", "::": "::1"}.get(host, host)
+    target_address = f"[{own}]:{grpc_port}" if ":" in own else f"{own}:{grpc_port}"
+    return HttpDoor(
+        s.host,
+        s.http_port,
+        target_address,
+        ["soma", settings.teacher.model],
+        settings.dialogue.max_query_chars,
+        max_message_mb=s.max_message_mb,
+        auth_required=s.auth == "keys",
+    )

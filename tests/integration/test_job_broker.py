@@ -8,6 +8,9 @@ message gone from the broker, its status still PENDING) is sent again after `req
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 import redis
 
@@ -45,7 +48,9 @@ def broker(request, tmp_path, redis_url):
         settings = JobsSettings(broker_url=redis_url, result_backend=redis_url, requeue_after_s=30)
     app = make_celery(settings)
     clock = Clock()
-    yield request.param, JobQueue(app, settings, clock=clock), clock, tmp_path, redis_url
+    started = time.time()
+    queue = JobQueue(app, settings, clock=clock, wall=lambda: started + clock.now - 1000.0)
+    yield request.param, queue, clock, tmp_path, redis_url
     app.close()
 
 
@@ -87,7 +92,9 @@ def test_a_job_taken_but_never_started_is_sent_again_and_a_waiting_one_is_not(br
     name = queue.settings.mining_queue
     _take(kind, queue, "mine-q-2-1", redis_url)  # a worker reserved it, then died before starting it
 
-    assert queue.status("mine-q-2-1", "mine").stage == "queued"  # first seen missing now
+    assert queue.status("mine-q-2-1", "mine").stage == "queued"  # too young to be called lost: no broker read
+    clock.now += 31
+    assert queue.status("mine-q-2-1", "mine").stage == "queued"  # old enough: first seen missing now
     clock.now += 29
     assert queue.status("mine-q-2-1", "mine").stage == "queued"
     clock.now += 2  # missing for 31 s > requeue_after_s
@@ -112,3 +119,21 @@ def test_requeue_off_leaves_a_lost_job_alone(broker):
     queue.status("mine-q-4-1", "mine")
     clock.now += 1000
     assert queue.status("mine-q-4-1", "mine").stage == "queued" and queue.requeued == 0
+
+
+def test_a_job_a_redis_worker_has_reserved_is_not_sent_again(broker):
+    """On Redis a worker's reserved message sits in kombu's `unacked` hash, and kombu restores it
+    itself after the visibility timeout: sending a copy would run the job twice."""
+    kind, queue, clock, _, redis_url = broker
+    if kind != "redis":
+        pytest.skip("the filesystem transport has no reservations to see")
+    queue.submit("mine", "q-5", 1, [[{"turn_index": 1, "query": "hello"}]])
+    name = queue.settings.mining_queue
+    r = redis.Redis.from_url(redis_url)
+    raw = r.rpop(name)  # what a consumer does on Redis: the message moves to unacked
+    with queue.app.connection_for_write() as conn:
+        unacked = conn.default_channel.unacked_key
+    r.hset(unacked, "tag-1", json.dumps([json.loads(raw), "", name]))
+    queue.status("mine-q-5-1", "mine")
+    clock.now += 1000
+    assert queue.status("mine-q-5-1", "mine").stage == "queued" and queue.requeued == 0

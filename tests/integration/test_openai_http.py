@@ -190,6 +190,22 @@ def test_malformed_json_and_a_bad_key(all_server):
         )
     with pytest.raises(openai.AuthenticationError):
         _client(all_server, key="not-a-key").models.list()
+    # no key at all: refused before the body is read; a body over the message limit: 413
+    request = urllib.request.Request(url, data=b'{"model": "soma"}', headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=60)
+    assert info.value.code == 401 and json.loads(info.value.read())["error"]["type"] == "authentication_error"
+    import http.client
+
+    host, port = all_server.http_address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.putrequest("POST", "/v1/chat/completions")
+    conn.putheader("Authorization", f"Bearer {all_server.api_key}")
+    conn.putheader("Content-Length", str(17 << 20))  # refused on the header, before any of it is sent
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413 and json.loads(response.read())["error"]["message"].startswith("the body is over")
+    conn.close()
 
 
 @contextmanager

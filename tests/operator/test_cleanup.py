@@ -33,6 +33,7 @@ class StoreDriver:
 
     def __init__(self, sessions: SqliteSessionStore, adapters: S3AdapterStore):
         self.sessions, self.adapters = sessions, adapters
+        self._orphan_candidates: set[str] = set()  # what the real driver's sweep keeps between passes
 
     def tick(self, session_id: str, now: float) -> dict | None:
         state = self.sessions.get(session_id)

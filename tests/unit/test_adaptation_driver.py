@@ -348,6 +348,14 @@ def test_the_orphan_sweep_deletes_only_adapters_of_sessions_the_store_lacks(setu
         driver.sweep_orphans()
     assert adapters.session_ids() == ["gone-1", "gone-2", "s1"]
     driver.store = store
-    assert driver.sweep_orphans() == ["gone-1", "gone-2"]
+    assert driver.sweep_orphans() == []  # seen missing once: a candidate, not yet deleted
+    assert adapters.session_ids() == ["gone-1", "gone-2", "s1"]
+    assert driver.sweep_orphans() == ["gone-1", "gone-2"]  # missing on two passes in a row
     assert adapters.session_ids() == ["s1"] and adapters.generations("s1") == [1]
     assert driver.sweep_orphans() == []
+
+    # a store that holds no session at all (came back empty, or the wrong prefix) deletes nothing
+    store.delete("s1")
+    for _ in range(3):
+        assert driver.sweep_orphans() == []
+    assert adapters.session_ids() == ["s1"]

@@ -114,6 +114,7 @@ class AdaptationDriver:
         self.method = method
         self.policy = policy
         self.adapter_store = adapter_store
+        self._orphan_candidates: set[str] = set()  # missing from the store at the last sweep
         self.rpc_timeout_s = rpc_timeout_s
         self.max_warm_turns = max_warm_turns or max(policy.machine.warm_turns, method.lora.top_warm)
         self._warned: dict[str, float] = {}
@@ -404,11 +405,19 @@ class AdaptationDriver:
     def sweep_orphans(self) -> list[str]:
         """Delete the adapters of sessions the session store no longer has: what a crash between an
         erasure and a job's own clean-up (or a store restored from an older backup) leaves behind.
-        Adapters exist only for sessions created before them, so no live session loses one; a store
-        that cannot be read raises, and nothing is deleted."""
+        Adapters exist only for sessions created before them, so no live session loses one. Safety:
+        a session is deleted only when two passes in a row found it missing, and nothing at all when
+        the store holds no session while adapters exist (a store that came back empty, or another
+        store's prefix, would otherwise empty the bucket); a store that cannot be read raises."""
         if self.adapter_store is None:
             return []
-        orphans = [sid for sid in self.adapter_store.session_ids() if self.store.get(sid) is None]
+        stored = self.adapter_store.session_ids()
+        missing = {sid for sid in stored if self.store.get(sid) is None}
+        if stored and len(missing) == len(stored) and not sum(self.store.count_by_phase().values()):
+            log.warning("the session store holds no session but %d have adapters: orphan sweep skipped", len(stored))
+            missing = set()
+        orphans = sorted(missing & self._orphan_candidates)
+        self._orphan_candidates = missing - set(orphans)
         for session_id in orphans:
             removed = self.adapter_store.delete_session(session_id)
             log.warning(

@@ -82,8 +82,9 @@ def make_celery(settings: JobsSettings) -> Celery:
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
-        # the result backend keeps a job's status and result, never its arguments (the warm turns'
-        # text): the attempt number travels in the job's own progress and result instead
+        # the result backend keeps a job's status and result, not its arguments (the warm turns' text):
+        # the attempt number travels in the job's own progress and result instead (soma.jobs.queue
+        # keeps one copy of them while the job waits, for a requeue; the worker deletes it at start)
         result_extended=False,
         worker_hijack_root_logger=False,
         # on SIGTERM a worker waits this long for its running job, then stops it and puts it back

@@ -64,7 +64,8 @@ def _is_redis(app: Celery) -> bool:
 
 
 def waiting_ids(app: Celery, queue: str) -> set[str] | None:
-    """Task ids of the messages waiting in `queue`; None when the broker is not one soma can read."""
+    """Task ids of the messages waiting in `queue` (on Redis also those a worker reserved and has not
+    acknowledged); None when the broker is not one soma can read."""
     folder = _folder(app)
     if folder is not None:
         return {tid for _, tid in _queue_files(folder, queue) if tid}
@@ -72,8 +73,22 @@ def waiting_ids(app: Celery, queue: str) -> set[str] | None:
         ids = set()
         for client, key in _redis_lists(app, queue):
             ids.update(tid for tid in map(_task_id, client.lrange(key, 0, -1)) if tid)
+        ids.update(_redis_reserved(app))  # kombu restores these itself after the visibility timeout
         return ids
     return None
+
+
+def _redis_reserved(app: Celery) -> set[str]:
+    """Task ids a worker has taken but not acknowledged (kombu's `unacked` hash, any queue)."""
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        ids = set()
+        for raw in channel.client.hvals(channel.unacked_key):
+            try:
+                ids.add(json.loads(raw)[0]["headers"]["id"])
+            except (ValueError, KeyError, TypeError, IndexError):
+                continue
+        return ids
 
 
 def remove_waiting(app: Celery, queue: str, task_ids: set[str]) -> int | None:

@@ -4,9 +4,10 @@ The job id is the idempotency key: `{kind}-{session}-{generation}`. Submitting i
 the existing job instead of enqueuing a second one (a marker is written to the result backend
 before the task is sent; two racing submits may both send it, and the work is idempotent).
 
-A job still PENDING that is no longer waiting in the broker was taken by a worker that died
-before starting it; after `jobs.requeue_after_s` of that, reading its status sends it again (its
-arguments are kept beside the marker until the job is forgotten). Forgetting a job also removes
+A job still PENDING that is no longer in the broker (neither waiting nor, on Redis, reserved) was
+taken by a worker that died before starting it; after `jobs.requeue_after_s` of that, reading its
+status sends it again (a copy of its arguments is kept beside the marker until a worker starts
+it, or the job is forgotten). Forgetting a job also removes
 its message from the broker if it is still waiting there.
 """
 
@@ -103,12 +104,13 @@ _UNREACHABLE = _unreachable_errors()
 
 
 class JobQueue:
-    def __init__(self, app: Celery, settings: JobsSettings, clock=time.monotonic):
+    def __init__(self, app: Celery, settings: JobsSettings, clock=time.monotonic, wall=time.time):
         self.app = app
         self.settings = settings
-        self.clock = clock
+        self.clock, self.wall = clock, wall
         self.requeued = 0  # jobs sent again because their worker never started them
         self._absent_since: dict[str, float] = {}  # PENDING jobs seen missing from the broker, since when
+        self._waiting_cache: dict[str, tuple[float, set[str] | None]] = {}
         self._lock = threading.Lock()
 
     @_unavailable_when_unreachable
@@ -149,17 +151,30 @@ class JobQueue:
                 raise Unavailable(f"the job queue is unreachable ({type(err).__name__}: {err}); retry later") from err
         return self.status(jid, kind)
 
-    def _requeue_if_lost(self, jid: str, kind: str) -> bool:
+    def _waiting(self, queue: str) -> set[str] | None:
+        """The broker's waiting (and, on Redis, reserved) task ids, read at most once a second per
+        queue however many jobs are polled."""
+        now = self.clock()
+        with self._lock:
+            cached = self._waiting_cache.get(queue)
+            if cached is not None and now - cached[0] < 1.0:
+                return cached[1]
+        ids = broker_messages.waiting_ids(self.app, queue)
+        with self._lock:
+            self._waiting_cache[queue] = (now, ids)
+        return ids
+
+    def _requeue_if_lost(self, jid: str, kind: str, submitted: float) -> bool:
         """Send a PENDING job again when it has been missing from the broker (taken by a worker that
         never started it) for `requeue_after_s`; True when it was sent. Two sends of one job are
         harmless: the work is idempotent per (session, generation)."""
         after = self.settings.requeue_after_s
-        if after <= 0:
-            return False
+        if after <= 0 or self.wall() - float(submitted) < after:
+            return False  # off, or too young to have been lost: no broker read
         task, queue_key = KINDS[kind]
         queue = getattr(self.settings, queue_key)
         try:
-            waiting = broker_messages.waiting_ids(self.app, queue)
+            waiting = self._waiting(queue)
         except Exception as err:  # noqa: BLE001 - a broker that cannot be read now: decide on a later read
             log.debug("cannot read queue %s (%s)", queue, err)
             return False
@@ -188,22 +203,30 @@ class JobQueue:
         longer wants it."""
         if self._read_marker(jid) is None:
             return False
+        self.app.backend.delete(self._args_key(jid))  # first: no requeue can send it again from here on
         if purge:
             self._purge({jid})
         AsyncResult(jid, app=self.app).forget()
-        for key in (f"soma-deliveries-{jid}".encode(), self._args_key(jid), self._marker(jid)):
+        for key in (f"soma-deliveries-{jid}".encode(), self._marker(jid)):
             self.app.backend.delete(key)
         with self._lock:
             self._absent_since.pop(jid, None)
         return True
 
     def _purge(self, jids: set[str]) -> None:
+        """Take the jobs' waiting messages out of the broker; a broker that fails here does not stop
+        the rest of the forgetting (a message left behind is dropped unrun by its worker)."""
         for kind, (_, queue_key) in KINDS.items():
             mine = {j for j in jids if j.startswith(f"{kind}-")}
-            if mine:
+            if not mine:
+                continue
+            try:
                 removed = broker_messages.remove_waiting(self.app, getattr(self.settings, queue_key), mine)
-                if removed:
-                    log.info("removed %d waiting %s messages from the broker", removed, kind)
+            except Exception as err:  # noqa: BLE001 - any broker error: forget the rest anyway
+                log.warning("could not remove waiting %s messages from the broker: %s", kind, err)
+                continue
+            if removed:
+                log.info("removed %d waiting %s messages from the broker", removed, kind)
 
     @_unavailable_when_unreachable
     def forget_session(self, session_id: str, up_to_generation: int = 0) -> int:
@@ -217,6 +240,8 @@ class JobQueue:
             seen |= known
             missing = 0 if known else missing + 1
             generation += 1
+        for jid in seen:
+            self.app.backend.delete(self._args_key(jid))
         self._purge(seen)
         for jid in seen:
             forgotten += self.forget(jid, purge=False)
@@ -236,7 +261,9 @@ class JobQueue:
         common = {"job_id": jid, "session_id": marker["session_id"], "generation": int(marker["generation"])}
         if state == "PENDING":
             stage = (
-                "queued again: its worker never started it" if self._requeue_if_lost(jid, marker["kind"]) else "queued"
+                "queued again: its worker never started it"
+                if self._requeue_if_lost(jid, marker["kind"], marker.get("submitted", 0))
+                else "queued"
             )
             return JobView(**common, state="QUEUED", progress=0.0, stage=stage, message="", attempt=attempt)
         if state in ("STARTED", "PROGRESS"):

@@ -151,7 +151,9 @@ def register_tasks(app: Celery, settings: Settings, resources_factory=None, sess
     }
 
     def count_delivery(task: Any) -> None:
-        """Fail a job delivered more than jobs.max_deliveries times (each time its worker died)."""
+        """Fail a job delivered more than jobs.max_deliveries times (each time its worker died); the
+        copy of its arguments kept for a requeue (soma.jobs.queue) is no longer needed once it runs."""
+        task.backend.delete(f"soma-args-{task.request.id}".encode())
         key = f"soma-deliveries-{task.request.id}".encode()
         raw = task.backend.get(key)
         count = (int(raw) if raw else 0) + 1

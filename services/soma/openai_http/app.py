@@ -11,11 +11,14 @@ the response names it in `x-session-id` and in a `soma` field of the body (or of
 from __future__ import annotations
 
 import json
+import math
+import re
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -56,10 +59,28 @@ class HttpError(Exception):
 
 def from_rpc(err: grpc.RpcError) -> HttpError:
     status, type_ = STATUS.get(err.code(), (500, "api_error"))
-    out = HttpError(status, err.details() or err.code().name, type_, code=err.code().name.lower())
+    details = err.details() or err.code().name
+    out = HttpError(status, details, type_, code=err.code().name.lower())
     if err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        out.headers["retry-after"] = "1"
+        wait = re.search(r"retry in ([0-9.]+) s", details)
+        if wait:  # a rate: waiting helps
+            out.headers["retry-after"] = str(max(1, math.ceil(float(wait.group(1)))))
+        elif "in flight" in details:  # a turn slot frees when a turn ends
+            out.headers["retry-after"] = "1"
+        else:  # a count or size limit: waiting does not help, and the OpenAI SDKs read this header
+            out.headers["x-should-retry"] = "false"
     return out
+
+
+@dataclass(frozen=True)
+class Target:
+    """The session a request's turn goes to."""
+
+    session_id: str
+    conv: Any
+    turn_index: int  # the index the new turn must get (the Dialogue API refuses any other: ABORTED)
+    memory_key: str | None = None  # opened on history soma had not seen: remembered by this process
+    opened: bool = False  # opened by this request: closed again if its first turn fails
 
 
 class Recognizer:
@@ -122,6 +143,9 @@ def create_app(
     max_message_chars: int,
     recognizer: Recognizer | None = None,
     clock: Callable[[], float] = time.time,
+    *,
+    auth_required: bool = True,
+    max_body_bytes: int = 16 << 20,
 ) -> FastAPI:
     """The door, calling the Dialogue API over `channel`. `models`: the ids a client may pass
     (`soma` first); every one is served by soma's routing."""
@@ -147,9 +171,7 @@ def create_app(
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "soma"} for m in models]
         return {"object": "list", "data": data}
 
-    def session_for(request: Request, body: dict, meta) -> tuple[str, Any, str]:
-        """(session id, the parsed conversation, and for a session opened on history soma had not seen,
-        the key this process remembers it by; None for every other session: the store finds those)."""
+    def session_for(request: Request, body: dict, meta) -> Target:
         conv = parse_messages(body.get("messages"), max_message_chars)
         scope = request.headers.get("authorization", "")
         wanted = request.headers.get("x-session-id", "").strip()
@@ -172,21 +194,22 @@ def create_app(
                     stub.OpenSession(request_, metadata=meta)
                 except grpc.RpcError as err:
                     raise from_rpc(err) from None
-            return wanted, conv, None
+                return Target(wanted, conv, 1, opened=True)
+            return Target(wanted, conv, len(stored) + 1)
         digest = history_digest(conv.system, conv.prior)
         local = history_key(scope, digest)  # this process's memory, for sessions opened on unseen history
         if conv.prior:
             try:
                 found = stub.FindSession(dialogue_pb2.FindSessionRequest(history_digest=digest), metadata=meta)
-                return found.session.session_id, conv, None
+                return Target(found.session.session_id, conv, len(conv.prior) + 1)
             except grpc.RpcError as err:
                 if err.code() is not grpc.StatusCode.NOT_FOUND:
                     raise from_rpc(err) from None
             remembered = recognizer.find(local)
             if remembered is not None:
                 try:
-                    stub.GetSession(dialogue_pb2.GetSessionRequest(session_id=remembered), metadata=meta)
-                    return remembered, conv, local
+                    state = stub.GetSession(dialogue_pb2.GetSessionRequest(session_id=remembered), metadata=meta)
+                    return Target(remembered, conv, state.session.turn_count + 1, memory_key=local)
                 except grpc.RpcError as err:
                     if err.code() is not grpc.StatusCode.NOT_FOUND:
                         raise from_rpc(err) from None  # closed or expired meanwhile: a new session below
@@ -198,11 +221,20 @@ def create_app(
             opened = stub.OpenSession(dialogue_pb2.OpenSessionRequest(system_prompt=system), metadata=meta)
         except grpc.RpcError as err:
             raise from_rpc(err) from None
-        return opened.session.session_id, conv, (local if conv.prior else None)
+        return Target(opened.session.session_id, conv, 1, memory_key=local if conv.prior else None, opened=True)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        raw = await request.body()
+        if auth_required and not request.headers.get("authorization"):
+            raise HttpError(401, "no API key: send Authorization: Bearer <key>", "authentication_error")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_body_bytes:
+            raise HttpError(413, f"the body is over {max_body_bytes} bytes", "invalid_request_error")
+        raw = bytearray()
+        async for part in request.stream():
+            raw += part
+            if len(raw) > max_body_bytes:
+                raise HttpError(413, f"the body is over {max_body_bytes} bytes", "invalid_request_error")
         try:
             body = json.loads(raw)
         except ValueError:
@@ -235,21 +267,35 @@ def create_app(
     def turn(request: Request, body: dict, model: str, params: dict, stream: bool, include_usage: bool):
         meta = metadata(request)
         try:
-            session_id, conv, digest = session_for(request, body, meta)
+            target = session_for(request, body, meta)
         except BadRequest as err:
             raise HttpError(400, str(err), "invalid_request_error", err.param, err.code) from None
+        session_id, conv, digest = target.session_id, target.conv, target.memory_key
         scope = request.headers.get("authorization", "")
         chat = stub.Chat(
             dialogue_pb2.ChatRequest(
-                session_id=session_id, query=conv.query, params=common_pb2.GenerationParams(**params)
+                session_id=session_id,
+                query=conv.query,
+                params=common_pb2.GenerationParams(**params),
+                turn_index=target.turn_index,  # a concurrent or repeated request cannot store a turn twice
             ),
             metadata=meta,
         )
         events = iter(chat)
+
+        def failed(err: grpc.RpcError) -> HttpError:
+            """The error, after closing a session this request opened and left without a turn."""
+            if target.opened:
+                try:
+                    stub.CloseSession(dialogue_pb2.CloseSessionRequest(session_id=session_id), metadata=meta)
+                except grpc.RpcError:
+                    pass  # the idle TTL erases it
+            return from_rpc(err)
+
         try:
             first = next(events, None)  # an error before the first token is still an HTTP status
         except grpc.RpcError as err:
-            raise from_rpc(err) from None
+            raise failed(err) from None
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(clock())
         headers = {"x-session-id": session_id}
         if first is not None and first.HasField("chunk") and first.chunk.served_by in SERVED_BY:
@@ -290,7 +336,9 @@ def create_app(
                     elif event.HasField("turn"):
                         record = event.turn
             except grpc.RpcError as err:
-                raise from_rpc(err) from None
+                raise failed(err) from None
+            finally:
+                chat.cancel()  # no-op once the turn is done
             answer = "".join(texts)
             remember(answer)
             headers["x-soma-served-by"] = SERVED_BY.get(record.served_by, "unknown")
@@ -347,7 +395,9 @@ def create_app(
                             }
                             yield f"data: {json.dumps(payload)}\n\n"
             except grpc.RpcError as err:
-                yield f"data: {json.dumps(from_rpc(err).body())}\n\n"
+                yield f"data: {json.dumps(failed(err).body())}\n\n"
+            finally:
+                chat.cancel()  # the client left mid-stream: the turn it never received is not stored
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)

@@ -17,17 +17,31 @@ log = logging.getLogger("soma.openai_http")
 
 
 class HttpDoor:
-    def __init__(self, host: str, port: int, grpc_address: str, models: list[str], max_message_chars: int):
-        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        grpc_address: str,
+        models: list[str],
+        max_message_chars: int,
+        *,
+        max_message_mb: int = 16,
+        auth_required: bool = True,
+    ):
+        bind_host = host.strip("[]")
+        self.sock = socket.socket(socket.AF_INET6 if ":" in bind_host else socket.AF_INET)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            self.sock.bind((host, port))
+            self.sock.bind((bind_host, port))
         except OSError as err:
             self.sock.close()
             raise OSError(f"the HTTP door cannot listen on {host}:{port} ({err}); set server.http_port") from err
-        self.address = f"{host}:{self.sock.getsockname()[1]}"
-        self.channel = grpc.insecure_channel(grpc_address)
-        app = create_app(self.channel, models, max_message_chars)
+        bound = self.sock.getsockname()[1]
+        self.address = f"[{bind_host}]:{bound}" if ":" in bind_host else f"{bind_host}:{bound}"
+        limit = max_message_mb << 20  # a long session's transcript (GetSession) must fit, as on the gRPC side
+        options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+        self.channel = grpc.insecure_channel(grpc_address, options=options)
+        app = create_app(self.channel, models, max_message_chars, auth_required=auth_required, max_body_bytes=limit)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)

@@ -32,7 +32,7 @@ from soma.storage.session_store import (
 _SET_HISTORY = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local old = redis.call('HGET', KEYS[1], 'history_key')
-if old then redis.call('DEL', ARGV[3] .. old) end
+if old and redis.call('GET', ARGV[3] .. old) == ARGV[2] then redis.call('DEL', ARGV[3] .. old) end
 redis.call('SET', ARGV[3] .. ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[1], 'history_key', ARGV[1])
 return 1
@@ -125,10 +125,14 @@ def _unavailable_when_unreachable(cls):
         def call(self, *args, **kwargs):
             try:
                 return fn(self, *args, **kwargs)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as err:
+            except redis.exceptions.TimeoutError as err:  # the command may have run before the reply was lost
                 raise SessionStoreUnavailable(
-                    f"the session store (Redis) is unreachable ({type(err).__name__}: {err}); nothing was changed,"
-                    " retry shortly"
+                    f"the session store (Redis) did not answer in time ({err}); the change may or may not have"
+                    " been made: read the session (a retried turn with turn_index set is never stored twice)"
+                ) from err
+            except redis.exceptions.ConnectionError as err:
+                raise SessionStoreUnavailable(
+                    f"the session store (Redis) is unreachable ({err}); nothing was changed, retry shortly"
                 ) from err
 
         return call
@@ -261,8 +265,8 @@ class RedisSessionStore:
         labels, history = self.redis.hmget(self._keys(session_id)[0], ["labels", "history_key"])
         pipe = self.redis.pipeline()
         pipe.delete(*self._keys(session_id))
-        if history:
-            pipe.delete(f"{self.prefix}history:{history}")
+        if history and self.redis.get(f"{self.prefix}history:{history}") == session_id:
+            pipe.delete(f"{self.prefix}history:{history}")  # not when another session took the same transcript
         pipe.srem(self._active, session_id)
         if labels is not None:
             pipe.srem(self._tenant_key(json.loads(labels)), session_id)
