@@ -439,4 +439,5 @@ def http_door(target: str, settings: Settings, grpc_port: int):
         settings.dialogue.max_query_chars,
         max_message_mb=s.max_message_mb,
         auth_required=s.auth == "keys",
+        max_system_chars=settings.dialogue.max_system_prompt_chars,
     )

@@ -103,6 +103,10 @@ def test_a_contradicting_history_gets_409_and_changes_nothing(all_server):
     with pytest.raises(openai.ConflictError) as info:
         client.chat.completions.create(model="soma", messages=forged, extra_headers=headers)
     assert info.value.status_code == 409 and "differs from the answer soma gave" in info.value.message
+    changed = [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": QUERIES[1]}]
+    with pytest.raises(openai.ConflictError) as info:
+        client.chat.completions.create(model="soma", messages=changed, extra_headers=headers)
+    assert "system message differs" in info.value.message
     reply = _session(all_server, "oai-conflict-1")
     assert [(t.query, t.answer) for t in reply.transcript] == [(QUERIES[0], first.choices[0].message.content)]
 

@@ -137,6 +137,21 @@ def _params(body: dict) -> dict:
     return params
 
 
+def with_earlier_turns(system: str, prior, limit: int) -> str:
+    """The system prompt of a session opened on history soma never saw: the client's own, then as
+    many of the latest earlier turns as fit in `limit` characters (dialogue.max_system_prompt_chars)."""
+    head = f"{system}\n\nThe conversation so far:\n" if system else "The conversation so far:\n"
+    kept: list[str] = []
+    room = limit - len(head)
+    for user, assistant in reversed(prior):
+        turn = f"User: {user}\nAssistant: {assistant}"
+        if len(turn) + 1 > room:
+            break
+        kept.append(turn)
+        room -= len(turn) + 1
+    return head + "\n".join(reversed(kept)) if kept else system
+
+
 def create_app(
     channel: grpc.Channel,
     models: list[str],
@@ -146,6 +161,7 @@ def create_app(
     *,
     auth_required: bool = True,
     max_body_bytes: int = 16 << 20,
+    max_system_chars: int = 16_000,
 ) -> FastAPI:
     """The door, calling the Dialogue API over `channel`. `models`: the ids a client may pass
     (`soma` first); every one is served by soma's routing."""
@@ -186,6 +202,8 @@ def create_app(
                     raise from_rpc(err) from None
                 stored = None
             why = contradiction(conv.prior, stored or [])
+            if stored is not None and conv.system and conv.system != reply.session.system_prompt:
+                why = "the system message differs from the session's system prompt"
             if why:
                 raise HttpError(409, f"session {wanted!r}: {why}", "conflict_error", "messages", "history_conflict")
             if stored is None:
@@ -215,8 +233,7 @@ def create_app(
                         raise from_rpc(err) from None  # closed or expired meanwhile: a new session below
         system = conv.system
         if conv.prior:  # history soma never saw (a conversation begun elsewhere): kept as context
-            earlier = "\n".join(f"User: {u}\nAssistant: {a}" for u, a in conv.prior)
-            system = f"{system}\n\nThe conversation so far:\n{earlier}".strip()
+            system = with_earlier_turns(conv.system, conv.prior, max_system_chars)
         try:
             opened = stub.OpenSession(dialogue_pb2.OpenSessionRequest(system_prompt=system), metadata=meta)
         except grpc.RpcError as err:

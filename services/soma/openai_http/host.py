@@ -27,6 +27,7 @@ class HttpDoor:
         *,
         max_message_mb: int = 16,
         auth_required: bool = True,
+        max_system_chars: int = 16_000,
     ):
         bind_host = host.strip("[]")
         self.sock = socket.socket(socket.AF_INET6 if ":" in bind_host else socket.AF_INET)
