@@ -98,9 +98,13 @@ def traced_channel(address: str, *, max_message_mb: int = 16, service_token: str
         ("grpc.max_receive_message_length", max_message_mb << 20),
         # Read streamed responses on the calling thread: saves a thread handoff per message.
         (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
-        # every address the name resolves to (a headless Service's pods with dns:///), turn by turn
-        ("grpc.lb_policy_name", "round_robin"),
+        # a restarted peer is dialled again within seconds, not after minutes of backoff
+        ("grpc.max_reconnect_backoff_ms", 5000),
     ]
+    if address.startswith("dns:"):
+        # every address the name resolves to (a headless Service's pods), turn by turn; a plain
+        # host:port keeps pick_first, which reconnects at once when its one peer comes back
+        options.append(("grpc.lb_policy_name", "round_robin"))
     channel = grpc.insecure_channel(address, options=options)
     interceptors = [
         *([TraceContextClientInterceptor()] if tracing_enabled() else []),
