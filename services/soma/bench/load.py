@@ -80,8 +80,18 @@ def _redis(folder: Path):
         proc.wait(10)
 
 
-def _play(address: str, key: str, session_id: str, turns: int, out: dict, barrier: threading.Barrier | None):
-    """Open a session and play `turns` turns; appends (wall ms, backend ms) per OK turn to out."""
+def _play(
+    address: str,
+    key: str,
+    session_id: str,
+    turns: int,
+    out: dict,
+    barrier: threading.Barrier | None,
+    opened: threading.Barrier | None = None,
+):
+    """Open a session and play `turns` turns; appends (wall ms, backend ms) per OK turn to out. With
+    `opened`, every session waits until all have had their OpenSession answered, so an admitted
+    session cannot finish and free its quota slot for a late one (the flood stays exact)."""
     from soma.client import open_channel
     from soma.v1 import dialogue_pb2, dialogue_pb2_grpc
 
@@ -94,6 +104,9 @@ def _play(address: str, key: str, session_id: str, turns: int, out: dict, barrie
         except grpc.RpcError as err:
             out["codes"][f"OpenSession {err.code().name}"] += 1
             return
+        finally:
+            if opened is not None:
+                opened.wait()
         out["codes"]["OpenSession OK"] += 1
         for i in range(turns):
             request = dialogue_pb2.ChatRequest(session_id=session_id, query=QUERIES[i % len(QUERIES)])
@@ -115,9 +128,9 @@ def _play(address: str, key: str, session_id: str, turns: int, out: dict, barrie
 
 def run_level(address: str, key: str, sessions: int, turns: int, prefix: str) -> dict[str, Any]:
     out: dict[str, Any] = {"codes": Counter(), "turns": []}
-    barrier = threading.Barrier(sessions)
+    barrier, opened = threading.Barrier(sessions), threading.Barrier(sessions)
     threads = [
-        threading.Thread(target=_play, args=(address, key, f"{prefix}-{i}", turns, out, barrier))
+        threading.Thread(target=_play, args=(address, key, f"{prefix}-{i}", turns, out, barrier, opened))
         for i in range(sessions)
     ]
     started = time.perf_counter()
