@@ -153,6 +153,25 @@ def test_rerun_reuses_finished_dialogues(bench):
     assert time.perf_counter() - t0 < report["wall_seconds"] + 120  # sanity: nothing was recomputed twice
 
 
+def test_a_soma_only_setting_reruns_soma_and_keeps_the_baselines(bench):
+    """Changing a gate or mining setting must not redo the baselines (most of a report's hours), and
+    must redo SOMA: its old result would belong to other settings."""
+    dataset, out, _, _ = bench
+    before = json.loads((out / "report.json").read_text())
+    proc = _run(dataset, out, "--set", "gate.epsilon=0.2", "--set", "mining.mined_pairs=0")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["reused_dialogues"] == 0 and report["fingerprint"] != before["fingerprint"]
+    assert report["config"]["gate"]["epsilon"] == 0.2
+    old = {d["id"]: d for d in before["per_dialogue"]}
+    for d in report["per_dialogue"]:
+        for method in ("surrogate", "history-prefix", "compressed-prefix", "history-ft", "random-ft"):
+            assert d["seconds"][method] == old[d["id"]]["seconds"][method]  # kept, not recomputed
+        assert d["seconds"]["soma"] != old[d["id"]]["seconds"]["soma"]  # rerun under the new settings
+        assert d["adaptation"]["soma"]["teacher_calls"] == 0  # no mined pairs: F was not asked
+    assert report["summary"]["soma"]["dialogues"] == 2
+
+
 def test_bad_arguments_exit_2_with_a_message(tmp_path):
     missing = _run(tmp_path / "nope.jsonl", tmp_path / "o")
     assert missing.returncode == 2 and "does not exist" in missing.stderr

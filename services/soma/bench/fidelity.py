@@ -109,20 +109,9 @@ def run(args: argparse.Namespace) -> int:
         adapter_dir=out_dir / "adapters",
     )
     # what shapes every method's result; the methods themselves are not in it, so adding one reuses the rest
-    fingerprint = hashlib.sha256(
-        json.dumps(
-            [
-                args.pair,
-                cfg.model_dump(mode="json"),
-                args.answer_tokens,
-                args.seed,
-                args.topic_shift,
-                args.teacher_repetition_penalty,
-                args.max_turns,
-            ],
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()[:16]
+    fingerprint = run_fingerprint(args, cfg.model_dump(mode="json"))
+    # what shapes the baselines' results: a change to SOMA's own settings reruns SOMA only
+    baseline_fingerprint = run_fingerprint(args, baseline_config(cfg))
     started = time.perf_counter()
 
     from tqdm import tqdm
@@ -142,10 +131,14 @@ def run(args: argparse.Namespace) -> int:
             saved = json.loads(path.read_text())
             if saved.get("fingerprint") == fingerprint:
                 done = saved["result"]
+                if saved.get("baseline_fingerprint") != baseline_fingerprint:  # written before it existed
+                    _save(path, fingerprint, baseline_fingerprint, done)
                 if wanted <= {"original", *done.get("methods_done", [])}:  # Original: always there
                     results.append(done)
                     reused += 1
                     continue
+            elif saved.get("baseline_fingerprint") == baseline_fingerprint:
+                done = baselines_only(saved["result"])
         over_time = args.max_minutes is not None and time.perf_counter() - started > args.max_minutes * 60
         if args.report_only or over_time:
             if done is not None:
@@ -161,9 +154,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         result = runner.run(dialogue, index, shift, done=done)
         result["wall_seconds"] = (result.get("wall_seconds") or 0.0) + time.perf_counter() - t0
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"fingerprint": fingerprint, "result": result}, ensure_ascii=False))
-        os.replace(tmp, path)
+        _save(path, fingerprint, baseline_fingerprint, result)
         results.append(result)
     bar.close()
 
@@ -186,6 +177,51 @@ def run(args: argparse.Namespace) -> int:
         f"F calls this run: {report['teacher_calls']['made']} made, {report['teacher_calls']['cached']} from the cache"
     )
     return 0
+
+
+# methods whose results depend on no SOMA-only setting (mining, gate, drift): kept when only those change;
+# random-ft is retrained by DialogueRun when SOMA's training-set size moves
+BASELINE_METHODS = ("original", "surrogate", "history-prefix", "compressed-prefix", "history-ft", "random-ft")
+SOMA_ONLY_SECTIONS = ("mining", "gate", "drift")
+
+
+def run_fingerprint(args: argparse.Namespace, config: dict) -> str:
+    return hashlib.sha256(
+        json.dumps(
+            [
+                args.pair,
+                config,
+                args.answer_tokens,
+                args.seed,
+                args.topic_shift,
+                args.teacher_repetition_penalty,
+                args.max_turns,
+            ],
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:16]
+
+
+def baseline_config(cfg: MethodConfig) -> dict:
+    """The method config without the sections only SOMA reads."""
+    return {k: v for k, v in cfg.model_dump(mode="json").items() if k not in SOMA_ONLY_SECTIONS}
+
+
+def baselines_only(result: dict) -> dict:
+    """A saved dialogue result cut to its baseline methods, for a run whose SOMA settings differ."""
+    kept = dict(result)
+    for key in ("answers", "tokens", "adaptation", "seconds", "finish", "teacher_by_turn"):
+        kept[key] = {m: v for m, v in (result.get(key) or {}).items() if m in BASELINE_METHODS}
+    kept["methods_done"] = [m for m in result.get("methods_done", []) if m in BASELINE_METHODS]
+    kept["wall_seconds"] = sum(kept["seconds"].values())
+    return kept
+
+
+def _save(path: Path, fingerprint: str, baseline_fingerprint: str, result: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    payload = {"fingerprint": fingerprint, "baseline_fingerprint": baseline_fingerprint, "result": result}
+    tmp.write_text(json.dumps(payload, ensure_ascii=False))
+    os.replace(tmp, path)
 
 
 def build_report(results, args, cfg: MethodConfig, methods, pair, fingerprint, wall, reused) -> dict[str, Any]:

@@ -222,10 +222,6 @@ class DialogueRun:
         out["tokens"]["original"] = _tokens(teacher=[original[t] for t in post])
         out["teacher_by_turn"]["original"] = [o["prompt_tokens"] + o["completion_tokens"] for o in original]
         wanted = [m for m in opts.methods if m not in finished and m not in ("original", "router")]
-        if "soma" in finished and "random-ft" in finished:
-            size = out["adaptation"]["soma"].get("training_size")
-            if size is not None and out["adaptation"]["random-ft"].get("size") != size:
-                wanted.append("random-ft")  # trained before soma was run: its budget follows soma's
         for name in [m for m in ("surrogate", "history-prefix", "compressed-prefix", "history-ft") if m in wanted]:
             self.note(name)
             t1 = time.perf_counter()
@@ -250,6 +246,10 @@ class DialogueRun:
             self._store(out, "soma-full", post, self._surrogate_batch("soma", ctx.full_post))
             finished.add("soma-full")
         self.pair.surrogate.adapters.delete("soma")
+        if "soma" in finished and "random-ft" in finished and "random-ft" not in wanted:
+            size = out["adaptation"]["soma"].get("training_size")
+            if size is not None and out["adaptation"]["random-ft"].get("size") != size:
+                wanted.append("random-ft")  # trained before soma was (re)run: its budget follows soma's
         if "random-ft" in wanted:
             self.note("random-ft")
             rng = random.Random(seed + 7)
