@@ -82,6 +82,20 @@ def test_mining_trains_only_the_prompt_and_batches_candidates(backend, cfg):
         assert hard[t] == max(c.disagreement for c in result.cases if c.turn == t)
 
 
+def test_zero_mining_steps_score_hardness_without_searching(backend, cfg):
+    """`mining.steps = 0`: no search, one forward pass; P stays at its initial draw and every turn
+    still gets a hardness (G's loss on F's answer), so the warm pairs are weighted as before."""
+    mining = cfg.mining.model_copy(update={"steps": 0, "candidates": 2})
+    result = mine(backend.model, backend.tokenizer, TURNS, _neighbours(backend, 5), mining, seed=3)
+    init = soft_prompt.init_prompts(
+        2, mining.prompt_length, result.prompts.shape[-1], mining.init_sigma, torch.Generator().manual_seed(3)
+    )
+    assert torch.equal(result.prompts, init) and result.objective == []
+    assert len(result.cases) == 2 * len(TURNS)
+    hard = result.turn_hardness("disagreement", len(TURNS))
+    assert all(h > 0 for h in hard) and len(set(hard)) > 1
+
+
 def test_objective_decreases_with_steps(backend, cfg):
     mining = cfg.mining.model_copy(update={"steps": 12, "candidates": 2, "lr": 0.05, "init_sigma": 0.5})
     result = mine(backend.model, backend.tokenizer, TURNS[:2], _neighbours(backend, 5), mining, seed=1)
@@ -126,6 +140,25 @@ def test_lora_trains_only_its_adapter_and_keeps_the_best_holdout(backend, cfg):
     assert trained_b and any(p.abs().sum() > 0 for p in trained_b)
     best = min(loss for _, loss in report.holdout_loss)
     assert report.best_step == next(step for step, loss in report.holdout_loss if loss == best)
+
+
+def test_the_gates_one_mixed_batch_answers_as_base_and_adapter_apart(backend, cfg):
+    """The gate generates base G's and the adapter's answers in one batch: each row must get exactly
+    what a batch of its own adapter alone gives, and the hooks must be gone afterwards."""
+    adapters = SessionAdapters(backend.model, cfg.lora)
+    lora = cfg.lora.model_copy(update={"steps": 3, "lr": 5e-2})
+    train(adapters, "session", backend.tokenizer, [TrainingPair(t.messages, t.answer) for t in TURNS], lora)
+    surrogate = Surrogate(backend, adapters, _neighbours(backend, 5))
+    conversations = [list(t.messages) for t in TURNS]
+    base_alone = [o.text for o in surrogate.answers(None, conversations, 8)]
+    adapted_alone = [o.text for o in surrogate.answers("session", conversations, 8)]
+    assert base_alone != adapted_alone  # the adapter changed something, so a mix-up would show
+    base, adapted = surrogate.base_and_adapted_answers("session", conversations, 8)
+    assert [o.text for o in base] == base_alone and [o.text for o in adapted] == adapted_alone
+    assert [o.text for o in surrogate.answers("session", conversations, 8)] == adapted_alone  # no hook left behind
+    with pytest.raises(KeyError):
+        with adapters.mixed([None, "nope"]):
+            pass
 
 
 def test_second_session_starts_from_a_zero_adapter(backend, cfg):
@@ -242,6 +275,28 @@ def test_training_loss_equals_weighted_nll_on_full_logits(backend, cfg):
         expected = weighted_nll(logits, batch["labels"], batch["weights"])
         got = example_loss(backend.model, examples, 0)
     assert got.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_a_repeated_example_is_computed_once_with_the_same_loss_and_gradient(backend, cfg):
+    """Two examples in a batch of four: the de-duplicated batch must train exactly as the repeated one."""
+    from soma.algo.lora_train import build_examples, example_loss
+
+    pairs = [TrainingPair(t.messages, t.answer, hardness=h) for t, h in zip(TURNS[:2], [1.0, 3.0], strict=True)]
+    examples = build_examples(backend.tokenizer, pairs, cfg.lora, weighted=True)
+    params = [p for p in backend.model.parameters() if p.requires_grad]
+
+    def loss_and_grads(*args):
+        for p in params:
+            p.grad = None
+        loss = example_loss(backend.model, *args)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in params]
+
+    repeated, grads_repeated = loss_and_grads([examples[0], examples[1], examples[0], examples[0]], 0)
+    once, grads_once = loss_and_grads(examples, 0, [3, 1])
+    assert once == pytest.approx(repeated, rel=1e-5)
+    for a, b in zip(grads_once, grads_repeated, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_eos_target_only_when_the_teacher_finished(backend, cfg):

@@ -113,6 +113,20 @@ class Surrogate:
         with self.adapters.using(adapter):
             return self.backend.generate_batch(conversations, SamplingParams(max_new_tokens=max_new_tokens), **kw)
 
+    def base_and_adapted_answers(self, adapter: str, conversations: Sequence[Sequence[dict]], max_new_tokens: int):
+        """(base G's answers, adapter's answers) on the same conversations: one batch where the adapters
+        can mix rows (PEFT), two otherwise."""
+        mixed = getattr(self.adapters, "mixed", None)
+        if mixed is None or not conversations:
+            base = self.answers(None, conversations, max_new_tokens)
+            return base, self.answers(adapter, conversations, max_new_tokens)
+        n = len(conversations)
+        with mixed([None] * n + [adapter] * n):
+            outs = self.backend.generate_batch(
+                [*conversations, *conversations], SamplingParams(max_new_tokens=max_new_tokens)
+            )
+        return outs[:n], outs[n:]
+
 
 def split_acceptance(cases: Sequence[Case], size: int, rng: random.Random, min_training: int = 2):
     """(training, acceptance), split by warm-start turn: B takes whole turns, never a context it trains on.
@@ -399,8 +413,7 @@ def acceptance_answers(
     adapter is served with, at the length it is served (`gate.answer_tokens`, 0: `serve_tokens`)."""
     conversations = [c.gate_messages(cfg.lora.context) for c in acceptance]
     tokens = cfg.gate.answer_tokens or serve_tokens
-    old = surrogate.answers(None, conversations, tokens)
-    new = surrogate.answers(adapter, conversations, tokens)
+    old, new = surrogate.base_and_adapted_answers(adapter, conversations, tokens)
     return [(c.answer, o.text, n.text) for c, o, n in zip(acceptance, old, new, strict=True)]
 
 

@@ -41,7 +41,12 @@ class MiningConfig(_Frozen):
         3, ge=1, le=16, json_schema_extra=_paper(choices=(3, 4, 5)), description="M: prompts mined at once (one batch)"
     )
     init_sigma: float = Field(0.02, gt=0, description="rows of P start from N(0, σ²I)")
-    steps: int = Field(4, ge=1, le=10_000, description="AdamW steps on P")
+    steps: int = Field(
+        4,
+        ge=0,
+        le=10_000,
+        description="AdamW steps on P; 0: no search, hardness is G's loss on F's answer under the initial P",
+    )
     lr: float = Field(
         5e-3, gt=0, json_schema_extra=_paper(1e-4, 5e-3), description="η: AdamW learning rate on P (cosine decay to 0)"
     )

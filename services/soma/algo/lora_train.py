@@ -8,6 +8,7 @@ next, unlike the reference code. With no adapter selected the base model answers
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
@@ -126,6 +127,29 @@ class SessionAdapters(Adapters):
             finally:
                 self._select(None)
 
+    @contextlib.contextmanager
+    def mixed(self, rows: Sequence[str | None]) -> Iterator[Any]:
+        """The model answering a batch whose row i uses adapter rows[i] (None: the base model), in one
+        forward pass per step: generation on CPU is bound by reading the weights, so the gate's base and
+        adapted answers cost little more together than either alone. PEFT's mixed-batch LoRA forward
+        does the work; its `adapter_names` argument is injected here and always removed afterwards."""
+        with self.lock:
+            missing = {n for n in rows if n is not None and n not in self.names}
+            if missing:
+                raise KeyError(f"no adapter {sorted(missing)!r}")
+            names = ["__base__" if n is None else n for n in rows]
+
+            def inject(module, args, kwargs):
+                return args, {**kwargs, "adapter_names": names}
+
+            self._select(None)
+            handles = [m.register_forward_pre_hook(inject, with_kwargs=True) for m in self._lora_layers]
+            try:
+                yield self.peft
+            finally:
+                for handle in handles:
+                    handle.remove()
+
     def trainable(self, name: str) -> list[torch.nn.Parameter]:
         return [p for n, p in self.peft.named_parameters() if f".{name}." in n and "lora_" in n]
 
@@ -186,9 +210,15 @@ def build_examples(tokenizer: Any, pairs: Sequence[TrainingPair], cfg: LoraConfi
     return out
 
 
-def example_loss(model: Any, examples: Sequence[TrainingExample], pad_id: int) -> torch.Tensor:
+def example_loss(
+    model: Any, examples: Sequence[TrainingExample], pad_id: int, counts: Sequence[int] | None = None
+) -> torch.Tensor:
     """The weighted mean per-example NLL of the answer tokens: the training objective (Eq. 4), and the
-    held-out loss the recipe benchmark compares entries by."""
+    held-out loss the recipe benchmark compares entries by.
+
+    `counts[i]`: how many times example i stands in the batch. A batch that repeats an example (fewer
+    examples than `lora.batch_size`) is computed once per distinct example, with the same loss and
+    gradient as the repeated batch, at a fraction of the compute."""
     batch = collate(examples, pad_id)
     labels = batch["labels"]
     # logits only where a target follows: position p predicts labels[p + 1]
@@ -198,8 +228,12 @@ def example_loss(model: Any, examples: Sequence[TrainingExample], pad_id: int) -
     logits = lm.logits_at(model, embeds, batch["attention_mask"], rows, cols)
     nll = torch.nn.functional.cross_entropy(logits.float(), labels[rows, cols + 1], reduction="none")
     per_example = torch.zeros(len(examples)).index_add(0, rows, nll)
-    counts = torch.zeros(len(examples)).index_add(0, rows, torch.ones_like(nll)).clamp(min=1)
-    return (batch["weights"] * per_example / counts).mean()
+    tokens = torch.zeros(len(examples)).index_add(0, rows, torch.ones_like(nll)).clamp(min=1)
+    per_example = batch["weights"] * per_example / tokens
+    if counts is None:
+        return per_example.mean()
+    times = torch.tensor(counts, dtype=per_example.dtype)
+    return (per_example * times).sum() / times.sum()
 
 
 def split_holdout(
@@ -261,9 +295,9 @@ def train(
                     fresh = list(range(len(train_set)))
                     rng.shuffle(fresh)
                     order += fresh * math.ceil(cfg.batch_size / max(1, len(fresh)))
-                batch, order = [train_set[i] for i in order[: cfg.batch_size]], order[cfg.batch_size :]
+                drawn, order = collections.Counter(order[: cfg.batch_size]), order[cfg.batch_size :]
                 optimizer.zero_grad(set_to_none=True)
-                loss = example_loss(model, batch, pad)
+                loss = example_loss(model, [train_set[i] for i in drawn], pad, list(drawn.values()))
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
