@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 
+import prometheus_client
 import pytest
 import redis
 
@@ -98,10 +99,12 @@ def test_a_job_taken_but_never_started_is_sent_again_and_a_waiting_one_is_not(br
     clock.now += 29
     assert queue.status("mine-q-2-1", "mine").stage == "queued"
     clock.now += 2  # missing for 31 s > requeue_after_s
+    before = prometheus_client.REGISTRY.get_sample_value("soma_jobs_requeued_total", {"queue": name}) or 0.0
     view = queue.status("mine-q-2-1", "mine")
     assert (view.state, view.stage) == ("QUEUED", "queued again: its worker never started it")
     assert "mine-q-2-1" in broker_messages.waiting_ids(queue.app, name)
     assert queue.requeued == 1
+    assert prometheus_client.REGISTRY.get_sample_value("soma_jobs_requeued_total", {"queue": name}) == before + 1
     clock.now += 100
     assert queue.status("mine-q-2-1", "mine").stage == "queued"  # waiting again: no second copy
     assert queue.status("mine-q-3-1", "mine").stage == "queued"  # waited all along

@@ -33,6 +33,7 @@ from soma.ids import is_valid_session_id
 from soma.jobs import broker_messages
 from soma.jobs.app import MINE_TASK, TRAIN_TASK
 from soma.session.job_token import job_name
+from soma.telemetry.metrics import JOBS_REQUEUED
 
 KINDS = {"mine": (MINE_TASK, "mining_queue"), "train": (TRAIN_TASK, "training_queue")}
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
@@ -192,6 +193,7 @@ class JobQueue:
             return False
         self._send(task, queue, jid, json.loads(raw))
         self.requeued += 1
+        JOBS_REQUEUED.labels(queue).inc()
         log.warning("job %s was taken from queue %s but never started for %.0f s: sent again", jid, queue, after)
         return True
 

@@ -22,6 +22,12 @@ GENERATED_TOKENS = prometheus_client.Counter(
 PROMPT_TOKENS = prometheus_client.Counter("soma_prompt_tokens", "Prompt tokens processed, by model role.", ["role"])
 SESSIONS_OPEN = prometheus_client.Counter("soma_sessions_opened", "Sessions opened.")
 SESSIONS_CLOSED = prometheus_client.Counter("soma_sessions_closed", "Sessions closed.")
+JOBS_REQUEUED = prometheus_client.Counter(
+    "soma_jobs_requeued",
+    "Adaptation jobs sent again because a worker took them from the queue and never started them "
+    "(jobs.requeue_after_s), by queue.",
+    ["queue"],
+)
 
 
 def start_metrics_server(port: int, host: str = "0.0.0.0") -> None:
