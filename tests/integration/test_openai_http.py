@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
+import time
 from contextlib import contextmanager
 
 import grpc
@@ -213,12 +215,12 @@ def test_malformed_json_and_a_bad_key(all_server):
 
 
 @contextmanager
-def _keyed_dialogue_env(tmp_path, tenants: dict[str, str]):
+def _keyed_dialogue_env(tmp_path, tenants: dict[str, str], chunk_delay_ms: float = 0.0):
     """Env of a `--target dialogue` server whose API keys map to `tenants`, in front of the stand-in
     teacher (stopped on exit)."""
     keys = tmp_path / "api-keys.json"
     keys.write_text(json.dumps({hash_key(key): tenant for key, tenant in tenants.items()}))
-    teacher, address = start_teacher(tmp_path / "teacher.log", port=free_port())
+    teacher, address = start_teacher(tmp_path / "teacher.log", chunk_delay_ms=chunk_delay_ms, port=free_port())
     try:
         yield {
             "SOMA_STATE_DIR": str(tmp_path / "state"),
@@ -283,3 +285,49 @@ def test_a_resent_history_finds_its_session_after_a_restart(tmp_path):
             history[2]["content"] += "!"
             other = _client(server, key).chat.completions.with_raw_response.create(model="soma", messages=history)
             assert other.headers["x-session-id"] != first_id
+
+
+CAROL = "key-of-carol-0123456789"
+
+
+@pytest.fixture(scope="module")
+def slow_teacher(tmp_path_factory):
+    """A dialogue server whose stand-in teacher sends one word every 300 ms."""
+    tmp_path = tmp_path_factory.mktemp("slow")
+    with _keyed_dialogue_env(tmp_path, {CAROL: "carol"}, chunk_delay_ms=300) as env:
+        with start_server("dialogue", env=env, log_path=tmp_path / "dialogue.log") as server:
+            yield server
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_client_that_leaves_before_its_answer_stores_no_turn(slow_teacher, stream):
+    """A client that hangs up mid-answer never read that turn: storing it would put an answer in
+    the session that its next request (resending what it saw) contradicts."""
+    server, session_id = slow_teacher, f"oai-leaves-{'streamed' if stream else 'whole'}"
+    client = _client(server, CAROL)
+    short = [{"role": "user", "content": "hello there"}]
+    first = client.chat.completions.create(model="soma", messages=short, extra_headers={"X-Session-Id": session_id})
+    assert _session(server, session_id, CAROL).session.turn_count == 1  # a turn read to its end is stored
+
+    words = " ".join(f"word{i}" for i in range(40))  # echoed one word per 300 ms: 12 s of answer
+    messages = [*short, {"role": "assistant", "content": first.choices[0].message.content}]
+    body = json.dumps({"model": "soma", "messages": [*messages, {"role": "user", "content": words}], "stream": stream})
+    host, port = server.http_address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            (
+                f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {CAROL}\r\n"
+                f"X-Session-Id: {session_id}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n{body}"
+            ).encode()
+        )
+        if stream:
+            seen = b""
+            while b"word1" not in seen:  # the answer is under way
+                seen += sock.recv(4096)
+        else:
+            time.sleep(2)  # a few words generated, the answer not yet whole
+    time.sleep(14)  # past the time the whole answer would have taken
+    reply = _session(server, session_id, CAROL)
+    assert reply.session.turn_count == 1
+    assert [t.query for t in reply.transcript] == ["hello there"]

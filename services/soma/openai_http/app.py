@@ -10,6 +10,8 @@ the response names it in `x-session-id` and in a `soma` field of the body (or of
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
 import re
@@ -17,13 +19,13 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from soma.openai_http.conversation import BadRequest, check_supported, contradiction, parse_messages
 from soma.session.records import history_digest, history_key
@@ -31,6 +33,22 @@ from soma.v1 import common_pb2, dialogue_pb2, dialogue_pb2_grpc
 
 SERVED_BY = {common_pb2.SERVED_BY_TEACHER: "teacher", common_pb2.SERVED_BY_SURROGATE: "surrogate"}
 FINISH = {common_pb2.FINISH_REASON_STOP: "stop", common_pb2.FINISH_REASON_LENGTH: "length"}
+DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
+
+
+async def _cancelled_on_exit(events: Iterator[str], call) -> AsyncIterator[str]:
+    """The SSE events, read in a worker thread; when the client hangs up, Starlette cancels this
+    generator, and the turn's Chat call is cancelled at once (a plain iterator would be left blocked
+    in its thread, and the turn the client never received would be stored)."""
+    from starlette.concurrency import iterate_in_threadpool
+
+    try:
+        async for event in iterate_in_threadpool(events):
+            yield event
+    finally:
+        call.cancel()
+
+
 # gRPC status -> (HTTP status, OpenAI error type)
 STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
@@ -279,9 +297,24 @@ def create_app(
             raise HttpError(400, str(err), "invalid_request_error", err.param, err.code) from None
         from starlette.concurrency import run_in_threadpool
 
-        return await run_in_threadpool(turn, request, body, model, params, stream, include_usage)
+        calls: list = []  # the turn's Chat call, once started
+        work = asyncio.ensure_future(
+            run_in_threadpool(turn, request, body, model, params, stream, include_usage, calls)
+        )
+        while True:
+            done, _ = await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return work.result()
+            if await request.is_disconnected():
+                # the client left before its answer began (or, not streaming, before it was whole):
+                # the turn it will never read is cancelled, so it is not stored in its session
+                for call in calls:
+                    call.cancel()
+                with contextlib.suppress(Exception):
+                    await work
+                return Response(status_code=499)  # nobody reads it; the access log shows the reason
 
-    def turn(request: Request, body: dict, model: str, params: dict, stream: bool, include_usage: bool):
+    def turn(request: Request, body: dict, model: str, params: dict, stream: bool, include_usage: bool, calls: list):
         meta = metadata(request)
         try:
             target = session_for(request, body, meta)
@@ -298,6 +331,7 @@ def create_app(
             ),
             metadata=meta,
         )
+        calls.append(chat)
         events = iter(chat)
 
         def failed(err: grpc.RpcError) -> HttpError:
@@ -417,6 +451,6 @@ def create_app(
                 chat.cancel()  # the client left mid-stream: the turn it never received is not stored
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
+        return StreamingResponse(_cancelled_on_exit(sse(), chat), media_type="text/event-stream", headers=headers)
 
     return app
