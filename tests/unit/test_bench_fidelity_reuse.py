@@ -1,50 +1,56 @@
-"""Which finished work a fidelity rerun keeps: the baselines survive a change to SOMA-only settings."""
+"""Which finished work a fidelity rerun keeps: a baseline survives a change to settings it never reads."""
 
 from __future__ import annotations
 
 import argparse
 
 from soma.algo.config import preset
-from soma.bench.fidelity import BASELINE_METHODS, baseline_config, baselines_only, run_fingerprint
+from soma.bench.fidelity import BASELINE_GROUPS, baselines_only, partial_fingerprints, run_fingerprint
 
 ARGS = argparse.Namespace(
     pair="cpu", answer_tokens=96, seed=0, topic_shift=False, teacher_repetition_penalty=1.15, max_turns=10
 )
 
 
-def _fingerprints(cfg):
-    return run_fingerprint(ARGS, cfg.model_dump(mode="json")), run_fingerprint(ARGS, baseline_config(cfg))
+def _changed(cfg, change) -> set[str]:
+    """The fingerprints (run, and per baseline group) that `change` moves."""
+    other = cfg.with_changes(change)
+    moved = {g for g, fp in partial_fingerprints(ARGS, other).items() if fp != partial_fingerprints(ARGS, cfg)[g]}
+    if run_fingerprint(ARGS, other.model_dump(mode="json")) != run_fingerprint(ARGS, cfg.model_dump(mode="json")):
+        moved.add("run")
+    return moved
 
 
-def test_soma_only_settings_change_the_run_fingerprint_but_not_the_baselines():
+def test_each_setting_reruns_only_the_methods_that_read_it():
     cfg = preset("cpu")
-    full, base = _fingerprints(cfg)
-    for change in ({"gate.epsilon": 0.2}, {"mining.mined_pairs": 0}, {"drift.window": 9}):
-        other_full, other_base = _fingerprints(cfg.with_changes(change))
-        assert other_full != full and other_base == base, change
-    for change in ({"lora.lr": 3e-4}, {"compression.recent_turns": 3}):
-        other_full, other_base = _fingerprints(cfg.with_changes(change))
-        assert other_full != full and other_base != base, change  # history-ft and compressed-prefix read these
+    for change in ({"gate.epsilon": 0.2}, {"mining.mined_pairs": 4}, {"drift.window": 9}):
+        assert _changed(cfg, change) == {"run"}, change  # SOMA only
+    assert _changed(cfg, {"lora.lr": 3e-4}) == {"run", "tuned"}  # history-ft and random-ft train with it
+    assert _changed(cfg, {"compression.recent_turns": 3}) == {"run", "tuned", "untuned"}  # compressed-prefix
+    assert _changed(cfg, {"warm_turns": 3}) == {"run", "tuned", "untuned"}  # every method's post-switch turns
 
 
-def test_baselines_only_drops_every_soma_result():
+def test_baselines_only_keeps_exactly_the_named_methods():
+    every = (*BASELINE_GROUPS["untuned"], *BASELINE_GROUPS["tuned"], "soma", "soma@served", "soma-full")
     result = {
         "id": "d",
-        "answers": {m: {"5": m} for m in (*BASELINE_METHODS, "soma", "soma@served", "soma-full")},
-        "seconds": {m: 1.0 for m in (*BASELINE_METHODS, "soma")},
+        "answers": {m: {"5": m} for m in every},
+        "seconds": {m: 1.0 for m in every if "@" not in m},
         "adaptation": {"soma": {"accepted": True}, "history-ft": {"seconds": 1}, "random-ft": {"size": 2}},
         "tokens": {"soma@served": {}, "original": {}},
         "teacher_by_turn": {"soma@served": [1], "original": [2]},
         "finish": {"soma": {}, "surrogate": {}},
-        "methods_done": [*BASELINE_METHODS, "soma", "soma-full", "router"],
+        "methods_done": [*every, "router"],
         "router_confidence": {"5": -1.0},
         "wall_seconds": 99.0,
     }
-    kept = baselines_only(result)
+    untuned = BASELINE_GROUPS["untuned"]
+    kept = baselines_only(result, untuned)
     for key in ("answers", "seconds", "adaptation", "tokens", "teacher_by_turn", "finish"):
-        assert not {m for m in kept[key] if m.startswith("soma")}, key
+        assert set(kept[key]) <= set(untuned), key
     assert kept["answers"]["history-prefix"] == {"5": "history-prefix"}
-    assert sorted(kept["methods_done"]) == sorted(BASELINE_METHODS)
+    assert sorted(kept["methods_done"]) == sorted(untuned)
     assert kept["router_confidence"] == {"5": -1.0}  # history-prefix's, which the router reads
-    assert kept["wall_seconds"] == len(BASELINE_METHODS)
+    assert kept["wall_seconds"] == len(untuned)
+    assert "router_confidence" not in baselines_only(result, BASELINE_GROUPS["tuned"])
     assert "soma" in result["answers"]  # the saved result itself is left alone

@@ -16,6 +16,7 @@ import random
 import re
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +111,8 @@ def run(args: argparse.Namespace) -> int:
     )
     # what shapes every method's result; the methods themselves are not in it, so adding one reuses the rest
     fingerprint = run_fingerprint(args, cfg.model_dump(mode="json"))
-    # what shapes the baselines' results: a change to SOMA's own settings reruns SOMA only
-    baseline_fingerprint = run_fingerprint(args, baseline_config(cfg))
+    # what shapes each group of baselines: a change to settings a group does not read keeps its results
+    partial = partial_fingerprints(args, cfg)
     started = time.perf_counter()
 
     from tqdm import tqdm
@@ -131,14 +132,17 @@ def run(args: argparse.Namespace) -> int:
             saved = json.loads(path.read_text())
             if saved.get("fingerprint") == fingerprint:
                 done = saved["result"]
-                if saved.get("baseline_fingerprint") != baseline_fingerprint:  # written before it existed
-                    _save(path, fingerprint, baseline_fingerprint, done)
+                if saved.get("partial_fingerprints") != partial:  # written before they existed
+                    _save(path, fingerprint, partial, done)
                 if wanted <= {"original", *done.get("methods_done", [])}:  # Original: always there
                     results.append(done)
                     reused += 1
                     continue
-            elif saved.get("baseline_fingerprint") == baseline_fingerprint:
-                done = baselines_only(saved["result"])
+            else:
+                old = saved.get("partial_fingerprints") or {}
+                kept = [m for group, fp in partial.items() if old.get(group) == fp for m in BASELINE_GROUPS[group]]
+                if kept:
+                    done = baselines_only(saved["result"], kept)
         over_time = args.max_minutes is not None and time.perf_counter() - started > args.max_minutes * 60
         if args.report_only or over_time:
             if done is not None:
@@ -154,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         result = runner.run(dialogue, index, shift, done=done)
         result["wall_seconds"] = (result.get("wall_seconds") or 0.0) + time.perf_counter() - t0
-        _save(path, fingerprint, baseline_fingerprint, result)
+        _save(path, fingerprint, partial, result)
         results.append(result)
     bar.close()
 
@@ -179,10 +183,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# methods whose results depend on no SOMA-only setting (mining, gate, drift): kept when only those change;
-# random-ft is retrained by DialogueRun when SOMA's training-set size moves
-BASELINE_METHODS = ("original", "surrogate", "history-prefix", "compressed-prefix", "history-ft", "random-ft")
-SOMA_ONLY_SECTIONS = ("mining", "gate", "drift")
+# the baselines, by the method settings they read: none but the compression (untuned), or the LoRA recipe
+# as well (tuned); none reads mining, gate or drift. A saved dialogue keeps a group's results while the
+# settings it reads are unchanged; random-ft is retrained by DialogueRun when SOMA's training-set size moves
+BASELINE_GROUPS = {
+    "untuned": ("original", "surrogate", "history-prefix", "compressed-prefix"),
+    "tuned": ("history-ft", "random-ft"),
+}
+UNREAD_SECTIONS = {"untuned": ("mining", "gate", "drift", "lora"), "tuned": ("mining", "gate", "drift")}
 
 
 def run_fingerprint(args: argparse.Namespace, config: dict) -> str:
@@ -202,24 +210,30 @@ def run_fingerprint(args: argparse.Namespace, config: dict) -> str:
     ).hexdigest()[:16]
 
 
-def baseline_config(cfg: MethodConfig) -> dict:
-    """The method config without the sections only SOMA reads."""
-    return {k: v for k, v in cfg.model_dump(mode="json").items() if k not in SOMA_ONLY_SECTIONS}
+def partial_fingerprints(args: argparse.Namespace, cfg: MethodConfig) -> dict[str, str]:
+    """Per baseline group, the fingerprint of the run without the method settings the group never reads."""
+    config = cfg.model_dump(mode="json")
+    return {
+        group: run_fingerprint(args, {k: v for k, v in config.items() if k not in UNREAD_SECTIONS[group]})
+        for group in BASELINE_GROUPS
+    }
 
 
-def baselines_only(result: dict) -> dict:
-    """A saved dialogue result cut to its baseline methods, for a run whose SOMA settings differ."""
+def baselines_only(result: dict, methods: Sequence[str]) -> dict:
+    """A saved dialogue result cut to `methods` (baselines whose settings did not change)."""
     kept = dict(result)
     for key in ("answers", "tokens", "adaptation", "seconds", "finish", "teacher_by_turn"):
-        kept[key] = {m: v for m, v in (result.get(key) or {}).items() if m in BASELINE_METHODS}
-    kept["methods_done"] = [m for m in result.get("methods_done", []) if m in BASELINE_METHODS]
+        kept[key] = {m: v for m, v in (result.get(key) or {}).items() if m in methods}
+    kept["methods_done"] = [m for m in result.get("methods_done", []) if m in methods]
+    if "history-prefix" not in methods:
+        kept.pop("router_confidence", None)  # history-prefix's: recomputed with it
     kept["wall_seconds"] = sum(kept["seconds"].values())
     return kept
 
 
-def _save(path: Path, fingerprint: str, baseline_fingerprint: str, result: dict) -> None:
+def _save(path: Path, fingerprint: str, partial: dict[str, str], result: dict) -> None:
     tmp = path.with_suffix(".tmp")
-    payload = {"fingerprint": fingerprint, "baseline_fingerprint": baseline_fingerprint, "result": result}
+    payload = {"fingerprint": fingerprint, "partial_fingerprints": partial, "result": result}
     tmp.write_text(json.dumps(payload, ensure_ascii=False))
     os.replace(tmp, path)
 
