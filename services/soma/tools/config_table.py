@@ -33,9 +33,9 @@ def config_table() -> str:
 
 def method_table() -> str:
     """The method's knobs: cpu default, the `paper` budget, and Appendix C.2's range."""
-    from soma.algo.config import MethodConfig, preset
+    from soma.algo.config import preset
 
-    cpu, paper = MethodConfig(), preset("paper")
+    cpu, paper = preset("cpu"), preset("paper")
     lines = ["| key | cpu (default) | paper budget | paper range | meaning |", "|---|---|---|---|---|"]
 
     def walk(model: BaseModel, other: BaseModel, prefix: str) -> None:
