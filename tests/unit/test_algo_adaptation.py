@@ -465,3 +465,26 @@ def test_random_split_of_two_warm_turns_keeps_one_to_train_and_one_to_gate():
         training, acceptance = training_split(VARIANTS["soma"], warm, mined, cfg, seed)
         assert len({c.turn for c in acceptance}) == 1 and len({c.turn for c in training}) == 1
         assert {c.turn for c in acceptance} == random_gate_turns(2, cfg, seed)
+
+
+def test_the_gate_answers_as_long_as_f_did_never_above_the_served_length(backend, cfg):
+    """A session served 48-token answers is gated at about that length, not at the configured 256."""
+    from soma.algo.adaptation import gate_answer_tokens
+
+    tok = backend.tokenizer
+    long_answer = " ".join(["word"] * 60)
+    cases = [
+        Case(({"role": "user", "content": "q"},), "short answer", 1.0, "warm", "warm:0", 0),
+        Case(({"role": "user", "content": "q"},), long_answer, 1.0, "warm", "warm:1", 1),
+    ]
+    longest = len(lm.text_ids(tok, long_answer))
+    assert 16 < longest < 256
+    teacher = cfg.model_copy(update={"gate": cfg.gate.model_copy(update={"answer_tokens": 0})})
+    assert teacher.gate.answer_length == "teacher"  # the default
+    assert gate_answer_tokens(tok, cases, teacher, serve_tokens=256) == longest
+    assert gate_answer_tokens(tok, cases, teacher, serve_tokens=32) == 32  # never above what is served
+    assert gate_answer_tokens(tok, cases[:1], teacher, serve_tokens=256) == 16  # at least 16
+    served = teacher.with_changes({"gate.answer_length": "served"})
+    assert gate_answer_tokens(tok, cases, served, serve_tokens=256) == 256
+    fixed = teacher.with_changes({"gate.answer_tokens": 40})
+    assert gate_answer_tokens(tok, cases, fixed, serve_tokens=256) == 40

@@ -406,13 +406,27 @@ def training_stage(
     return TrainedStage(adapter, training, acceptance, report, report.seconds)
 
 
+def gate_answer_tokens(tokenizer: Any, acceptance: Sequence[Case], cfg: MethodConfig, serve_tokens: int) -> int:
+    """How long G answers on B: `gate.answer_tokens` if set; else, with `gate.answer_length = teacher`,
+    as long as F's longest answer there (in G's tokens, at least 16), never above `serve_tokens`. A
+    session whose answers are short is gated at that length, not at the configured maximum: the part
+    of a longer G answer has nothing of F's to be compared with, and generating it is most of the gate's
+    time."""
+    if cfg.gate.answer_tokens:
+        return cfg.gate.answer_tokens
+    if cfg.gate.answer_length == "served" or not acceptance:
+        return serve_tokens
+    longest = max(len(lm.text_ids(tokenizer, c.answer)) for c in acceptance)
+    return min(serve_tokens, max(16, longest))
+
+
 def acceptance_answers(
     surrogate: Surrogate, adapter: str, acceptance: Sequence[Case], cfg: MethodConfig, serve_tokens: int = 256
 ) -> list[tuple[str, str, str]]:
     """(F's answer, base G's answer, adapted G's answer) on each acceptance context: the context the
-    adapter is served with, at the length it is served (`gate.answer_tokens`, 0: `serve_tokens`)."""
+    adapter is served with, at the length it is served (`gate_answer_tokens`)."""
     conversations = [c.gate_messages(cfg.lora.context) for c in acceptance]
-    tokens = cfg.gate.answer_tokens or serve_tokens
+    tokens = gate_answer_tokens(surrogate.tokenizer, acceptance, cfg, serve_tokens)
     old, new = surrogate.base_and_adapted_answers(adapter, conversations, tokens)
     return [(c.answer, o.text, n.text) for c, o, n in zip(acceptance, old, new, strict=True)]
 

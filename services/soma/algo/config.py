@@ -17,6 +17,7 @@ Placement = Literal["first_message", "system"]
 TrainContext = Literal["served", "full", "both"]
 Split = Literal["hardest_train", "random"]
 SummaryPlace = Literal["first_user", "system"]
+AnswerLength = Literal["teacher", "served"]
 
 
 def _paper(low: float | None = None, high: float | None = None, choices: tuple | None = None) -> dict[str, Any]:
@@ -143,7 +144,12 @@ class GateConfig(_Frozen):
     max_mean_gap: float = Field(0.6, ge=0, le=2, description="fidelity gate on mean Gap_new; 0 turns it off")
     min_locality: float = Field(0.15, ge=-1, le=1, description="locality gate: cos(query, warm centroid)")
     answer_tokens: int = Field(
-        0, ge=0, description="surrogate answer length when measuring Gap on B; 0: the length the product serves"
+        0, ge=0, description="surrogate answer length when measuring Gap on B; 0: set by gate.answer_length"
+    )
+    answer_length: AnswerLength = Field(
+        "teacher",
+        description="with answer_tokens 0: teacher (as long as F's longest answer on B, at most the length the "
+        "product serves: this session's answers, never more) or served (the configured max new tokens)",
     )
     split: Split = Field(
         "random",
