@@ -324,8 +324,11 @@ def test_batched_generation_matches_single(backend):
 
 
 def test_method_config_presets_and_paper_ranges():
-    # the cpu budget drops the soft-prompt search and F's mined answers (docs/bench/recipe/round2), nothing else
-    assert config.preset("cpu") == config.MethodConfig().with_changes({"mining.mined_pairs": 0, "mining.steps": 0})
+    # the cpu budget drops the soft-prompt search, F's mined answers (docs/bench/recipe/round2) and the
+    # candidates that would only score the same turns again, nothing else
+    assert config.preset("cpu") == config.MethodConfig().with_changes(
+        {"mining.mined_pairs": 0, "mining.steps": 0, "mining.candidates": 1}
+    )
     paper = config.preset("paper")
     assert paper.mining.mined_pairs > 0 and paper.mining.steps > 0  # the paper's whole chain stays selectable
     assert paper.outside_paper_ranges() == []

@@ -88,6 +88,46 @@ def test_training_job_stores_a_verified_adapter_and_answers_the_held_out_batch(r
     assert again["sha256"] == out["sha256"]  # a redelivered job repeats the same work
 
 
+def test_a_worker_without_a_teacher_mines_when_no_mined_pair_is_asked_for(resources):
+    """`mining.mined_pairs = 0` (the cpu default) asks F nothing, so a worker with no
+    `jobs.teacher_address` still scores hardness; asking for mined pairs there fails with the fix."""
+    import dataclasses
+
+    no_teacher = dataclasses.replace(resources, teacher=None, cfg=resources.cfg.with_changes({"mining.mined_pairs": 0}))
+    out = work.run_mining(no_teacher, "sess-nt", 1, WARM, lambda f, s: None)
+    assert len(out["warm_hardness"]) == 3 and out["cases"] == [] and out["teacher_calls"] == 0
+    wanting = dataclasses.replace(resources, teacher=None)
+    assert wanting.cfg.mining.mined_pairs > 0
+    with pytest.raises(ValueError, match="jobs.teacher_address, or mining.mined_pairs=0"):
+        work.run_mining(wanting, "sess-nt", 1, WARM, lambda f, s: None)
+
+
+@pytest.mark.parametrize(
+    ("rule", "serve_tokens", "expected"), [("teacher", 256, 16), ("teacher", 12, 12), ("served", 40, 40)]
+)
+def test_the_training_job_gates_at_the_length_its_rule_gives(resources, monkeypatch, rule, serve_tokens, expected):
+    """The gate's answers are asked of G at `gate_answer_tokens`: F's longest acceptance answer here
+    (a few words, so the floor of 16) under the default rule, never above the served length, and
+    the served length under `served`."""
+    import dataclasses
+
+    asked = []
+    surrogate = resources.surrogate
+    inner = surrogate.base_and_adapted_answers
+
+    def recording(adapter, conversations, max_new_tokens):
+        asked.append(max_new_tokens)
+        return inner(adapter, conversations, max_new_tokens)
+
+    monkeypatch.setattr(surrogate, "base_and_adapted_answers", recording)
+    cfg = resources.cfg.with_changes({"gate.answer_tokens": 0, "gate.answer_length": rule})
+    res = dataclasses.replace(resources, cfg=cfg, serve_tokens=serve_tokens)
+    session = f"sess-len-{rule}-{serve_tokens}"
+    mined = work.run_mining(res, session, 1, WARM, lambda f, s: None)
+    work.run_training(res, session, 1, WARM, mined["warm_hardness"], mined["cases"], lambda f, s: None)
+    assert asked == [expected]
+
+
 def test_bad_job_input_is_refused(resources):
     with pytest.raises(ValueError, match="at least one warm-start turn"):
         work.run_mining(resources, "s", 1, [], lambda f, s: None)

@@ -261,8 +261,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # the recipe ablations (docs/bench/recipe, round 2) found that neither mined pairs nor the soft-prompt
     # search changes the adapted G's fidelity at W = 4, while they cost F calls and most of the adaptation
-    # time; hardness is then G's loss on F's answer. `paper` keeps the paper's full chain.
-    "cpu": {"mining.mined_pairs": 0, "mining.steps": 0},
+    # time; hardness is then G's loss on F's answer under one unsearched near-zero prompt, so one
+    # candidate does (more would score the same turns again). `paper` keeps the paper's full chain.
+    "cpu": {"mining.mined_pairs": 0, "mining.steps": 0, "mining.candidates": 1},
     "paper": {
         # W = 12 so the hardest 6 warm turns train and the other 6 gate (|B| = 6, Appendix C.2's low end)
         "warm_turns": 12,

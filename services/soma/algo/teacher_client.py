@@ -70,9 +70,12 @@ def _key(verbalization: str, messages: Sequence[Message], max_new_tokens: int, p
 
 
 class VerbalizedTeacher:
-    """F under V(P) ⊕ S_t, with one cached answer per (verbalization, context, budget)."""
+    """F under V(P) ⊕ S_t, with one cached answer per (verbalization, context, budget).
 
-    def __init__(self, client: TeacherClient):
+    `client` may be None where no mined pair is asked for (`mining.mined_pairs = 0`): the check is
+    where F is called, so a worker with no teacher can still score hardness."""
+
+    def __init__(self, client: TeacherClient | None):
         self.client = client
         self._cache: dict[str, Completion] = {}
         self.calls = 0  # conversations actually sent to F
@@ -91,6 +94,10 @@ class VerbalizedTeacher:
             else:
                 missing[key] = prompted_messages(verbalization, messages, placement)
         if missing:
+            if self.client is None:
+                raise ValueError(
+                    "mined pairs need the teacher: set jobs.teacher_address, or mining.mined_pairs=0 to mine none"
+                )
             fresh = self.client.complete(list(missing.values()), max_new_tokens)
             for key, completion in zip(missing, fresh, strict=True):
                 self._cache[key] = completion

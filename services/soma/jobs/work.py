@@ -65,8 +65,6 @@ def seed_of(session_id: str, generation: int) -> int:
 
 
 def run_mining(res: JobResources, session_id: str, generation: int, warm_rows: list[dict], progress: Progress) -> dict:
-    if res.teacher is None:
-        raise ValueError("mining needs a teacher: set jobs.teacher_address")
     turns = warm_turns_from_json(warm_rows)
     steps = res.cfg.mining.steps
     progress(0.0, "mining")
