@@ -1,4 +1,4 @@
-"""The gate's generation, two batches (base G, then the adapter) against one mixed PEFT batch.
+"""The gate's generation, two batches (base G, then the adapter) against one mixed batch (`SessionAdapters.mixed`).
 
     .venv/bin/python scripts/gate_batch_timing.py [MODEL_DIR]   # default: the cached SmolLM2-135M
 

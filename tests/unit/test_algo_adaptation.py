@@ -156,6 +156,14 @@ def test_the_gates_one_mixed_batch_answers_as_base_and_adapter_apart(backend, cf
     base, adapted = surrogate.base_and_adapted_answers("session", conversations, 8)
     assert [o.text for o in base] == base_alone and [o.text for o in adapted] == adapted_alone
     assert [o.text for o in surrogate.answers("session", conversations, 8)] == adapted_alone  # no hook left behind
+    assert [o.text for o in surrogate.answers(None, conversations, 8)] == base_alone
+    # rows of two adapters take PEFT's mixed-batch path: each row still gets its own adapter's answer
+    train(adapters, "other", backend.tokenizer, [TrainingPair(t.messages, "no") for t in TURNS], lora)
+    other_alone = [o.text for o in surrogate.answers("other", conversations, 8)]
+    assert other_alone != adapted_alone
+    with adapters.mixed(["other", "session", None]):
+        three = backend.generate_batch(conversations[:1] * 3, SamplingParams(max_new_tokens=8))
+    assert [o.text for o in three] == [other_alone[0], adapted_alone[0], base_alone[0]]
     with pytest.raises(KeyError):
         with adapters.mixed([None, "nope"]):
             pass
