@@ -333,10 +333,11 @@ def test_batched_generation_matches_single(backend):
 
 def test_method_config_presets_and_paper_ranges():
     # the cpu budget drops the soft-prompt search, F's mined answers (docs/bench/recipe/round2) and the
-    # candidates that would only score the same turns again, nothing else
+    # candidates that would only score the same turns again, and gates at ε = 0.02; nothing else
     assert config.preset("cpu") == config.MethodConfig().with_changes(
-        {"mining.mined_pairs": 0, "mining.steps": 0, "mining.candidates": 1}
+        {"mining.mined_pairs": 0, "mining.steps": 0, "mining.candidates": 1, "gate.epsilon": 0.02}
     )
+    assert config.MethodConfig().gate.epsilon == 0.05  # the paper's ε stays the model default
     paper = config.preset("paper")
     assert paper.mining.mined_pairs > 0 and paper.mining.steps > 0  # the paper's whole chain stays selectable
     assert paper.outside_paper_ranges() == []
