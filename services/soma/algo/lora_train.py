@@ -135,9 +135,8 @@ class SessionAdapters(Adapters):
 
         With one adapter among the rows (the gate's case) the adapter is active for the whole batch and
         a hook zeroes its low-rank path on the base rows: a multiply per LoRA layer, where PEFT's
-        mixed-batch forward splits every layer's batch by adapter (about 10% of the gate's generation
-        on SmolLM2-135M, `scripts/gate_batch_timing.py`). Rows of several adapters take PEFT's path,
-        its `adapter_names` injected here. Every hook is removed afterwards."""
+        mixed-batch forward splits every layer's batch by adapter. Rows of several adapters take PEFT's
+        path, its `adapter_names` injected here. Every hook is removed afterwards."""
         with self.lock:
             missing = {n for n in rows if n is not None and n not in self.names}
             if missing:
