@@ -128,6 +128,31 @@ def test_the_training_job_gates_at_the_length_its_rule_gives(resources, monkeypa
     assert asked == [expected]
 
 
+def test_the_training_job_gates_as_long_as_fs_longest_acceptance_answer(resources, monkeypatch):
+    """Between the floor and the served length the default rule asks G for exactly as many tokens as
+    F's longest acceptance answer has in G's tokens (the cases above only reach the floor or the cap)."""
+    import dataclasses
+
+    long_warm = [{**turn, "teacher_answer": " ".join(["the answer is code"] * (6 + i))} for i, turn in enumerate(WARM)]
+    asked = []
+    surrogate = resources.surrogate
+    inner = surrogate.base_and_adapted_answers
+
+    def recording(adapter, conversations, max_new_tokens):
+        asked.append(max_new_tokens)
+        return inner(adapter, conversations, max_new_tokens)
+
+    monkeypatch.setattr(surrogate, "base_and_adapted_answers", recording)
+    cfg = resources.cfg.with_changes({"gate.answer_tokens": 0, "gate.answer_length": "teacher"})
+    res = dataclasses.replace(resources, cfg=cfg, serve_tokens=256)
+    session = "sess-len-between"
+    mined = work.run_mining(res, session, 1, long_warm, lambda f, s: None)
+    out = work.run_training(res, session, 1, long_warm, mined["warm_hardness"], mined["cases"], lambda f, s: None)
+    longest = max(len(lm.text_ids(surrogate.tokenizer, a["teacher_answer"])) for a in out["acceptance"])
+    assert 16 < longest < 256
+    assert asked == [longest]
+
+
 def test_bad_job_input_is_refused(resources):
     with pytest.raises(ValueError, match="at least one warm-start turn"):
         work.run_mining(resources, "s", 1, [], lambda f, s: None)
