@@ -102,6 +102,19 @@ def test_a_worker_without_a_teacher_mines_when_no_mined_pair_is_asked_for(resour
         work.run_mining(wanting, "sess-nt", 1, WARM, lambda f, s: None)
 
 
+def _record_gate_lengths(surrogate, monkeypatch) -> list[int]:
+    """The max_new_tokens of every gate batch the surrogate is asked for, while the test runs."""
+    asked = []
+    inner = surrogate.base_and_adapted_answers
+
+    def recording(adapter, conversations, max_new_tokens):
+        asked.append(max_new_tokens)
+        return inner(adapter, conversations, max_new_tokens)
+
+    monkeypatch.setattr(surrogate, "base_and_adapted_answers", recording)
+    return asked
+
+
 @pytest.mark.parametrize(
     ("rule", "serve_tokens", "expected"), [("teacher", 256, 16), ("teacher", 12, 12), ("served", 40, 40)]
 )
@@ -111,15 +124,7 @@ def test_the_training_job_gates_at_the_length_its_rule_gives(resources, monkeypa
     the served length under `served`."""
     import dataclasses
 
-    asked = []
-    surrogate = resources.surrogate
-    inner = surrogate.base_and_adapted_answers
-
-    def recording(adapter, conversations, max_new_tokens):
-        asked.append(max_new_tokens)
-        return inner(adapter, conversations, max_new_tokens)
-
-    monkeypatch.setattr(surrogate, "base_and_adapted_answers", recording)
+    asked = _record_gate_lengths(resources.surrogate, monkeypatch)
     cfg = resources.cfg.with_changes({"gate.answer_tokens": 0, "gate.answer_length": rule})
     res = dataclasses.replace(resources, cfg=cfg, serve_tokens=serve_tokens)
     session = f"sess-len-{rule}-{serve_tokens}"
@@ -134,21 +139,13 @@ def test_the_training_job_gates_as_long_as_fs_longest_acceptance_answer(resource
     import dataclasses
 
     long_warm = [{**turn, "teacher_answer": " ".join(["the answer is code"] * (6 + i))} for i, turn in enumerate(WARM)]
-    asked = []
-    surrogate = resources.surrogate
-    inner = surrogate.base_and_adapted_answers
-
-    def recording(adapter, conversations, max_new_tokens):
-        asked.append(max_new_tokens)
-        return inner(adapter, conversations, max_new_tokens)
-
-    monkeypatch.setattr(surrogate, "base_and_adapted_answers", recording)
+    asked = _record_gate_lengths(resources.surrogate, monkeypatch)
     cfg = resources.cfg.with_changes({"gate.answer_tokens": 0, "gate.answer_length": "teacher"})
     res = dataclasses.replace(resources, cfg=cfg, serve_tokens=256)
     session = "sess-len-between"
     mined = work.run_mining(res, session, 1, long_warm, lambda f, s: None)
     out = work.run_training(res, session, 1, long_warm, mined["warm_hardness"], mined["cases"], lambda f, s: None)
-    longest = max(len(lm.text_ids(surrogate.tokenizer, a["teacher_answer"])) for a in out["acceptance"])
+    longest = max(len(lm.text_ids(resources.surrogate.tokenizer, a["teacher_answer"])) for a in out["acceptance"])
     assert 16 < longest < 256
     assert asked == [longest]
 
