@@ -91,8 +91,11 @@ def test_compression_of_a_thousand_turn_history_reads_a_bounded_window():
         history, "last question", recent_turns=2, summary_chars=300, encode=encode, max_summarized_turns=64
     )
     assert messages[-1]["content"] == "last question"
-    assert [m["content"] for m in messages[1:-1]] == ["answer 998 on topic998.", "question 999 about topic999.",
-                                                       "answer 999 on topic999."]
+    assert [m["content"] for m in messages[1:-1]] == [
+        "answer 998 on topic998.",
+        "question 999 about topic999.",
+        "answer 999 on topic999.",
+    ]
     assert messages[0]["content"].endswith("question 998 about topic998.")
     summary = messages[0]["content"].split("]")[0]
     assert len(summary) <= 300 + len("[Summary of the earlier conversation: ")
