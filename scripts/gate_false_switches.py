@@ -4,24 +4,25 @@ have decided on the same acceptance batches.
 The report's "Gate bounds" table gives only the false-switch *rate*. This lists the dialogues, by the
 report's own rule (fidelity_report.gate_counterfactuals): an accepted adapter is a false switch when
 soma's mean cosine to Original over the post-switch turns is no higher than history-prefix's (untuned G,
-full history). It then replays two improvement rules on generation 1's gaps, keeping the gate's other
-checks (mean gap <= gate.max_mean_gap, locality) as they were:
+full history). It then replays two improvement rules on generation 1's gaps with the gate's own test
+(gate_stats.accept, bound none, the run's gate.max_mean_gap; no locality check, as the report's table):
 
 - absolute: mean(gap_old - gap_new) >= eps (the shipped rule, bound none);
 - relative: mean(gap_old - gap_new) / mean(gap_old) >= r (the improvement as a share of the gap).
 
 A diagnostic only: run on the report set it must not choose a setting (that is the tuning set's job).
 
-    python scripts/gate_false_switches.py docs/bench/fidelity-report-partial/report.json
+    .venv/bin/python scripts/gate_false_switches.py docs/bench/fidelity-report-partial/report.json
 """
 
 import json
 import statistics
 import sys
 
+from soma.algo import gate_stats
+
 
 def rows(report: dict) -> list[dict]:
-    max_gap = report["config"]["gate"]["max_mean_gap"]
     cos: dict[tuple[str, str], list[float]] = {}
     for t in report["per_turn"]:
         cos.setdefault((t["dialogue"], t["method"]), []).append(t["cosine"])
@@ -40,17 +41,30 @@ def rows(report: dict) -> list[dict]:
                 "soma": soma,
                 "history_prefix": hp,
                 "worse": soma <= hp,
-                "other_checks": (max_gap <= 0 or a["mean_gap_new"] <= max_gap) and a.get("locality_ok", True),
+                "gaps_old": a["gaps_old"],
+                "gaps_new": a["gaps_new"],
             }
         )
     return out
 
 
-def replay(table: list[dict], key: str, thresholds: list[float]) -> list[str]:
+def replay(table: list[dict], key: str, thresholds: list[float], max_mean_gap: float) -> list[str]:
+    """Accept where the improvement (key "improvement") or its share of the old gap ("relative") reaches th."""
     lines = []
     good = sum(1 for r in table if not r["worse"])
     for th in thresholds:
-        acc = [r for r in table if r[key] >= th and r["other_checks"]]
+        acc = [
+            r
+            for r in table
+            if gate_stats.accept(
+                r["gaps_old"],
+                r["gaps_new"],
+                epsilon=th if key == "improvement" else th * statistics.fmean(r["gaps_old"]),
+                delta=0.1,
+                bound="none",
+                max_mean_gap=max_mean_gap,
+            ).accepted
+        ]
         false = sum(1 for r in acc if r["worse"])
         missed = good - (len(acc) - false)
         lines.append(f"  {key} >= {th:+.2f}: accepted {len(acc):2d}/{len(table)}, false {false}, missed good {missed}")
@@ -58,13 +72,13 @@ def replay(table: list[dict], key: str, thresholds: list[float]) -> list[str]:
 
 
 def main(path: str) -> None:
-    table = rows(json.load(open(path)))
-    print("dialogue                         gen1 impr  relative  checks  accepted  soma   hist-prefix  false")
+    report = json.load(open(path))
+    table, max_gap = rows(report), report["config"]["gate"]["max_mean_gap"]
+    print("dialogue                         gen1 impr  relative  accepted  soma   hist-prefix  false")
     for r in table:
         flag = "FALSE" if r["accepted"] and r["worse"] else ""
-        checks = "ok" if r["other_checks"] else "fail"
         print(
-            f"{r['id']:32s} {r['improvement']:+.4f}   {r['relative']:+.3f}    {checks:4s}    "
+            f"{r['id']:32s} {r['improvement']:+.4f}   {r['relative']:+.3f}    "
             f"{str(r['accepted']):5s}     "
             f"{r['soma']:.3f}  {r['history_prefix']:.3f}        {flag}"
         )
@@ -75,8 +89,8 @@ def main(path: str) -> None:
         f"{sum(1 for r in table if r['worse'])}"
     )
     print("\nReplay on generation 1's gaps (diagnostic, not for choosing):")
-    print("\n".join(replay(table, "improvement", [-0.05, 0.0, 0.02, 0.05, 0.08, 0.10])))
-    print("\n".join(replay(table, "relative", [0.0, 0.05, 0.10, 0.15, 0.20, 0.25])))
+    print("\n".join(replay(table, "improvement", [-0.05, 0.0, 0.02, 0.05, 0.08, 0.10], max_gap)))
+    print("\n".join(replay(table, "relative", [0.0, 0.05, 0.10, 0.15, 0.20, 0.25], max_gap)))
 
 
 if __name__ == "__main__":
