@@ -48,7 +48,7 @@ def rows(report: dict) -> list[dict]:
     return out
 
 
-def replay(table: list[dict], key: str, thresholds: list[float], max_mean_gap: float) -> list[str]:
+def replay(table: list[dict], key: str, thresholds: list[float], gate: dict) -> list[str]:
     """Accept where the improvement (key "improvement") or its share of the old gap ("relative") reaches th."""
     lines = []
     good = sum(1 for r in table if not r["worse"])
@@ -60,9 +60,9 @@ def replay(table: list[dict], key: str, thresholds: list[float], max_mean_gap: f
                 r["gaps_old"],
                 r["gaps_new"],
                 epsilon=th if key == "improvement" else th * statistics.fmean(r["gaps_old"]),
-                delta=0.1,
+                delta=gate["delta"],
                 bound="none",
-                max_mean_gap=max_mean_gap,
+                max_mean_gap=gate["max_mean_gap"],
             ).accepted
         ]
         false = sum(1 for r in acc if r["worse"])
@@ -73,7 +73,7 @@ def replay(table: list[dict], key: str, thresholds: list[float], max_mean_gap: f
 
 def main(path: str) -> None:
     report = json.load(open(path))
-    table, max_gap = rows(report), report["config"]["gate"]["max_mean_gap"]
+    table, gate = rows(report), report["config"]["gate"]
     print("dialogue                         gen1 impr  relative  accepted  soma   hist-prefix  false")
     for r in table:
         flag = "FALSE" if r["accepted"] and r["worse"] else ""
@@ -89,8 +89,8 @@ def main(path: str) -> None:
         f"{sum(1 for r in table if r['worse'])}"
     )
     print("\nReplay on generation 1's gaps (diagnostic, not for choosing):")
-    print("\n".join(replay(table, "improvement", [-0.05, 0.0, 0.02, 0.05, 0.08, 0.10], max_gap)))
-    print("\n".join(replay(table, "relative", [0.0, 0.05, 0.10, 0.15, 0.20, 0.25], max_gap)))
+    print("\n".join(replay(table, "improvement", [-0.05, 0.0, 0.02, 0.05, 0.08, 0.10], gate)))
+    print("\n".join(replay(table, "relative", [0.0, 0.05, 0.10, 0.15, 0.20, 0.25], gate)))
 
 
 if __name__ == "__main__":
