@@ -12,7 +12,7 @@ full history). It then replays two improvement rules on generation 1's gaps with
 
 A diagnostic only: run on the report set it must not choose a setting (that is the tuning set's job).
 
-    .venv/bin/python scripts/gate_false_switches.py docs/bench/fidelity-report-partial/report.json
+    .venv/bin/python scripts/gate_false_switches.py docs/bench/fidelity-report/report.json
 """
 
 import json

@@ -2,7 +2,7 @@
 answers on the acceptance batch (F's tokens) against the gate's seconds, and their correlation; then
 the whole adaptation's seconds (mining + F + LoRA + gate): mean, median, how many within 60 s, longest.
 
-    python scripts/gate_time_vs_answer_length.py docs/bench/fidelity-report-partial/dialogues
+    python scripts/gate_time_vs_answer_length.py docs/bench/fidelity-report/dialogues
 """
 
 import json
