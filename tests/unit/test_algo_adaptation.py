@@ -502,3 +502,31 @@ def test_the_gate_answers_as_long_as_f_did_never_above_the_served_length(backend
     assert gate_answer_tokens(tok, cases, served, serve_tokens=256) == 256
     fixed = teacher.with_changes({"gate.answer_tokens": 40})
     assert gate_answer_tokens(tok, cases, fixed, serve_tokens=256) == 40
+
+
+def test_gate_score_tokens_cuts_both_answers_to_the_same_prefix(backend, cfg):
+    """With `gate.score_tokens` N, G answers on B at most N tokens and F's answer is cut to its first N
+    tokens (G's tokenizer), so Gap compares the same span; 0 (the default) scores whole answers."""
+    from soma.algo.adaptation import acceptance_answers
+
+    tok = backend.tokenizer
+    adapters = SessionAdapters(backend.model, cfg.lora)
+    train(adapters, "session", tok, [TrainingPair(t.messages, t.answer) for t in TURNS], cfg.lora)
+    surrogate = Surrogate(backend, adapters, _neighbours(backend, 5))
+    long_answer = " ".join(["the answer is code"] * 10)
+    cases = [Case(t.messages, long_answer, 1.0, "warm", f"warm:{i}", i) for i, t in enumerate(TURNS[:2])]
+    whole = cfg.with_changes({"gate.answer_tokens": 0, "gate.answer_length": "teacher"})
+    assert whole.gate.score_tokens == 0  # the default
+    asked = []
+    inner = surrogate.base_and_adapted_answers
+    surrogate.base_and_adapted_answers = lambda a, c, n: asked.append(n) or inner(a, c, n)
+    out = acceptance_answers(surrogate, "session", cases, whole, serve_tokens=256)
+    longest = len(lm.text_ids(tok, long_answer))
+    assert [f for f, _, _ in out] == [long_answer] * 2 and asked == [longest]
+    prefix = whole.with_changes({"gate.score_tokens": 6})
+    out = acceptance_answers(surrogate, "session", cases, prefix, serve_tokens=256)
+    assert asked[-1] == 6  # G generates at most 6 new tokens
+    assert [lm.text_ids(tok, f) for f, _, _ in out] == [lm.text_ids(tok, long_answer)[:6]] * 2
+    short = whole.with_changes({"gate.score_tokens": 500})  # longer than every answer: nothing is cut
+    assert [f for f, _, _ in acceptance_answers(surrogate, "session", cases, short, 256)] == [long_answer] * 2
+    assert asked[-1] == longest

@@ -420,15 +420,29 @@ def gate_answer_tokens(tokenizer: Any, acceptance: Sequence[Case], cfg: MethodCo
     return min(serve_tokens, max(16, longest))
 
 
+def answer_prefix(tokenizer: Any, text: str, tokens: int) -> str:
+    """The first `tokens` tokens of `text` (G's tokenizer), as text; the whole text when it is shorter."""
+    ids = lm.text_ids(tokenizer, text)
+    if len(ids) <= tokens:
+        return text
+    return tokenizer.decode(ids[:tokens], skip_special_tokens=True)
+
+
 def acceptance_answers(
     surrogate: Surrogate, adapter: str, acceptance: Sequence[Case], cfg: MethodConfig, serve_tokens: int = 256
 ) -> list[tuple[str, str, str]]:
     """(F's answer, base G's answer, adapted G's answer) on each acceptance context: the context the
-    adapter is served with, at the length it is served (`gate_answer_tokens`)."""
+    adapter is served with, at the length it is served (`gate_answer_tokens`). With `gate.score_tokens`
+    N, G answers at most N tokens and F's answer is cut to as many, so both sides of Gap cover the same
+    span."""
     conversations = [c.gate_messages(cfg.lora.context) for c in acceptance]
     tokens = gate_answer_tokens(surrogate.tokenizer, acceptance, cfg, serve_tokens)
+    answers = [c.answer for c in acceptance]
+    if cfg.gate.score_tokens:
+        tokens = min(tokens, cfg.gate.score_tokens)
+        answers = [answer_prefix(surrogate.tokenizer, a, tokens) for a in answers]
     old, new = surrogate.base_and_adapted_answers(adapter, conversations, tokens)
-    return [(c.answer, o.text, n.text) for c, o, n in zip(acceptance, old, new, strict=True)]
+    return [(f, o.text, n.text) for f, o, n in zip(answers, old, new, strict=True)]
 
 
 def gate_decision(

@@ -151,6 +151,12 @@ class GateConfig(_Frozen):
         description="with answer_tokens 0: teacher (as long as F's longest answer on B, at most the length the "
         "product serves: this session's answers, never more) or served (the configured max new tokens)",
     )
+    score_tokens: int = Field(
+        0,
+        ge=0,
+        description="score only the first N tokens (G's tokenizer) of both answers on B: G answers at most N, "
+        "F's answer is cut to as many; bounds the gate's time by N instead of F's answer length. 0: whole answers",
+    )
     split: Split = Field(
         "random",
         description="which warm turns gate: random (B drawn at random; the hardest top_warm of the rest train; "

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         adapter_dir=out_dir / "adapters",
     )
     # what shapes every method's result; the methods themselves are not in it, so adding one reuses the rest
-    fingerprint = run_fingerprint(args, cfg.model_dump(mode="json"))
+    fingerprint = run_fingerprint(args, fingerprint_config(cfg))
     # what shapes each group of baselines: a change to settings a group does not read keeps its results
     partial = partial_fingerprints(args, cfg)
     started = time.perf_counter()
@@ -210,9 +210,23 @@ def run_fingerprint(args: argparse.Namespace, config: dict) -> str:
     ).hexdigest()[:16]
 
 
+# settings added after finished results were saved, at the value that does what the code did before they
+# existed: at that value they are left out of the fingerprints, so those results stay valid
+NEUTRAL_SETTINGS = {("gate", "score_tokens"): 0}
+
+
+def fingerprint_config(cfg: MethodConfig) -> dict[str, Any]:
+    """The method config as the fingerprints see it: every setting but those at their neutral value."""
+    config = cfg.model_dump(mode="json")
+    for (section, key), neutral in NEUTRAL_SETTINGS.items():
+        if config[section].get(key) == neutral:
+            config[section] = {k: v for k, v in config[section].items() if k != key}
+    return config
+
+
 def partial_fingerprints(args: argparse.Namespace, cfg: MethodConfig) -> dict[str, str]:
     """Per baseline group, the fingerprint of the run without the method settings the group never reads."""
-    config = cfg.model_dump(mode="json")
+    config = fingerprint_config(cfg)
     return {
         group: run_fingerprint(args, {k: v for k, v in config.items() if k not in UNREAD_SECTIONS[group]})
         for group in BASELINE_GROUPS
