@@ -64,7 +64,14 @@ def main() -> int:
     if not args.summary_only:
         import torch
 
-        from soma.algo.adaptation import VARIANTS, acceptance_answers, gate_decision, mining_stage, training_stage
+        from soma.algo.adaptation import (
+            VARIANTS,
+            acceptance_answers,
+            gate_answer_tokens,
+            gate_decision,
+            mining_stage,
+            training_stage,
+        )
         from soma.algo.config import preset
         from soma.bench.dialogues import read_id_list, select
         from soma.bench.fidelity_cli import DEFAULT_DATASETS, TEACHER_CACHE
@@ -84,9 +91,9 @@ def main() -> int:
         for index, dialogue in enumerate(dialogues):
             if dialogue.id in done:
                 continue
-            runner = sweep._runner(cfg)
-            ctx = runner._context(dialogue, index)
-            teacher = runner._verbalized_teacher()  # asked nothing: the cpu budget mines no pairs
+            runner = sweep.runner(cfg)
+            ctx = runner.dialogue_context(dialogue, index)
+            teacher = runner.verbalized_teacher()  # asked nothing: the cpu budget mines no pairs
             mined = mining_stage(variant, ctx.warm, surrogate=surrogate, teacher=teacher, cfg=cfg, seed=ctx.seed)
             trained = training_stage(
                 variant, mined.warm, mined.mined, surrogate=surrogate, cfg=cfg, adapter="prefix", seed=ctx.seed
@@ -94,23 +101,12 @@ def main() -> int:
             row = {"dialogue": dialogue.id, "mining_s": mined.seconds, "training_s": trained.seconds, "gates": {}}
             for n in lengths:
                 gate_cfg = cfg.with_changes({"gate.score_tokens": n})
-                asked = []
-                inner = surrogate.base_and_adapted_answers
-
-                def recording(a, c, t, asked=asked, inner=inner):
-                    asked.append(t)
-                    return inner(a, c, t)
-
-                surrogate.base_and_adapted_answers = recording
                 t0 = time.perf_counter()
-                try:
-                    examples = acceptance_answers(surrogate, "prefix", trained.acceptance, gate_cfg, args.answer_tokens)
-                finally:
-                    surrogate.base_and_adapted_answers = inner
+                examples = acceptance_answers(surrogate, "prefix", trained.acceptance, gate_cfg, args.answer_tokens)
                 decision, gap_old, gap_new = gate_decision(variant, examples, pair.encoder.gaps, gate_cfg)
                 row["gates"][str(n)] = {
                     "seconds": time.perf_counter() - t0,
-                    "tokens": asked[0],
+                    "tokens": gate_answer_tokens(surrogate.tokenizer, trained.acceptance, gate_cfg, args.answer_tokens),
                     "accepted": decision.accepted,
                     "mean_improvement": decision.mean_improvement,
                     "mean_gap_new": decision.mean_gap_new,

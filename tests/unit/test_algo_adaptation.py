@@ -333,10 +333,18 @@ def test_batched_generation_matches_single(backend):
 
 def test_method_config_presets_and_paper_ranges():
     # the cpu budget drops the soft-prompt search, F's mined answers (docs/bench/recipe/round2) and the
-    # candidates that would only score the same turns again, and gates at ε = 0.02; nothing else
+    # candidates that would only score the same turns again, gates at ε = 0.02 and scores the first 64
+    # tokens of both answers (docs/bench/fidelity-report); nothing else
     assert config.preset("cpu") == config.MethodConfig().with_changes(
-        {"mining.mined_pairs": 0, "mining.steps": 0, "mining.candidates": 1, "gate.epsilon": 0.02}
+        {
+            "mining.mined_pairs": 0,
+            "mining.steps": 0,
+            "mining.candidates": 1,
+            "gate.epsilon": 0.02,
+            "gate.score_tokens": 64,
+        }
     )
+    assert config.MethodConfig().gate.score_tokens == 0  # whole answers stay the model default (the paper's)
     assert config.MethodConfig().gate.epsilon == 0.05  # the paper's ε stays the model default
     paper = config.preset("paper")
     assert paper.mining.mined_pairs > 0 and paper.mining.steps > 0  # the paper's whole chain stays selectable
@@ -502,12 +510,16 @@ def test_the_gate_answers_as_long_as_f_did_never_above_the_served_length(backend
     assert gate_answer_tokens(tok, cases, served, serve_tokens=256) == 256
     fixed = teacher.with_changes({"gate.answer_tokens": 40})
     assert gate_answer_tokens(tok, cases, fixed, serve_tokens=256) == 40
+    capped = teacher.with_changes({"gate.score_tokens": 20})  # scored on a 20-token prefix: G asked no more
+    assert gate_answer_tokens(tok, cases, capped, serve_tokens=256) == 20
+    assert gate_answer_tokens(tok, cases[:1], capped, serve_tokens=256) == 16  # under the cap: unchanged
 
 
-def test_gate_score_tokens_cuts_both_answers_to_the_same_prefix(backend, cfg):
+def test_gate_score_tokens_cuts_both_answers_to_the_same_prefix(backend, cfg, monkeypatch):
     """With `gate.score_tokens` N, G answers on B at most N tokens and F's answer is cut to its first N
     tokens (G's tokenizer), so Gap compares the same span; 0 (the default) scores whole answers."""
     from soma.algo.adaptation import acceptance_answers
+    from tests.recorders import record_gate_lengths
 
     tok = backend.tokenizer
     adapters = SessionAdapters(backend.model, cfg.lora)
@@ -517,9 +529,7 @@ def test_gate_score_tokens_cuts_both_answers_to_the_same_prefix(backend, cfg):
     cases = [Case(t.messages, long_answer, 1.0, "warm", f"warm:{i}", i) for i, t in enumerate(TURNS[:2])]
     whole = cfg.with_changes({"gate.answer_tokens": 0, "gate.answer_length": "teacher"})
     assert whole.gate.score_tokens == 0  # the default
-    asked = []
-    inner = surrogate.base_and_adapted_answers
-    surrogate.base_and_adapted_answers = lambda a, c, n: asked.append(n) or inner(a, c, n)
+    asked = record_gate_lengths(surrogate, monkeypatch)
     out = acceptance_answers(surrogate, "session", cases, whole, serve_tokens=256)
     longest = len(lm.text_ids(tok, long_answer))
     assert [f for f, _, _ in out] == [long_answer] * 2 and asked == [longest]

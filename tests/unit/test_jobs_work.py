@@ -13,6 +13,7 @@ from soma.models.chat_backend import TransformersChatBackend
 from soma.models.testing import build_tiny_chat_model
 from soma.storage.adapter_store import LocalAdapterStore
 from soma.storage.session_store import SqliteSessionStore
+from tests.recorders import record_gate_lengths
 from tests.sessions import adapting_session
 
 WARM = [
@@ -102,19 +103,6 @@ def test_a_worker_without_a_teacher_mines_when_no_mined_pair_is_asked_for(resour
         work.run_mining(wanting, "sess-nt", 1, WARM, lambda f, s: None)
 
 
-def _record_gate_lengths(surrogate, monkeypatch) -> list[int]:
-    """The max_new_tokens of every gate batch the surrogate is asked for, while the test runs."""
-    asked = []
-    inner = surrogate.base_and_adapted_answers
-
-    def recording(adapter, conversations, max_new_tokens):
-        asked.append(max_new_tokens)
-        return inner(adapter, conversations, max_new_tokens)
-
-    monkeypatch.setattr(surrogate, "base_and_adapted_answers", recording)
-    return asked
-
-
 @pytest.mark.parametrize(
     ("rule", "serve_tokens", "expected"), [("teacher", 256, 16), ("teacher", 12, 12), ("served", 40, 40)]
 )
@@ -124,7 +112,7 @@ def test_the_training_job_gates_at_the_length_its_rule_gives(resources, monkeypa
     the served length under `served`."""
     import dataclasses
 
-    asked = _record_gate_lengths(resources.surrogate, monkeypatch)
+    asked = record_gate_lengths(resources.surrogate, monkeypatch)
     cfg = resources.cfg.with_changes({"gate.answer_tokens": 0, "gate.answer_length": rule})
     res = dataclasses.replace(resources, cfg=cfg, serve_tokens=serve_tokens)
     session = f"sess-len-{rule}-{serve_tokens}"
@@ -139,7 +127,7 @@ def test_the_training_job_gates_as_long_as_fs_longest_acceptance_answer(resource
     import dataclasses
 
     long_warm = [{**turn, "teacher_answer": " ".join(["the answer is code"] * (6 + i))} for i, turn in enumerate(WARM)]
-    asked = _record_gate_lengths(resources.surrogate, monkeypatch)
+    asked = record_gate_lengths(resources.surrogate, monkeypatch)
     cfg = resources.cfg.with_changes({"gate.answer_tokens": 0, "gate.answer_length": "teacher"})
     res = dataclasses.replace(resources, cfg=cfg, serve_tokens=256)
     session = "sess-len-between"

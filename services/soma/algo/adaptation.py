@@ -411,13 +411,15 @@ def gate_answer_tokens(tokenizer: Any, acceptance: Sequence[Case], cfg: MethodCo
     as long as F's longest answer there (in G's tokens, at least 16), never above `serve_tokens`. A
     session whose answers are short is gated at that length, not at the configured maximum: the part
     of a longer G answer has nothing of F's to be compared with, and generating it is most of the gate's
-    time."""
+    time. `gate.score_tokens` N, when set, caps the result at N."""
     if cfg.gate.answer_tokens:
-        return cfg.gate.answer_tokens
-    if cfg.gate.answer_length == "served" or not acceptance:
-        return serve_tokens
-    longest = max(len(lm.text_ids(tokenizer, c.answer)) for c in acceptance)
-    return min(serve_tokens, max(16, longest))
+        tokens = cfg.gate.answer_tokens
+    elif cfg.gate.answer_length == "served" or not acceptance:
+        tokens = serve_tokens
+    else:
+        longest = max(len(lm.text_ids(tokenizer, c.answer)) for c in acceptance)
+        tokens = min(serve_tokens, max(16, longest))
+    return min(tokens, cfg.gate.score_tokens) if cfg.gate.score_tokens else tokens
 
 
 def answer_prefix(tokenizer: Any, text: str, tokens: int) -> str:
@@ -439,7 +441,6 @@ def acceptance_answers(
     tokens = gate_answer_tokens(surrogate.tokenizer, acceptance, cfg, serve_tokens)
     answers = [c.answer for c in acceptance]
     if cfg.gate.score_tokens:
-        tokens = min(tokens, cfg.gate.score_tokens)
         answers = [answer_prefix(surrogate.tokenizer, a, tokens) for a in answers]
     old, new = surrogate.base_and_adapted_answers(adapter, conversations, tokens)
     return [(f, o.text, n.text) for f, o, n in zip(answers, old, new, strict=True)]

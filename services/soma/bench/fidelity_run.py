@@ -64,7 +64,7 @@ class RunOptions:
 
 
 @dataclass
-class _Context:
+class DialogueContext:
     """What every method of one dialogue shares: O's transcript and the contexts built from it."""
 
     queries: list[str]
@@ -118,7 +118,9 @@ class DialogueRun:
             "finish_reason": o.finish_reason,
         }
 
-    def _verbalized_teacher(self) -> VerbalizedTeacher:
+    def verbalized_teacher(self) -> VerbalizedTeacher:
+        """F behind V(P), asked as every benchmark answer is; a new one per run, so its call counts are
+        the run's own."""
         return VerbalizedTeacher(BackendTeacher(self.pair.teacher, params=self._teacher_params(0)))
 
     def _surrogate_batch(self, adapter: str | None, conversations: list[list[dict]], **kw) -> list[Any]:
@@ -172,7 +174,9 @@ class DialogueRun:
 
     # -- the run -----------------------------------------------------------------------------------
 
-    def _context(self, dialogue: Dialogue, index: int) -> _Context:
+    def dialogue_context(self, dialogue: Dialogue, index: int) -> DialogueContext:
+        """O's transcript of `dialogue` (F's answers, cached) and the warm, full and compressed contexts
+        every method builds on; `index` seeds the dialogue."""
         cfg = self.options.cfg
         queries = list(dialogue.queries)
         warm_n = min(cfg.warm_turns, len(queries) - 1)
@@ -185,7 +189,7 @@ class DialogueRun:
             original.append(self._teacher_answer(messages))
             history = [*messages, {"role": "assistant", "content": original[-1]["answer"]}]
         pairs_o = [(q, o["answer"]) for q, o in zip(queries, original, strict=True)]
-        ctx = _Context(queries, warm_n, post, original, pairs_o, [], [], [], self.options.seed * 100_003 + index)
+        ctx = DialogueContext(queries, warm_n, post, original, pairs_o, [], [], [], self.options.seed * 100_003 + index)
         ctx.compress = self._compressed
         ctx.warm = [ctx.warm_turn(t) for t in range(warm_n)]
         ctx.full_post = [ctx.full_context(t) for t in post]
@@ -199,7 +203,7 @@ class DialogueRun:
         settings whose finished methods are kept."""
         opts = self.options
         t0 = time.perf_counter()
-        ctx = self._context(dialogue, index)
+        ctx = self.dialogue_context(dialogue, index)
         queries, post, original, warm_n, seed = ctx.queries, ctx.post, ctx.original, ctx.warm_n, ctx.seed
         out: dict[str, Any] = done or {}
         finished = set(out.get("methods_done", []))
@@ -271,7 +275,7 @@ class DialogueRun:
 
     # -- methods -----------------------------------------------------------------------------------
 
-    def _m_surrogate(self, ctx: _Context, out: dict) -> None:
+    def _m_surrogate(self, ctx: DialogueContext, out: dict) -> None:
         history, answers = [], []
         for q in ctx.queries:
             messages = [*history, {"role": "user", "content": q}]
@@ -280,15 +284,15 @@ class DialogueRun:
             history = [*messages, {"role": "assistant", "content": o.text}]
         self._store(out, "surrogate", ctx.post, [answers[t] for t in ctx.post])
 
-    def _m_history_prefix(self, ctx: _Context, out: dict) -> None:
+    def _m_history_prefix(self, ctx: DialogueContext, out: dict) -> None:
         outs = self._surrogate_batch(None, ctx.full_post, with_logprobs=True)
         self._store(out, "history-prefix", ctx.post, outs)
         out["router_confidence"] = {str(t + 1): o.mean_logprob for t, o in zip(ctx.post, outs, strict=True)}
 
-    def _m_compressed_prefix(self, ctx: _Context, out: dict) -> None:
+    def _m_compressed_prefix(self, ctx: DialogueContext, out: dict) -> None:
         self._store(out, "compressed-prefix", ctx.post, self._surrogate_batch(None, ctx.compressed_post))
 
-    def _m_history_ft(self, ctx: _Context, out: dict) -> None:
+    def _m_history_ft(self, ctx: DialogueContext, out: dict) -> None:
         pairs = [TrainingPair(w.messages, w.answer, ended=w.ended, turn=i) for i, w in enumerate(ctx.warm)]
         self._fine_tuned("history-ft", pairs, ctx.full_post, ctx.post, ctx.seed, out)
 
@@ -297,7 +301,7 @@ class DialogueRun:
             VARIANTS[name],
             warm,
             surrogate=self.pair.surrogate,
-            teacher=self._verbalized_teacher(),  # per run: honest call counts
+            teacher=self.verbalized_teacher(),  # per run: honest call counts
             gaps=self.pair.encoder.gaps,
             cfg=self.options.cfg,
             adapter=adapter,
@@ -438,7 +442,9 @@ class DialogueRun:
             "transitions": [f"{x.source.value}->{x.target.value}: {x.reason}" for x in state.history],
         }
 
-    def _served(self, ctx: _Context, first: AdaptationOutcome, forced: list[str], locality, index, dialogue) -> dict:
+    def _served(
+        self, ctx: DialogueContext, first: AdaptationOutcome, forced: list[str], locality, index, dialogue
+    ) -> dict:
         """soma as the product serves it, re-adaptation on: each generation's gate decision takes effect
         at the turn after the one that started it (the jobs run while F answers that turn); a rejection
         or a rollback starts a new generation on the latest teacher turns (after REWARM_TURNS teacher

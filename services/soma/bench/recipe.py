@@ -76,7 +76,9 @@ class Sweep:
         self.teacher_rp = teacher_rp
         self._mined: dict[str, Any] = {}
 
-    def _runner(self, cfg):
+    def runner(self, cfg):
+        """The fidelity benchmark's run of one dialogue under `cfg` (F's answers only), whose contexts and
+        teacher a recipe row builds on."""
         from soma.bench.fidelity_run import DialogueRun, RunOptions
 
         options = RunOptions(
@@ -109,8 +111,8 @@ class Sweep:
         from soma.bench.fidelity_run import warm_pairs
 
         cfg = self.base_cfg.with_changes(entry["set"])
-        runner = self._runner(cfg)
-        ctx = runner._context(dialogue, index)
+        runner = self.runner(cfg)
+        ctx = runner.dialogue_context(dialogue, index)
         method = entry["method"]
         post = ctx.post
         full = method in ("history-ft", "base-full")
@@ -134,7 +136,7 @@ class Sweep:
                 ]
             )
             if key not in self._mined:
-                teacher = runner._verbalized_teacher()
+                teacher = runner.verbalized_teacher()
                 self._mined[key] = mining_stage(
                     variant, ctx.warm, surrogate=surrogate, teacher=teacher, cfg=cfg, seed=ctx.seed
                 )
