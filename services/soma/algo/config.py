@@ -273,9 +273,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # adapter that cleared 0.02 beat base-served after the switch (10 of 20 accepted, against 6 at
     # 0.05; round 1's older recipes did worse at 0.02). `paper` keeps the paper's full chain and ε.
     # The gate scores the first 64 tokens of both answers (`gate.score_tokens`): on the report set it cut
-    # the gate from 33.8 to GATE_S s and adaptation from 63.1 to ADAPT_S s (target 60), with the same
-    # number of generation-1 acceptances (docs/bench/fidelity-report); on the tuning set it agreed
-    # with whole answers on 11 of 12 decisions (docs/bench/recipe/gate-prefix).
+    # the gate from 33.8 to 16.7 s mean (adaptation 63.1 -> 38.9 s, target 60; LoRA, unchanged, also ran
+    # 6 s faster in that run) with 18 of 40 generation-1 acceptances, as before, 2 of them flipped
+    # (docs/bench/fidelity-report); on the tuning set it agreed with whole answers on 11 of 12
+    # decisions (docs/bench/recipe/gate-prefix).
     "cpu": {
         "mining.mined_pairs": 0,
         "mining.steps": 0,
