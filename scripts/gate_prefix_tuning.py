@@ -3,10 +3,10 @@
     .venv/bin/python scripts/gate_prefix_tuning.py --out bench-out/gate-prefix [--ids FILE] [--lengths 0,64,48,32]
     .venv/bin/python scripts/gate_prefix_tuning.py --out bench-out/gate-prefix --summary-only
 
-Per dialogue, generation 1 of the shipped `cpu` budget is mined and trained once (the product's own
+Per dialogue, generation 1 of the `cpu` budget is mined and trained once (the product's own
 stages, the recipe benchmark's seeds); then the gate runs once per length N on that same adapter
-(N = 0: whole answers, the shipped gate). A row per dialogue goes to OUT/results.jsonl at once, so a
-rerun goes on where it stopped. The summary gives, per N, the gate's mean seconds and how many of
+(N = 0: whole answers, the reference the others are compared with). A row per dialogue goes to
+OUT/results.jsonl at once, so a rerun goes on where it stopped. The summary gives, per N, the gate's mean seconds and how many of
 generation 1's decisions agree with the whole-answer gate's. It says nothing of which decisions are
 right: an adapter's post-switch fidelity is not measured here (the recipe benchmark does that).
 """
