@@ -6,9 +6,10 @@
 Per dialogue, generation 1 of the `cpu` budget is mined and trained once (the product's own
 stages, the recipe benchmark's seeds); then the gate runs once per length N on that same adapter
 (N = 0: whole answers, the reference the others are compared with). A row per dialogue goes to
-OUT/results.jsonl at once, so a rerun goes on where it stopped. The summary gives, per N, the gate's mean seconds and how many of
-generation 1's decisions agree with the whole-answer gate's. It says nothing of which decisions are
-right: an adapter's post-switch fidelity is not measured here (the recipe benchmark does that).
+OUT/results.jsonl at once, so a rerun goes on where it stopped. The summary gives, per N, the
+gate's mean seconds and how many of generation 1's decisions agree with the whole-answer gate's.
+It says nothing of which decisions are right: an adapter's post-switch fidelity is not measured
+here (the recipe benchmark does that).
 """
 
 from __future__ import annotations
