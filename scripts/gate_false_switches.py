@@ -13,6 +13,12 @@ full history). It then replays two improvement rules on generation 1's gaps with
 A diagnostic only: run on the report set it must not choose a setting (that is the tuning set's job).
 
     .venv/bin/python scripts/gate_false_switches.py docs/bench/fidelity-report/report.json
+
+Given a second report of the same dialogues (OTHER), it also prints the Pearson correlation of the two
+runs' generation-1 improvements, dialogue by dialogue, e.g. against the whole-answer gate kept at 3d99d28:
+
+    git show 3d99d28:docs/bench/fidelity-report/report.json > /tmp/whole-answer.json
+    .venv/bin/python scripts/gate_false_switches.py docs/bench/fidelity-report/report.json /tmp/whole-answer.json
 """
 
 import json
@@ -71,7 +77,21 @@ def replay(table: list[dict], key: str, thresholds: list[float], gate: dict) -> 
     return lines
 
 
-def main(path: str) -> None:
+def compare(table: list[dict], other: list[dict]) -> str:
+    """The correlation of two runs' generation-1 improvements over the dialogues both gated."""
+    theirs = {r["id"]: r["improvement"] for r in other}
+    pairs = [(r["improvement"], theirs[r["id"]]) for r in table if r["id"] in theirs]
+    flips = sum(1 for r in table for o in other if r["id"] == o["id"] and r["accepted"] != o["accepted"])
+    if len(pairs) < 2:
+        return f"\nAgainst the other report: {len(pairs)} dialogue(s) in common, no correlation"
+    mine, other_impr = zip(*pairs, strict=True)
+    return (
+        f"\nAgainst the other report: {len(pairs)} dialogues in common, generation-1 improvements "
+        f"correlate at {statistics.correlation(mine, other_impr):.2f}; decisions differ on {flips}"
+    )
+
+
+def main(path: str, other_path: str | None = None) -> None:
     report = json.load(open(path))
     table, gate = rows(report), report["config"]["gate"]
     print("dialogue                         gen1 impr  relative  accepted  soma   hist-prefix  false")
@@ -91,7 +111,9 @@ def main(path: str) -> None:
     print("\nReplay on generation 1's gaps (diagnostic, not for choosing):")
     print("\n".join(replay(table, "improvement", [-0.05, 0.0, 0.02, 0.05, 0.08, 0.10], gate)))
     print("\n".join(replay(table, "relative", [0.0, 0.05, 0.10, 0.15, 0.20, 0.25], gate)))
+    if other_path:
+        print(compare(table, rows(json.load(open(other_path)))))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])
