@@ -478,7 +478,7 @@ def test_mined_cases_are_asked_for_training_turns_only_at_the_warm_answer_length
 
 def test_random_split_of_two_warm_turns_keeps_one_to_train_and_one_to_gate():
     """The tiny budget (W = 2) under the default random split: B is never empty."""
-    from soma.algo.adaptation import random_gate_turns, training_split
+    from soma.algo.adaptation import training_split, warm_gate_turns
 
     warm, mined = _cases([0.3, 0.8])
     cfg = config.preset("tiny")
@@ -486,7 +486,30 @@ def test_random_split_of_two_warm_turns_keeps_one_to_train_and_one_to_gate():
     for seed in range(10):
         training, acceptance = training_split(VARIANTS["soma"], warm, mined, cfg, seed)
         assert len({c.turn for c in acceptance}) == 1 and len({c.turn for c in training}) == 1
-        assert {c.turn for c in acceptance} == random_gate_turns(2, cfg, seed)
+        assert {c.turn for c in acceptance} == warm_gate_turns(2, cfg, seed)
+
+
+def test_recent_train_split_gates_on_the_oldest_turns_and_trains_on_the_latest():
+    """`gate.split = recent_train`: whatever the hardness and the seed, the oldest |B| warm turns gate and
+    the most recent train; the mining job is asked only about the training turns, with mined cases."""
+    from soma.algo.adaptation import training_split, warm_gate_turns
+
+    warm, mined = _cases([0.9, 0.8, 0.1, 0.2])  # the oldest turns are the hardest: hardness must not move B
+    cfg = config.preset("cpu").with_changes({"gate.split": "recent_train", "mining.mined_pairs": 4})
+    for seed in range(5):
+        training, acceptance = training_split(VARIANTS["soma"], warm, mined, cfg, seed)
+        assert {c.turn for c in acceptance} == {0, 1} == warm_gate_turns(4, cfg, seed)
+        assert {c.turn for c in training} == {2, 3}
+        assert all(c.source == "warm" for c in acceptance)
+        assert {c.key for c in training if c.source == "mined"} == {"mined:0:2", "mined:0:3"}
+    # B never takes every turn: with two warm turns one gates (the older) and one trains
+    training, acceptance = training_split(VARIANTS["soma"], warm[:2], mined[:2], cfg, 0)
+    assert [c.turn for c in acceptance] == [0] and {c.turn for c in training} == {1}
+    # with gate.mined_in_acceptance, B takes its turns' mined cases too, still the oldest turns
+    pooled = cfg.with_changes({"gate.mined_in_acceptance": True})
+    training, acceptance = training_split(VARIANTS["soma"], warm, mined, pooled, 3)
+    assert {c.key for c in acceptance} == {"warm:0", "warm:1", "mined:0:0", "mined:0:1"}
+    assert not {c.turn for c in training} & {0, 1}
 
 
 def test_the_gate_answers_as_long_as_f_did_never_above_the_served_length(backend, cfg):

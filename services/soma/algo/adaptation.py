@@ -156,9 +156,15 @@ def split_acceptance(cases: Sequence[Case], size: int, rng: random.Random, min_t
     return training, acceptance
 
 
-def random_gate_turns(n_turns: int, cfg: MethodConfig, seed: int) -> set[int]:
-    """The warm turns `gate.split = random` puts in B when B holds warm turns only: `training_split`
-    draws B with this call, and the mining job asks F only about the turns outside it."""
+def warm_gate_turns(n_turns: int, cfg: MethodConfig, seed: int) -> set[int]:
+    """The warm turns B holds when it holds warm turns only (`gate.split` random or recent_train):
+    `training_split` takes B from this call, and the mining job asks F only about the turns outside it.
+
+    random draws B's turns with `seed`; recent_train gives B the oldest turns, so the most recent ones,
+    the nearest to the turns the adapter will serve, train."""
+    if cfg.gate.split == "recent_train":
+        n_gate = max(1, min(cfg.gate.acceptance_size, n_turns - 1))
+        return set(range(n_gate))
     stand_ins = [Case((), "", 0.0, "warm", f"warm:{t}", t) for t in range(n_turns)]
     _, acceptance = split_acceptance(stand_ins, cfg.gate.acceptance_size, random.Random(seed), min_training=1)
     return {c.turn for c in acceptance}
@@ -228,7 +234,7 @@ def mined_cases(
         if cfg.gate.split == "hardest_train":
             wanted, _ = hardest_turns(result.turn_hardness(kind, len(turns)), cfg)
         else:
-            wanted -= random_gate_turns(len(turns), cfg, seed)
+            wanted -= warm_gate_turns(len(turns), cfg, seed)
     per_turn: dict[int, list] = {}
     for case in sorted(result.cases, key=score, reverse=True):
         if case.verbalization and case.turn in wanted:
@@ -366,13 +372,15 @@ def training_split(
     if cfg.gate.split == "hardest_train":
         training, acceptance = hardest_split(warm, mined, cfg)
     else:
-        if cfg.gate.mined_in_acceptance:  # the paper's pooled B: warm and mined cases, by turn
+        if cfg.gate.mined_in_acceptance and cfg.gate.split == "random":  # the paper's pooled B, by turn
             pool = [*warm, *mined]
             rest, acceptance = split_acceptance(pool, cfg.gate.acceptance_size, random.Random(seed), min_training=1)
             gate_turns = {c.turn for c in acceptance}
-        else:  # warm-only B: the very draw the mining job asks F about (random_gate_turns)
-            gate_turns = random_gate_turns(len(warm), cfg, seed)
+        else:  # B's turns as the mining job chose them (warm_gate_turns), with their mined cases if asked
+            gate_turns = warm_gate_turns(len(warm), cfg, seed)
             acceptance = [c for c in warm if c.turn in gate_turns]
+            if cfg.gate.mined_in_acceptance:
+                acceptance += [c for c in mined if c.turn in gate_turns]
             rest = [c for c in warm if c.turn not in gate_turns]
         rest_warm = sorted((c for c in rest if c.source == "warm"), key=lambda c: c.hardness, reverse=True)
         kept = rest_warm[: cfg.lora.top_warm]

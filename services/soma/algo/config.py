@@ -15,7 +15,7 @@ Hardness = Literal["disagreement", "paper_literal"]
 BoundKind = Literal["hoeffding", "bernstein", "none"]
 Placement = Literal["first_message", "system"]
 TrainContext = Literal["served", "full", "both"]
-Split = Literal["hardest_train", "random"]
+Split = Literal["hardest_train", "random", "recent_train"]
 SummaryPlace = Literal["first_user", "system"]
 AnswerLength = Literal["teacher", "served"]
 
@@ -160,7 +160,8 @@ class GateConfig(_Frozen):
     split: Split = Field(
         "random",
         description="which warm turns gate: random (B drawn at random; the hardest top_warm of the rest train; "
-        "chosen by soma bench recipe, docs/bench/recipe) or hardest_train (the hardest turns train, the easiest gate)",
+        "chosen by soma bench recipe, docs/bench/recipe), hardest_train (the hardest turns train, the easiest gate) "
+        "or recent_train (the oldest turns gate, the hardest top_warm of the more recent ones train)",
     )
     mined_in_acceptance: bool = Field(False, description="mined cases may be scored in B (beside warm turns)")
 
