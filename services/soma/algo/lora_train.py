@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import json
 import math
 import random
@@ -65,8 +66,10 @@ class SessionAdapters(Adapters):
         self.base = self.peft.get_base_model()
         # The active adapter is model-wide state: whoever selects one holds this until done with it.
         self.lock = threading.RLock()
-        # the layers PEFT injected, found once: selecting an adapter is on every request's path
-        self._lora_layers = [m for m in self.peft.modules() if hasattr(m, "lora_A")]
+        # the layers PEFT injected, found once: selecting an adapter is on every request's path, and
+        # loading one (an adapter-cache miss) adds it to these layers without walking the model again
+        self._named_layers = {n: m for n, m in self.peft.named_modules() if hasattr(m, "lora_A")}
+        self._lora_layers = list(self._named_layers.values())
         self.names: set[str] = set()
         self._select(None)
 
@@ -100,9 +103,13 @@ class SessionAdapters(Adapters):
         if name in self.names:
             self.delete(name)
         self.peft.add_adapter(name, _peft_config(cfg))
-        self._lora_layers = [m for m in self.peft.modules() if hasattr(m, "lora_A")]
+        self._refresh_layers()
         self.names.add(name)
         self._select(None)
+
+    def _refresh_layers(self) -> None:
+        self._named_layers = {n: m for n, m in self.peft.named_modules() if hasattr(m, "lora_A")}
+        self._lora_layers = list(self._named_layers.values())
 
     def delete(self, name: str) -> None:
         with self.lock:
@@ -187,11 +194,53 @@ class SessionAdapters(Adapters):
         with self.lock:
             if name in self.names:
                 self.delete(name)
-            self.peft.add_adapter(name, peft_config)
-            self._lora_layers = [m for m in self.peft.modules() if hasattr(m, "lora_A")]
-            self.names.add(name)
-            self.load_state(name, state)
+            targets = self._wrapped_targets(peft_config)
+            if targets is None:  # a module no cached layer wraps: PEFT's own path
+                self.peft.add_adapter(name, peft_config)
+                self._refresh_layers()
+                self.names.add(name)
+                self.load_state(name, state)
+            else:
+                self._add_to_layers(name, peft_config, targets, state)
             self._select(None)
+
+    def _wrapped_targets(self, peft_config: PeftLoraConfig) -> dict[str, Any] | None:
+        """The cached LoRA layers a stored config targets (by module name, as PEFT matches a list of
+        names), or None when it targets a module that no cached layer wraps."""
+        wanted = set(peft_config.target_modules or ())
+        layers = {n: m for n, m in self._named_layers.items() if n.rsplit(".", 1)[-1] in wanted}
+        covered = {n.rsplit(".", 1)[-1] for n in layers}
+        return layers if layers and covered == wanted else None
+
+    def _add_to_layers(
+        self, name: str, peft_config: PeftLoraConfig, layers: dict[str, Any], state: dict[str, torch.Tensor]
+    ) -> None:
+        """Add adapter `name` to the cached layers it targets and copy its weights in: what PEFT's
+        add_adapter + set_peft_model_state_dict do per layer (the same `update_layer`), without walking
+        all of the model's modules twice and initialising weights that are overwritten at once. An
+        adapter-cache miss pays this on a serving request."""
+        missing = [f"{n}.lora_{ab}.weight" for n in layers for ab in "AB" if f"{n}.lora_{ab}.weight" not in state]
+        if missing:
+            raise RuntimeError(f"adapter {name!r}: state is missing {len(missing)} LoRA tensors, e.g. {missing[0]}")
+        uninitialised = copy.copy(peft_config)
+        uninitialised.init_lora_weights = False  # every weight is copied in below
+        self.peft.peft_config[name] = peft_config
+        try:
+            with torch.no_grad():
+                for key, layer in layers.items():
+                    r = int(state[f"{key}.lora_A.weight"].shape[0])
+                    layer.update_layer(
+                        name, r, lora_alpha=peft_config.lora_alpha, target_name=key, config=uninitialised
+                    )
+                    layer.lora_A[name].weight.copy_(state[f"{key}.lora_A.weight"])
+                    layer.lora_B[name].weight.copy_(state[f"{key}.lora_B.weight"])
+        except Exception:  # e.g. a tensor of the wrong shape: leave no half-added adapter behind
+            for layer in layers.values():
+                if name in layer.lora_A:
+                    layer.delete_adapter(name)
+            del self.peft.peft_config[name]
+            raise
+        self.names.add(name)
 
     def load_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
         result = set_peft_model_state_dict(self.peft, state, adapter_name=name)
