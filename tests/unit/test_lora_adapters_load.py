@@ -3,6 +3,8 @@ it answers exactly as the adapter it was exported from, and a broken one leaves 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load as safetensors_load
@@ -89,22 +91,46 @@ def test_an_adapter_for_modules_no_cached_layer_wraps_takes_peft_s_path(model_pa
     assert "all" in adapters.names
 
 
-@pytest.mark.parametrize("damage", ["missing", "wrong_shape"])
-def test_a_broken_adapter_is_refused_and_leaves_nothing_behind(model_path, damage):
+def test_an_older_peft_without_update_layer_config_takes_peft_s_path(model_path, monkeypatch):
+    """PEFT before 0.21 has no `update_layer(..., config=)`; pyproject allows it, so load must still work."""
+    from peft.tuners.lora import layer as lora_layer
+
+    def old_update_layer(self, adapter_name, r, lora_alpha, lora_dropout, init_lora_weights, use_rslora, **kw):
+        raise AssertionError("the direct path called update_layer")
+
     adapters = _adapters(model_path)
     weights, cfg = _exported(adapters)
+    assert adapters._direct_load is True
+    monkeypatch.setattr(lora_layer.Linear, "update_layer", old_update_layer)
+    adapters._refresh_layers()  # what a SessionAdapters built on such a PEFT finds
+    monkeypatch.undo()  # PEFT's own path (add_adapter) needs the real method
+    assert adapters._direct_load is False
+    monkeypatch.setattr(adapters, "_add_to_layers", lambda *a, **k: pytest.fail("direct path on an older PEFT"))
+    adapters.load("copy", weights, cfg)
+    assert torch.allclose(_logits(adapters, "copy"), _logits(adapters, "src"))
+
+
+@pytest.mark.parametrize("path", ["direct", "peft"])
+@pytest.mark.parametrize("damage", ["missing", "wrong_shape", "rank"])
+def test_a_broken_adapter_is_refused_and_leaves_nothing_behind(model_path, damage, path):
+    adapters = _adapters(model_path)
+    weights, cfg = _exported(adapters)
+    adapters._direct_load = path == "direct"
+    if damage == "rank":  # tensors of rank 4 under a config that says 8: alpha / r would be wrong
+        raw = json.loads(cfg)
+        cfg = json.dumps({**raw, "r": raw["r"] * 2}).encode()
     state = safetensors_load(weights)
     key = next(k for k in state if k.endswith("lora_B.weight"))
     if damage == "missing":
         del state[key]
-    else:
+    elif damage == "wrong_shape":
         state[key] = torch.zeros(state[key].shape[0] + 1, state[key].shape[1])
     base, src = _logits(adapters, None), _logits(adapters, "src")
-    with pytest.raises(RuntimeError, match="missing|size|shape"):
+    with pytest.raises(RuntimeError, match="missing|size|shape|rank"):
         adapters.load("bad", safetensors_save(state), cfg)
     assert "bad" not in adapters.names and "bad" not in adapters.peft.peft_config
     assert all("bad" not in m.lora_A and "bad" not in m.lora_B for m in adapters._lora_layers)
     assert torch.allclose(_logits(adapters, None), base)
     assert torch.allclose(_logits(adapters, "src"), src)  # the resident adapter is untouched
-    adapters.load("good", weights, cfg)  # the name is free for a sound adapter afterwards
+    adapters.load("good", *adapters.export("src"))  # the name is free for a sound adapter afterwards
     assert torch.allclose(_logits(adapters, "good"), _logits(adapters, "src"))

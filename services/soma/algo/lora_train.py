@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import inspect
 import json
 import math
 import random
@@ -68,8 +69,7 @@ class SessionAdapters(Adapters):
         self.lock = threading.RLock()
         # the layers PEFT injected, found once: selecting an adapter is on every request's path, and
         # loading one (an adapter-cache miss) adds it to these layers without walking the model again
-        self._named_layers = {n: m for n, m in self.peft.named_modules() if hasattr(m, "lora_A")}
-        self._lora_layers = list(self._named_layers.values())
+        self._refresh_layers()
         self.names: set[str] = set()
         self._select(None)
 
@@ -110,6 +110,12 @@ class SessionAdapters(Adapters):
     def _refresh_layers(self) -> None:
         self._named_layers = {n: m for n, m in self.peft.named_modules() if hasattr(m, "lora_A")}
         self._lora_layers = list(self._named_layers.values())
+        # loading into these layers calls their update_layer(name, r, lora_alpha, config=...), the form
+        # PEFT's own injection uses in the version installed here (0.21); a PEFT whose update_layer takes
+        # no config (pyproject allows >= 0.17) loads through PEFT's add_adapter instead
+        self._direct_load = all(
+            "config" in inspect.signature(type(m).update_layer).parameters for m in self._lora_layers
+        )
 
     def delete(self, name: str) -> None:
         with self.lock:
@@ -195,18 +201,25 @@ class SessionAdapters(Adapters):
             if name in self.names:
                 self.delete(name)
             targets = self._wrapped_targets(peft_config)
-            if targets is None:  # a module no cached layer wraps: PEFT's own path
+            if targets is None:  # a module no cached layer wraps, or an older PEFT: PEFT's own path
                 self.peft.add_adapter(name, peft_config)
                 self._refresh_layers()
                 self.names.add(name)
-                self.load_state(name, state)
+                try:
+                    self.load_state(name, state)
+                except Exception:  # a broken adapter leaves nothing behind here either
+                    self.delete(name)
+                    raise
             else:
                 self._add_to_layers(name, peft_config, targets, state)
             self._select(None)
 
     def _wrapped_targets(self, peft_config: PeftLoraConfig) -> dict[str, Any] | None:
         """The cached LoRA layers a stored config targets (by module name, as PEFT matches a list of
-        names), or None when it targets a module that no cached layer wraps."""
+        names), or None when it targets a module that no cached layer wraps or PEFT is too old for
+        `_add_to_layers`."""
+        if not self._direct_load:
+            return None
         wanted = set(peft_config.target_modules or ())
         layers = {n: m for n, m in self._named_layers.items() if n.rsplit(".", 1)[-1] in wanted}
         covered = {n.rsplit(".", 1)[-1] for n in layers}
@@ -228,13 +241,12 @@ class SessionAdapters(Adapters):
         try:
             with torch.no_grad():
                 for key, layer in layers.items():
-                    r = int(state[f"{key}.lora_A.weight"].shape[0])
                     layer.update_layer(
-                        name, r, lora_alpha=peft_config.lora_alpha, target_name=key, config=uninitialised
+                        name, peft_config.r, lora_alpha=peft_config.lora_alpha, target_name=key, config=uninitialised
                     )
                     layer.lora_A[name].weight.copy_(state[f"{key}.lora_A.weight"])
                     layer.lora_B[name].weight.copy_(state[f"{key}.lora_B.weight"])
-        except Exception:  # e.g. a tensor of the wrong shape: leave no half-added adapter behind
+        except Exception:  # a tensor of another shape or rank than the config's: leave no half-added adapter
             for layer in layers.values():
                 if name in layer.lora_A:
                     layer.delete_adapter(name)
